@@ -1,0 +1,192 @@
+#include "common/relay_api.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+
+namespace p11relay::relay {
+namespace {
+
+using nlohmann::json;
+
+Error bad_json(std::string msg) { return {ErrorCode::bad_json, std::move(msg)}; }
+
+const char* key_type_name(KeyType t) { return t == KeyType::ec ? "EC" : "RSA"; }
+
+Result<Bytes> b64_field(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end() || !it->is_string()) return bad_json(std::string("missing string field '") + name + "'");
+  auto b = base64_decode(it->get_ref<const std::string&>());
+  if (!b) return bad_json(std::string("field '") + name + "' is not base64");
+  return *b;
+}
+
+std::string str_field(const json& j, const char* name) {
+  auto it = j.find(name);
+  return (it != j.end() && it->is_string()) ? it->get<std::string>() : std::string();
+}
+
+Result<HashAlg> hash_field(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end() || !it->is_string()) return Error(ErrorCode::mechanism_param, std::string("missing '") + name + "'");
+  auto h = hash_by_name(it->get_ref<const std::string&>());
+  if (!h) return Error(ErrorCode::mechanism_param, "unknown hash '" + it->get<std::string>() + "'");
+  return *h;
+}
+
+}  // namespace
+
+std::string encode_key_list(const std::vector<KeyDescription>& keys) {
+  json arr = json::array();
+  for (const auto& k : keys) {
+    json certs = json::array();
+    for (const auto& c : k.certificates) certs.push_back(base64_encode(c));
+    json j = {
+        {"name", k.name},
+        {"token", {{"label", k.token.label}, {"serial", k.token.serial}, {"model", k.token.model},
+                   {"manufacturer", k.token.manufacturer}}},
+        {"id", to_hex(k.id)},
+        {"label", k.label},
+        {"key_type", key_type_name(k.key.type)},
+        {"bits", k.key.bits},
+        {"spki", base64_encode(k.spki)},
+        {"certificates", certs},
+        {"mechanisms", k.mechanisms},
+    };
+    if (k.key.type == KeyType::ec) j["curve"] = k.key.curve;
+    arr.push_back(std::move(j));
+  }
+  return json{{"keys", arr}}.dump();
+}
+
+Result<std::vector<KeyDescription>> decode_key_list(std::string_view body) {
+  json doc = json::parse(body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array())
+    return bad_json("key list is not a JSON object with a 'keys' array");
+  std::vector<KeyDescription> out;
+  for (const auto& j : doc["keys"]) {
+    if (!j.is_object()) return bad_json("key entry is not an object");
+    KeyDescription k;
+    k.name = str_field(j, "name");
+    if (k.name.empty()) return bad_json("key entry without a name");
+    if (auto t = j.find("token"); t != j.end() && t->is_object()) {
+      k.token.label = str_field(*t, "label");
+      k.token.serial = str_field(*t, "serial");
+      k.token.model = str_field(*t, "model");
+      k.token.manufacturer = str_field(*t, "manufacturer");
+    }
+    auto id = from_hex(str_field(j, "id"));
+    if (!id) return bad_json("key '" + k.name + "': id is not hex");
+    k.id = *id;
+    k.label = str_field(j, "label");
+    std::string type = str_field(j, "key_type");
+    if (type == "RSA") k.key.type = KeyType::rsa;
+    else if (type == "EC") k.key.type = KeyType::ec;
+    else return bad_json("key '" + k.name + "': unknown key_type '" + type + "'");
+    if (auto b = j.find("bits"); b != j.end() && b->is_number_integer()) k.key.bits = b->get<int>();
+    k.key.curve = str_field(j, "curve");
+    ASSIGN_OR_RETURN(k.spki, b64_field(j, "spki"));
+    if (auto c = j.find("certificates"); c != j.end() && c->is_array()) {
+      for (const auto& e : *c) {
+        if (!e.is_string()) return bad_json("certificate is not a string");
+        auto der = base64_decode(e.get_ref<const std::string&>());
+        if (!der) return bad_json("certificate is not base64");
+        k.certificates.push_back(std::move(*der));
+      }
+    }
+    if (auto m = j.find("mechanisms"); m != j.end() && m->is_array()) {
+      for (const auto& e : *m)
+        if (e.is_string()) k.mechanisms.push_back(e.get<std::string>());
+    }
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+std::string encode_sign_request(const SignRequest& req) {
+  json j = {{"mechanism", req.mechanism}, {"input", base64_encode(req.input)}};
+  if (req.pss)
+    j["params"] = {{"hash", hash_info(req.pss->hash).name},
+                   {"mgf", hash_info(req.pss->mgf_hash).name},
+                   {"salt_length", req.pss->salt_length}};
+  if (!req.filename.empty()) j["filename"] = req.filename;
+  if (req.digest_alg) j["digest"] = hash_info(*req.digest_alg).name;
+  return j.dump();
+}
+
+Result<SignRequest> decode_sign_request(std::string_view body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad_json("request body is not valid JSON");
+  if (!j.is_object()) return bad_json("request body must be a JSON object");
+  SignRequest req;
+  auto m = j.find("mechanism");
+  if (m == j.end() || !m->is_string()) return bad_json("missing string field 'mechanism'");
+  req.mechanism = m->get<std::string>();
+  ASSIGN_OR_RETURN(req.input, b64_field(j, "input"));
+  if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
+    if (!p->is_object()) return bad_json("'params' must be an object");
+    PssParams pss;
+    ASSIGN_OR_RETURN(pss.hash, hash_field(*p, "hash"));
+    ASSIGN_OR_RETURN(pss.mgf_hash, hash_field(*p, "mgf"));
+    auto s = p->find("salt_length");
+    if (s == p->end() || !s->is_number_unsigned())
+      return Error(ErrorCode::mechanism_param, "missing or negative 'salt_length'");
+    pss.salt_length = s->get<unsigned long>();
+    req.pss = pss;
+  }
+  req.filename = str_field(j, "filename");
+  if (auto d = j.find("digest"); d != j.end() && d->is_string()) {
+    auto h = hash_by_name(d->get<std::string>());
+    if (!h) return bad_json("unknown digest '" + d->get<std::string>() + "'");
+    req.digest_alg = h;
+  }
+  return req;
+}
+
+std::string encode_sign_response(std::span<const std::uint8_t> signature) {
+  return json{{"signature", base64_encode(signature)}}.dump();
+}
+
+Result<Bytes> decode_sign_response(std::string_view body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return bad_json("sign response is not a JSON object");
+  return b64_field(j, "signature");
+}
+
+std::string encode_problem(const Error& e) {
+  char ckr[24];
+  std::snprintf(ckr, sizeof ckr, "0x%08lx", static_cast<unsigned long>(e.ckr));
+  json j = {{"status", e.http_status},
+            {"type", std::string(kProblemTypePrefix) + error_code_name(e.code)},
+            {"code", error_code_name(e.code)},
+            {"ckr", ckr}};
+  if (!e.message.empty()) j["detail"] = e.message;
+  return j.dump();
+}
+
+Error decode_problem(int http_status, std::string_view body) {
+  json j = json::parse(body, nullptr, false);
+  Error e;
+  if (!j.is_discarded() && j.is_object()) {
+    auto code = error_code_from_name(str_field(j, "code"));
+    if (code) e = Error(*code, str_field(j, "detail"));
+    else e = Error(ErrorCode::internal, str_field(j, "detail"));
+    std::string ckr = str_field(j, "ckr");
+    if (!ckr.empty()) e.ckr = static_cast<CK_RV>(std::strtoul(ckr.c_str(), nullptr, 0));
+    if (e.message.empty()) e.message = str_field(j, "title");
+  } else {
+    ErrorCode c = http_status == 401   ? ErrorCode::unauthenticated
+                  : http_status == 403 ? ErrorCode::forbidden
+                  : http_status == 404 ? ErrorCode::not_found
+                  : http_status == 413 ? ErrorCode::payload_too_large
+                  : http_status == 503 ? ErrorCode::unavailable
+                  : http_status == 504 ? ErrorCode::timeout
+                  : http_status >= 500 ? ErrorCode::internal
+                                       : ErrorCode::bad_request;
+    e = Error(c, "HTTP " + std::to_string(http_status));
+  }
+  e.http_status = http_status;
+  return e;
+}
+
+}  // namespace p11relay::relay

@@ -1,0 +1,61 @@
+// JSON wire types of the relay API (docs/relay-api.md). Shared by the daemon, the client library and
+// the shim so both ends encode and decode with the same code.
+#pragma once
+
+#include "common/bytes.h"
+#include "common/digest.h"
+#include "common/error.h"
+#include "common/x509.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace p11relay::relay {
+
+inline constexpr const char* kProblemTypePrefix = "urn:p11relay:problem:";
+
+struct TokenDescription {
+  std::string label, serial, model, manufacturer;
+};
+
+struct KeyDescription {
+  std::string name;
+  TokenDescription token;
+  Bytes id;           // CKA_ID
+  std::string label;  // CKA_LABEL
+  PublicKeyInfo key;
+  Bytes spki;                      // DER SubjectPublicKeyInfo
+  std::vector<Bytes> certificates; // DER, leaf first
+  std::vector<std::string> mechanisms;
+};
+
+struct PssParams {
+  HashAlg hash = HashAlg::sha256;
+  HashAlg mgf_hash = HashAlg::sha256;
+  unsigned long salt_length = 32;
+};
+
+struct SignRequest {
+  std::string mechanism;  // CKM_RSA_PKCS (DigestInfo), CKM_RSA_PKCS_PSS (digest), CKM_ECDSA (digest)
+  Bytes input;
+  std::optional<PssParams> pss;
+  // Optional context for audit and policy; never required.
+  std::string filename;
+  std::optional<HashAlg> digest_alg;
+};
+
+std::string encode_key_list(const std::vector<KeyDescription>& keys);
+Result<std::vector<KeyDescription>> decode_key_list(std::string_view body);
+
+std::string encode_sign_request(const SignRequest& req);
+Result<SignRequest> decode_sign_request(std::string_view body);
+
+std::string encode_sign_response(std::span<const std::uint8_t> signature);
+Result<Bytes> decode_sign_response(std::string_view body);
+
+// problem+json body for an Error on the relay API, and back.
+std::string encode_problem(const Error& e);
+Error decode_problem(int http_status, std::string_view body);
+
+}  // namespace p11relay::relay

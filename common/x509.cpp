@@ -1,0 +1,202 @@
+#include "common/x509.h"
+
+#include "common/digest.h"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs7.h>
+#include <openssl/x509v3.h>
+
+#include <fstream>
+#include <iterator>
+
+namespace p11relay {
+
+std::string openssl_error_string() {
+  std::string out;
+  unsigned long e;
+  char buf[256];
+  while ((e = ERR_get_error()) != 0) {
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown OpenSSL error" : out;
+}
+
+namespace {
+
+Result<std::vector<X509_ptr>> certs_from_pkcs7(PKCS7* p7) {
+  std::vector<X509_ptr> out;
+  STACK_OF(X509)* certs = nullptr;
+  if (p7 && PKCS7_type_is_signed(p7) && p7->d.sign) certs = p7->d.sign->cert;
+  for (int i = 0; certs && i < sk_X509_num(certs); ++i) {
+    X509* c = sk_X509_value(certs, i);
+    X509_up_ref(c);
+    out.emplace_back(c);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<X509_ptr> parse_certificate_der(std::span<const std::uint8_t> der) {
+  const unsigned char* p = der.data();
+  X509_ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+  if (!cert || p != der.data() + der.size()) {
+    ERR_clear_error();
+    return bad_request("not a DER X.509 certificate");
+  }
+  return cert;
+}
+
+Result<std::vector<X509_ptr>> parse_certificates(std::span<const std::uint8_t> data) {
+  std::vector<X509_ptr> out;
+  std::string_view text(reinterpret_cast<const char*>(data.data()), data.size());
+  if (text.find("-----BEGIN") != std::string_view::npos) {
+    BIO_ptr bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
+    char* name = nullptr;
+    char* header = nullptr;
+    unsigned char* body = nullptr;
+    long len = 0;
+    while (PEM_read_bio(bio.get(), &name, &header, &body, &len) == 1) {
+      std::string n = name;
+      std::span<const std::uint8_t> der(body, static_cast<size_t>(len));
+      if (n == "CERTIFICATE" || n == "TRUSTED CERTIFICATE" || n == "X509 CERTIFICATE") {
+        const unsigned char* p = body;
+        X509* c = d2i_X509(nullptr, &p, len);
+        if (c) out.emplace_back(c);
+      } else if (n == "PKCS7") {
+        const unsigned char* p = body;
+        PKCS7* p7 = d2i_PKCS7(nullptr, &p, len);
+        auto certs = certs_from_pkcs7(p7);
+        PKCS7_free(p7);
+        for (auto& c : *certs) out.push_back(std::move(c));
+      }
+      (void)der;
+      OPENSSL_free(name);
+      OPENSSL_free(header);
+      OPENSSL_free(body);
+    }
+    ERR_clear_error();
+    if (out.empty()) return bad_request("no certificate in PEM data");
+    return out;
+  }
+  if (auto one = parse_certificate_der(data); one.ok()) {
+    out.push_back(std::move(one).value());
+    return out;
+  }
+  const unsigned char* p = data.data();
+  PKCS7* p7 = d2i_PKCS7(nullptr, &p, static_cast<long>(data.size()));
+  if (p7) {
+    auto certs = certs_from_pkcs7(p7);
+    PKCS7_free(p7);
+    if (!certs->empty()) return certs;
+  }
+  ERR_clear_error();
+  return bad_request("no certificate found (expected PEM, DER or PKCS#7)");
+}
+
+Result<std::vector<X509_ptr>> load_certificates(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return config_error("cannot read certificate file " + path);
+  Bytes data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto certs = parse_certificates(data);
+  if (!certs.ok()) return config_error(path + ": " + certs.error().message);
+  return certs;
+}
+
+Bytes x509_der(X509* cert) {
+  unsigned char* buf = nullptr;
+  int n = i2d_X509(cert, &buf);
+  if (n <= 0) return {};
+  Bytes out(buf, buf + n);
+  OPENSSL_free(buf);
+  return out;
+}
+
+std::string x509_pem(X509* cert) {
+  BIO_ptr bio(BIO_new(BIO_s_mem()));
+  PEM_write_bio_X509(bio.get(), cert);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+Bytes spki_der(X509* cert) {
+  X509_PUBKEY* pub = X509_get_X509_PUBKEY(cert);
+  unsigned char* buf = nullptr;
+  int n = i2d_X509_PUBKEY(pub, &buf);
+  if (n <= 0) return {};
+  Bytes out(buf, buf + n);
+  OPENSSL_free(buf);
+  return out;
+}
+
+Bytes spki_der(EVP_PKEY* key) {
+  unsigned char* buf = nullptr;
+  int n = i2d_PUBKEY(key, &buf);
+  if (n <= 0) return {};
+  Bytes out(buf, buf + n);
+  OPENSSL_free(buf);
+  return out;
+}
+
+Result<EVP_PKEY_ptr> parse_spki(std::span<const std::uint8_t> der) {
+  const unsigned char* p = der.data();
+  EVP_PKEY_ptr key(d2i_PUBKEY(nullptr, &p, static_cast<long>(der.size())));
+  if (!key || p != der.data() + der.size()) {
+    ERR_clear_error();
+    return bad_request("not a DER SubjectPublicKeyInfo");
+  }
+  return key;
+}
+
+std::string spki_fingerprint(X509* cert) { return to_hex(hash(HashAlg::sha256, spki_der(cert))); }
+
+std::string name_rfc2253(X509_NAME* name) {
+  BIO_ptr bio(BIO_new(BIO_s_mem()));
+  X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+std::string name_oneline(X509_NAME* name) {
+  char* s = X509_NAME_oneline(name, nullptr, 0);
+  std::string out = s ? s : "";
+  OPENSSL_free(s);
+  return out;
+}
+
+bool is_self_signed(X509* cert) { return X509_check_issued(cert, cert) == X509_V_OK; }
+
+Result<PublicKeyInfo> describe_public_key(EVP_PKEY* key) {
+  PublicKeyInfo info;
+  info.bits = EVP_PKEY_get_bits(key);
+  switch (EVP_PKEY_get_base_id(key)) {
+    case EVP_PKEY_RSA:
+    case EVP_PKEY_RSA_PSS:
+      info.type = KeyType::rsa;
+      return info;
+    case EVP_PKEY_EC: {
+      info.type = KeyType::ec;
+      char group[64] = {0};
+      size_t len = 0;
+      if (EVP_PKEY_get_group_name(key, group, sizeof group, &len) != 1)
+        return bad_request("EC key without a named curve");
+      std::string g = group;
+      if (g == "prime256v1" || g == "P-256") info.curve = "P-256";
+      else if (g == "secp384r1" || g == "P-384") info.curve = "P-384";
+      else if (g == "secp521r1" || g == "P-521") info.curve = "P-521";
+      else return bad_request("unsupported EC curve " + g);
+      return info;
+    }
+    default:
+      return bad_request("unsupported key type (only RSA and EC keys can be served)");
+  }
+}
+
+bool public_keys_equal(EVP_PKEY* a, EVP_PKEY* b) { return EVP_PKEY_eq(a, b) == 1; }
+
+}  // namespace p11relay
