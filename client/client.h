@@ -1,0 +1,60 @@
+// libp11relay-client: the C++ API the shim and the CLI use to reach p11relayd's relay API.
+// Thread-safe; a pool of keep-alive mutual-TLS connections per daemon URL; retries with backoff on
+// connection errors and 500/502/503/504 (honouring Retry-After); several URLs with failover and a
+// penalty for a failing one. Fork-aware: a child process never reuses its parent's connections.
+#pragma once
+
+#include "common/error.h"
+#include "common/http.h"
+#include "common/relay_api.h"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace p11relay::client {
+
+struct Config {
+  std::vector<std::string> urls;   // https://host:port/ (remote.url, remote.urls)
+  std::string certfile;            // client certificate (PEM); may also hold the key
+  std::string keyfile;             // client private key (PEM); defaults to certfile
+  std::string cacert;              // CA bundle that verifies the daemon's certificate
+  std::string server_fingerprint;  // optional pin: lowercase hex SHA-256 of the daemon's SPKI
+  int connect_timeout_ms = 15000;  // remote.connecttimeout (seconds in YAML)
+  int request_timeout_ms = 120000; // remote.timeout (seconds in YAML)
+  int retries = 3;                 // remote.retries: attempts after the first, across URLs
+  std::optional<std::string> pin;  // shim only: if set, C_Login must present this PIN
+  std::string log_file;            // shim only: where the module logs (default: stderr off, syslog-free)
+  std::string log_level = "warning";
+  int key_cache_seconds = 10;      // shim: how long a /v1/keys answer is reused
+  std::string source;              // file the config came from (for messages)
+};
+
+// Finds the config: $P11RELAY_CONFIG, else $XDG_CONFIG_HOME/p11relay/client.yml (~/.config/...),
+// else /etc/p11relay/client.yml. Errors name the file and the problem.
+Result<Config> load_config(const std::string& explicit_path = {});
+Result<Config> parse_config(const std::string& yaml_text, const std::string& source_name);
+
+class Client {
+ public:
+  static Result<std::unique_ptr<Client>> create(const Config& config);
+  ~Client();
+
+  Result<std::vector<relay::KeyDescription>> list_keys();
+  Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request);
+  Status health();
+  // Any request (relic endpoints, future APIs), with the same pool, retry and failover rules.
+  Result<http::Response> request(const std::string& method, const std::string& target,
+                                 const std::string& body = {}, const http::Headers& headers = {});
+
+  const Config& config() const;
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace p11relay::client
