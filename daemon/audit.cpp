@@ -1,0 +1,99 @@
+#include "daemon/audit.h"
+
+#include "common/bytes.h"
+#include "common/digest.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace p11relay::daemon {
+namespace {
+const std::string kGenesis(64, '0');
+std::string line_hash(const std::string& line) { return to_hex(hash(HashAlg::sha256, to_bytes(line))); }
+}  // namespace
+
+Result<std::unique_ptr<AuditLog>> AuditLog::open(const std::string& path) {
+  auto log = std::unique_ptr<AuditLog>(new AuditLog());
+  log->path_ = path;
+  log->prev_ = kGenesis;
+  {
+    std::ifstream in(path);
+    std::string line, last;
+    while (std::getline(in, line))
+      if (!line.empty()) last = line;
+    if (!last.empty()) {
+      log->prev_ = line_hash(last);
+      auto j = nlohmann::json::parse(last, nullptr, false);
+      if (!j.is_discarded() && j.contains("seq") && j["seq"].is_number_unsigned()) log->seq_ = j["seq"].get<unsigned long long>();
+    }
+  }
+  log->fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (log->fd_ < 0) return config_error("cannot open audit file '" + path + "': " + std::strerror(errno));
+  return log;
+}
+
+AuditLog::~AuditLog() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status AuditLog::append(nlohmann::json record) {
+  std::lock_guard lock(mu_);
+  record["seq"] = seq_ + 1;
+  record["prev"] = prev_;
+  std::string line = record.dump();  // keys sorted (nlohmann::json uses std::map), as relic's lines
+  std::string out = line + "\n";
+  size_t off = 0;
+  while (off < out.size()) {
+    ssize_t n = ::write(fd_, out.data() + off, out.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return internal_error(std::string("audit write failed: ") + std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  prev_ = line_hash(line);
+  ++seq_;
+  return {};
+}
+
+AuditVerifyResult verify_audit_file(const std::string& path) {
+  AuditVerifyResult r;
+  std::ifstream in(path);
+  if (!in) {
+    r.ok = false;
+    r.reason = "cannot read " + path;
+    return r;
+  }
+  std::string line, prev = kGenesis;
+  unsigned long long seq = 0;
+  bool first = true;
+  while (std::getline(in, line)) {
+    ++r.lines;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    auto fail = [&](std::string why) {
+      r.ok = false;
+      r.bad_line = r.lines;
+      r.reason = std::move(why);
+      return r;
+    };
+    if (j.is_discarded() || !j.is_object()) return fail("not a JSON object");
+    if (!j.contains("prev") || !j["prev"].is_string()) return fail("no 'prev' hash");
+    if (!j.contains("seq") || !j["seq"].is_number_unsigned()) return fail("no 'seq' number");
+    if (first && j["seq"].get<unsigned long long>() == 1 && j["prev"].get<std::string>() != kGenesis)
+      return fail("first record does not start the chain");
+    // The first line may continue a rotated file: accept its prev, then check every link after it.
+    if (!first && j["prev"].get<std::string>() != prev) return fail("hash chain broken (line edited, removed or reordered)");
+    if (!first && j["seq"].get<unsigned long long>() != seq + 1) return fail("sequence number gap");
+    if (j.dump() != line) return fail("line is not in canonical form (edited)");
+    prev = line_hash(line);
+    seq = j["seq"].get<unsigned long long>();
+    first = false;
+  }
+  return r;
+}
+
+}  // namespace p11relay::daemon

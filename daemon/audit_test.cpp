@@ -1,0 +1,52 @@
+#include "daemon/audit.h"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace p11relay::daemon;
+
+TEST_CASE("audit chain verifies, survives reopen, and detects tampering") {
+  char tmpl[] = "/tmp/p11relay-audit-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string path = dir + "/audit.log";
+  {
+    auto log = AuditLog::open(path);
+    REQUIRE(log.ok());
+    for (int i = 0; i < 3; ++i) REQUIRE((*log)->append({{"sig.keyname", "k"}, {"n", i}}).ok());
+  }
+  struct stat st {};
+  REQUIRE(stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  {
+    auto log = AuditLog::open(path);  // continues the chain
+    REQUIRE(log.ok());
+    REQUIRE((*log)->append({{"sig.keyname", "k"}, {"n", 3}}).ok());
+  }
+  auto r = verify_audit_file(path);
+  CHECK(r.ok);
+  CHECK(r.lines == 4);
+
+  std::stringstream all;
+  all << std::ifstream(path).rdbuf();
+  std::string text = all.str();
+  auto pos = text.find("\"n\":1");
+  REQUIRE(pos != std::string::npos);
+  text.replace(pos, 5, "\"n\":7");
+  std::ofstream(path) << text;
+  auto bad = verify_audit_file(path);
+  CHECK_FALSE(bad.ok);
+  CHECK(bad.bad_line == 3);  // the edited line 2 breaks the link stored in line 3
+
+  // Removing a line breaks it too.
+  std::istringstream in(all.str());
+  std::string l1, l2, l3, l4;
+  std::getline(in, l1), std::getline(in, l2), std::getline(in, l3), std::getline(in, l4);
+  std::ofstream(path) << l1 << "\n" << l3 << "\n" << l4 << "\n";
+  CHECK_FALSE(verify_audit_file(path).ok);
+  std::filesystem::remove_all(dir);
+}

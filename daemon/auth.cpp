@@ -1,0 +1,71 @@
+#include "daemon/auth.h"
+
+#include "common/x509.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <spdlog/spdlog.h>
+
+namespace p11relay::daemon {
+
+std::string ClientIdentity::name() const {
+  if (client && !client->nickname.empty()) return client->nickname;
+  return fingerprint.substr(0, 12);
+}
+
+Result<std::unique_ptr<Authenticator>> Authenticator::create(const Config& config) {
+  auto a = std::unique_ptr<Authenticator>(new Authenticator());
+  a->config_ = &config;
+  for (const auto& [name, c] : config.clients) {
+    if (c.certificate.empty()) continue;
+    ASSIGN_OR_RETURN(auto certs, load_certificates(c.certificate));
+    X509_STORE_ptr store(X509_STORE_new());
+    for (auto& cert : certs) X509_STORE_add_cert(store.get(), cert.get());
+    a->ca_clients_.push_back({&c, std::move(store)});
+  }
+  return a;
+}
+
+ClientIdentity Authenticator::identify(STACK_OF(X509) * chain) const {
+  if (!chain || sk_X509_num(chain) == 0) return {};
+  return identify(sk_X509_value(chain, 0), chain);
+}
+
+ClientIdentity Authenticator::identify(X509* leaf, STACK_OF(X509) * intermediates) const {
+  ClientIdentity id;
+  if (!leaf) return id;
+  id.has_certificate = true;
+  id.fingerprint = spki_fingerprint(leaf);
+  id.subject = name_oneline(X509_get_subject_name(leaf));
+  if (auto it = config_->clients.find(id.fingerprint); it != config_->clients.end() && it->second.certificate.empty()) {
+    id.client = &it->second;
+    return id;
+  }
+  for (const auto& ca : ca_clients_) {
+    X509_STORE_CTX_ptr ctx(X509_STORE_CTX_new());
+    if (!ctx || X509_STORE_CTX_init(ctx.get(), ca.store.get(), leaf, intermediates) != 1) continue;
+    // Go semantics (relic config/client.go): EKU clientAuth required, a leaf without EKU passes.
+    X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(ctx.get()) == 1) {
+      id.client = ca.client;
+      return id;
+    }
+    int err = X509_STORE_CTX_get_error(ctx.get());
+    if (err != X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY && err != X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT &&
+        err != X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT && err != X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN)
+      spdlog::info("client certificate {} not accepted by CA entry {}: {}", id.subject, ca.client->name,
+                   X509_verify_cert_error_string(err));
+  }
+  ERR_clear_error();
+  return id;
+}
+
+bool allowed(const ClientIdentity& id, const KeyConfig& key) {
+  if (!id.client) return false;
+  for (const auto& kr : key.roles)
+    for (const auto& cr : id.client->roles)
+      if (kr == cr) return true;
+  return false;
+}
+
+}  // namespace p11relay::daemon

@@ -1,0 +1,413 @@
+#include "daemon/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+namespace p11relay::daemon {
+namespace fs = std::filesystem;
+
+namespace {
+
+// Carries file/line context into every message.
+struct Loader {
+  std::string file;
+
+  Error err(const YAML::Node& n, const std::string& what) const {
+    std::ostringstream o;
+    o << file;
+    if (n.IsDefined() && n.Mark().line >= 0) o << ":" << n.Mark().line + 1;
+    o << ": " << what;
+    return config_error(o.str());
+  }
+
+  Status only_keys(const YAML::Node& map, const std::string& where, const std::set<std::string>& allowed) const {
+    if (!map.IsMap()) return err(map, where + " must be a mapping");
+    for (const auto& kv : map) {
+      auto k = kv.first.as<std::string>();
+      if (!allowed.count(k)) return err(kv.first, "unknown key '" + k + "' in " + where);
+    }
+    return {};
+  }
+
+  template <typename T>
+  Status get(const YAML::Node& map, const char* key, T& out, const std::string& where) const {
+    YAML::Node n = map[key];
+    if (!n.IsDefined() || n.IsNull()) return {};
+    try {
+      out = n.as<T>();
+    } catch (const YAML::Exception&) {
+      return err(n, std::string("key '") + key + "' in " + where + " has the wrong type");
+    }
+    return {};
+  }
+
+  Status get_list(const YAML::Node& map, const char* key, std::vector<std::string>& out,
+                  const std::string& where) const {
+    YAML::Node n = map[key];
+    if (!n.IsDefined() || n.IsNull()) return {};
+    if (n.IsScalar()) {
+      out = {n.as<std::string>()};
+      return {};
+    }
+    if (!n.IsSequence()) return err(n, std::string("key '") + key + "' in " + where + " must be a list");
+    for (const auto& e : n) {
+      if (!e.IsScalar()) return err(e, std::string("key '") + key + "' in " + where + " must be a list of strings");
+      out.push_back(e.as<std::string>());
+    }
+    return {};
+  }
+};
+
+std::string resolve(const std::string& dir, const std::string& p) {
+  if (p.empty() || p[0] == '/') return p;
+  return (fs::path(dir) / p).lexically_normal().string();
+}
+
+Status require_file(const Loader& l, const YAML::Node& n, const std::string& path, const std::string& what) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return l.err(n, what + " '" + path + "' does not exist or is not a file");
+  if (access(path.c_str(), R_OK) != 0) return l.err(n, what + " '" + path + "' is not readable");
+  return {};
+}
+
+Status load_pinfile(Config& c) {
+  struct stat st {};
+  if (stat(c.pinfile.c_str(), &st) != 0) return config_error(c.path + ": pinfile '" + c.pinfile + "' does not exist");
+  if (st.st_uid != geteuid())
+    return config_error("pinfile '" + c.pinfile + "' must be owned by the daemon's user (uid " +
+                        std::to_string(geteuid()) + ")");
+  if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+    return config_error("pinfile '" + c.pinfile + "' must not be accessible by group or others (chmod 600)");
+  YAML::Node pins;
+  try {
+    pins = YAML::LoadFile(c.pinfile);
+  } catch (const YAML::Exception& e) {
+    // The message of a parse error may quote the file's content: report only the position.
+    return config_error(c.pinfile + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML");
+  }
+  if (!pins.IsMap()) return config_error(c.pinfile + ": must be a mapping of token name to PIN");
+  for (const auto& kv : pins) {
+    auto name = kv.first.as<std::string>();
+    auto it = c.tokens.find(name);
+    if (it == c.tokens.end())
+      return config_error(c.pinfile + ":" + std::to_string(kv.first.Mark().line + 1) + ": unknown token '" + name + "'");
+    if (!kv.second.IsScalar())
+      return config_error(c.pinfile + ":" + std::to_string(kv.first.Mark().line + 1) + ": PIN of token '" + name +
+                          "' must be a string");
+    it->second.pin = kv.second.as<std::string>();
+  }
+  return {};
+}
+
+Result<Config> load(const std::string& path, bool check_secrets) {
+  Config c;
+  c.path = path;
+  c.dir = fs::absolute(fs::path(path)).parent_path().string();
+  Loader l{path};
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return config_error(path + ": cannot read file");
+  } catch (const YAML::Exception& e) {
+    return config_error(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (!root.IsMap()) return config_error(path + ": top level must be a mapping");
+  RETURN_IF_ERROR(l.only_keys(root, "the top level",
+                              {"server", "tokens", "keys", "clients", "auditfile", "pinfile", "timestamp", "remote"}));
+
+  // server:
+  ServerConfig& s = c.server;
+  if (YAML::Node sn = root["server"]; sn.IsDefined() && !sn.IsNull()) {
+    const std::string w = "server";
+    RETURN_IF_ERROR(l.only_keys(sn, w,
+                                {"listen", "listenhttp", "certfile", "keyfile", "siblings", "disabled",
+                                 "tokencheckinterval", "tokencheckfailures", "tokenchecktimeout",
+                                 "readheadertimeout", "readtimeout", "writetimeout", "idletimeout",
+                                 "handshaketimeout", "maxconnections", "maxbodybytes", "maxjsonbytes",
+                                 "maxheaderbytes", "moduledirs", "loglevel", "logfile", "clientca",
+                                 "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics"}));
+    RETURN_IF_ERROR(l.get(sn, "listen", s.listen, w));
+    RETURN_IF_ERROR(l.get(sn, "listenhttp", s.listenhttp, w));
+    RETURN_IF_ERROR(l.get(sn, "certfile", s.certfile, w));
+    RETURN_IF_ERROR(l.get(sn, "keyfile", s.keyfile, w));
+    RETURN_IF_ERROR(l.get_list(sn, "siblings", s.siblings, w));
+    RETURN_IF_ERROR(l.get(sn, "disabled", s.disabled, w));
+    RETURN_IF_ERROR(l.get(sn, "tokencheckinterval", s.tokencheckinterval, w));
+    RETURN_IF_ERROR(l.get(sn, "tokencheckfailures", s.tokencheckfailures, w));
+    RETURN_IF_ERROR(l.get(sn, "tokenchecktimeout", s.tokenchecktimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "readheadertimeout", s.readheadertimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "readtimeout", s.readtimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "writetimeout", s.writetimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "idletimeout", s.idletimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "handshaketimeout", s.handshaketimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "maxconnections", s.maxconnections, w));
+    RETURN_IF_ERROR(l.get(sn, "maxbodybytes", s.maxbodybytes, w));
+    RETURN_IF_ERROR(l.get(sn, "maxjsonbytes", s.maxjsonbytes, w));
+    RETURN_IF_ERROR(l.get(sn, "maxheaderbytes", s.maxheaderbytes, w));
+    RETURN_IF_ERROR(l.get_list(sn, "moduledirs", s.moduledirs, w));
+    RETURN_IF_ERROR(l.get(sn, "loglevel", s.loglevel, w));
+    RETURN_IF_ERROR(l.get(sn, "clientca", s.clientca, w));
+    for (const char* k : {"tokencheckinterval", "tokencheckfailures", "tokenchecktimeout", "readheadertimeout",
+                          "readtimeout", "writetimeout", "idletimeout", "handshaketimeout", "maxconnections"}) {
+      if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
+    }
+  }
+  if (s.listen.empty() && s.listenhttp.empty()) s.listen = ":6300";
+  if (s.moduledirs.empty()) s.moduledirs = default_module_dirs();
+  if (!s.listen.empty()) {
+    if (s.certfile.empty() || s.keyfile.empty())
+      return l.err(root["server"], "server.certfile and server.keyfile are required when server.listen is set");
+    s.certfile = resolve(c.dir, s.certfile);
+    s.keyfile = resolve(c.dir, s.keyfile);
+    RETURN_IF_ERROR(require_file(l, root["server"]["certfile"], s.certfile, "server.certfile"));
+    RETURN_IF_ERROR(require_file(l, root["server"]["keyfile"], s.keyfile, "server.keyfile"));
+  }
+  if (!s.clientca.empty()) {
+    s.clientca = resolve(c.dir, s.clientca);
+    RETURN_IF_ERROR(require_file(l, root["server"]["clientca"], s.clientca, "server.clientca"));
+  }
+
+  // tokens:
+  if (YAML::Node tn = root["tokens"]; tn.IsDefined() && !tn.IsNull()) {
+    if (!tn.IsMap()) return l.err(tn, "tokens must be a mapping");
+    for (const auto& kv : tn) {
+      TokenConfig t;
+      t.name = kv.first.as<std::string>();
+      const std::string w = "tokens." + t.name;
+      const YAML::Node& n = kv.second;
+      RETURN_IF_ERROR(l.only_keys(n, w, {"type", "provider", "label", "serial", "pin", "user", "numworkers",
+                                         "queuesize", "timeout", "retries", "ratelimit", "rateburst"}));
+      RETURN_IF_ERROR(l.get(n, "type", t.type, w));
+      RETURN_IF_ERROR(l.get(n, "provider", t.provider, w));
+      RETURN_IF_ERROR(l.get(n, "label", t.label, w));
+      RETURN_IF_ERROR(l.get(n, "serial", t.serial, w));
+      if (n["pin"].IsDefined() && !n["pin"].IsNull()) {
+        std::string pin;
+        RETURN_IF_ERROR(l.get(n, "pin", pin, w));
+        t.pin = pin;
+      }
+      RETURN_IF_ERROR(l.get(n, "user", t.user, w));
+      RETURN_IF_ERROR(l.get(n, "numworkers", t.numworkers, w));
+      RETURN_IF_ERROR(l.get(n, "queuesize", t.queuesize, w));
+      RETURN_IF_ERROR(l.get(n, "timeout", t.timeout, w));
+      RETURN_IF_ERROR(l.get(n, "retries", t.retries, w));
+      if (t.type != "pkcs11") return l.err(n["type"], w + ".type '" + t.type + "' is not supported (only pkcs11)");
+      if (t.provider.empty()) return l.err(n, w + ".provider (the PKCS#11 module path) is required");
+      if (t.label.empty() && t.serial.empty()) return l.err(n, w + " needs a label or a serial to select the token");
+      if (t.numworkers < 1 || t.numworkers > 64) return l.err(n["numworkers"], w + ".numworkers must be 1..64");
+      if (t.queuesize < 1) return l.err(n["queuesize"], w + ".queuesize must be > 0");
+      if (t.timeout < 1) return l.err(n["timeout"], w + ".timeout must be > 0");
+      c.tokens[t.name] = std::move(t);
+    }
+  }
+
+  // keys:
+  if (YAML::Node kn = root["keys"]; kn.IsDefined() && !kn.IsNull()) {
+    if (!kn.IsMap()) return l.err(kn, "keys must be a mapping");
+    for (const auto& kv : kn) {
+      KeyConfig k;
+      k.name = kv.first.as<std::string>();
+      const std::string w = "keys." + k.name;
+      const YAML::Node& n = kv.second;
+      RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "x509certificate", "pgpcertificate",
+                                         "roles", "hide", "timestamp", "timestamper"}));
+      RETURN_IF_ERROR(l.get(n, "token", k.token, w));
+      RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
+      RETURN_IF_ERROR(l.get(n, "label", k.label, w));
+      std::string id;
+      RETURN_IF_ERROR(l.get(n, "id", id, w));
+      if (!id.empty()) {
+        auto b = from_hex(id);
+        if (!b) return l.err(n["id"], w + ".id must be hex (CKA_ID)");
+        k.id = *b;
+        k.has_id = true;
+      }
+      RETURN_IF_ERROR(l.get(n, "x509certificate", k.x509certificate, w));
+      RETURN_IF_ERROR(l.get_list(n, "roles", k.roles, w));
+      RETURN_IF_ERROR(l.get(n, "hide", k.hide, w));
+      if (k.alias.empty()) {
+        if (k.token.empty()) return l.err(n, w + ".token is required");
+        if (!c.tokens.count(k.token)) return l.err(n["token"], w + ".token names unknown token '" + k.token + "'");
+        if (k.label.empty() && !k.has_id) return l.err(n, w + " needs a label or an id to find the key on the token");
+      }
+      if (!k.x509certificate.empty()) {
+        k.x509certificate = resolve(c.dir, k.x509certificate);
+        RETURN_IF_ERROR(require_file(l, n["x509certificate"], k.x509certificate, w + ".x509certificate"));
+      }
+      c.keys[k.name] = std::move(k);
+    }
+    for (const auto& [name, k] : c.keys) {
+      if (k.alias.empty()) continue;
+      auto it = c.keys.find(k.alias);
+      if (it == c.keys.end()) return l.err(kn[name]["alias"], "keys." + name + ".alias names unknown key '" + k.alias + "'");
+      if (!it->second.alias.empty()) return l.err(kn[name]["alias"], "keys." + name + ": an alias cannot point to another alias");
+    }
+  }
+
+  // clients:
+  if (YAML::Node cn = root["clients"]; cn.IsDefined() && !cn.IsNull()) {
+    if (!cn.IsMap()) return l.err(cn, "clients must be a mapping");
+    for (const auto& kv : cn) {
+      ClientConfig cl;
+      std::string key = kv.first.as<std::string>();
+      const std::string w = "clients." + key;
+      const YAML::Node& n = kv.second;
+      RETURN_IF_ERROR(l.only_keys(n, w, {"nickname", "roles", "certificate"}));
+      RETURN_IF_ERROR(l.get(n, "nickname", cl.nickname, w));
+      RETURN_IF_ERROR(l.get_list(n, "roles", cl.roles, w));
+      RETURN_IF_ERROR(l.get(n, "certificate", cl.certificate, w));
+      std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return std::tolower(ch); });
+      if (cl.certificate.empty()) {
+        if (key.size() != 64 || !from_hex(key))
+          return l.err(kv.first, w + ": a client is named by the 64-hex-digit SHA-256 fingerprint of its public key "
+                                     "(or has a 'certificate' CA bundle)");
+      } else {
+        cl.certificate = resolve(c.dir, cl.certificate);
+        RETURN_IF_ERROR(require_file(l, n["certificate"], cl.certificate, w + ".certificate"));
+      }
+      cl.name = key;
+      c.clients[key] = std::move(cl);
+    }
+  }
+
+  RETURN_IF_ERROR(l.get(root, "auditfile", c.auditfile, "the top level"));
+  RETURN_IF_ERROR(l.get(root, "pinfile", c.pinfile, "the top level"));
+  if (!c.auditfile.empty()) c.auditfile = resolve(c.dir, c.auditfile);
+  if (!c.pinfile.empty()) c.pinfile = resolve(c.dir, c.pinfile);
+  if (c.tokens.empty() && c.clients.empty()) return config_error(path + ": no tokens and no clients: nothing to serve");
+  if (check_secrets && !c.pinfile.empty()) RETURN_IF_ERROR(load_pinfile(c));
+  for (const auto& [name, t] : c.tokens)
+    RETURN_IF_ERROR(check_module_path(t.provider, s.moduledirs));
+  return c;
+}
+
+}  // namespace
+
+const KeyConfig* Config::resolve_key(const std::string& name) const {
+  auto it = keys.find(name);
+  if (it == keys.end()) return nullptr;
+  if (it->second.alias.empty()) return &it->second;
+  auto t = keys.find(it->second.alias);
+  return t == keys.end() ? nullptr : &t->second;
+}
+
+std::vector<std::string> default_module_dirs() {
+  return {"/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+          "/usr/lib/i386-linux-gnu", "/usr/lib/arm-linux-gnueabihf"};
+}
+
+Result<Config> load_config(const std::string& path, bool check_secrets) {
+  try {
+    return load(path, check_secrets);
+  } catch (const YAML::Exception& e) {
+    return config_error(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  } catch (const std::exception& e) {
+    return config_error(path + ": " + e.what());
+  }
+}
+
+Status check_module_path(const std::string& path, const std::vector<std::string>& allowed_dirs) {
+  std::error_code ec;
+  fs::path real = fs::canonical(path, ec);
+  if (ec) return config_error("PKCS#11 module '" + path + "' does not exist");
+  bool inside = false;
+  for (const auto& d : allowed_dirs) {
+    fs::path dir = fs::weakly_canonical(d, ec);
+    if (ec) continue;
+    auto rel = real.lexically_relative(dir);
+    if (!rel.empty() && *rel.begin() != "..") {
+      inside = true;
+      break;
+    }
+  }
+  if (!inside)
+    return config_error("PKCS#11 module '" + path + "' is outside the allowed module directories (server.moduledirs)");
+  // The module and every directory above it must be writable only by root: whoever can replace the
+  // module can read the PIN.
+  for (fs::path p = real; !p.empty(); p = p.parent_path()) {
+    struct stat st {};
+    if (stat(p.c_str(), &st) != 0) return config_error("cannot stat '" + p.string() + "'");
+    if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+      return config_error("PKCS#11 module '" + path + "' refused: '" + p.string() +
+                          "' is writable by someone other than root");
+    if (p == p.parent_path()) break;
+  }
+  return {};
+}
+
+std::string dump_redacted(const Config& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
+  const auto& s = c.server;
+  out << YAML::Key << "listen" << YAML::Value << s.listen;
+  if (!s.listenhttp.empty()) out << YAML::Key << "listenhttp" << YAML::Value << s.listenhttp;
+  out << YAML::Key << "certfile" << YAML::Value << s.certfile << YAML::Key << "keyfile" << YAML::Value << s.keyfile;
+  out << YAML::Key << "siblings" << YAML::Value << YAML::Flow << s.siblings;
+  out << YAML::Key << "disabled" << YAML::Value << s.disabled;
+  out << YAML::Key << "tokencheckinterval" << YAML::Value << s.tokencheckinterval;
+  out << YAML::Key << "tokencheckfailures" << YAML::Value << s.tokencheckfailures;
+  out << YAML::Key << "tokenchecktimeout" << YAML::Value << s.tokenchecktimeout;
+  out << YAML::Key << "readheadertimeout" << YAML::Value << s.readheadertimeout;
+  out << YAML::Key << "readtimeout" << YAML::Value << s.readtimeout;
+  out << YAML::Key << "writetimeout" << YAML::Value << s.writetimeout;
+  out << YAML::Key << "idletimeout" << YAML::Value << s.idletimeout;
+  out << YAML::Key << "maxconnections" << YAML::Value << s.maxconnections;
+  out << YAML::Key << "maxbodybytes" << YAML::Value << s.maxbodybytes;
+  out << YAML::Key << "maxheaderbytes" << YAML::Value << s.maxheaderbytes;
+  out << YAML::Key << "moduledirs" << YAML::Value << YAML::Flow << s.moduledirs;
+  if (!s.clientca.empty()) out << YAML::Key << "clientca" << YAML::Value << s.clientca;
+  out << YAML::EndMap;
+  out << YAML::Key << "tokens" << YAML::Value << YAML::BeginMap;
+  for (const auto& [n, t] : c.tokens) {
+    out << YAML::Key << n << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "provider" << YAML::Value << t.provider;
+    if (!t.label.empty()) out << YAML::Key << "label" << YAML::Value << t.label;
+    if (!t.serial.empty()) out << YAML::Key << "serial" << YAML::Value << t.serial;
+    out << YAML::Key << "pin" << YAML::Value << (t.pin ? "<redacted>" : "<none>");
+    out << YAML::Key << "numworkers" << YAML::Value << t.numworkers;
+    out << YAML::Key << "queuesize" << YAML::Value << t.queuesize;
+    out << YAML::Key << "timeout" << YAML::Value << t.timeout;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "keys" << YAML::Value << YAML::BeginMap;
+  for (const auto& [n, k] : c.keys) {
+    out << YAML::Key << n << YAML::Value << YAML::BeginMap;
+    if (!k.alias.empty()) {
+      out << YAML::Key << "alias" << YAML::Value << k.alias;
+    } else {
+      out << YAML::Key << "token" << YAML::Value << k.token;
+      if (!k.label.empty()) out << YAML::Key << "label" << YAML::Value << k.label;
+      if (k.has_id) out << YAML::Key << "id" << YAML::Value << to_hex(k.id);
+      if (!k.x509certificate.empty()) out << YAML::Key << "x509certificate" << YAML::Value << k.x509certificate;
+      out << YAML::Key << "roles" << YAML::Value << YAML::Flow << k.roles;
+      if (k.hide) out << YAML::Key << "hide" << YAML::Value << true;
+    }
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "clients" << YAML::Value << YAML::BeginMap;
+  for (const auto& [n, cl] : c.clients) {
+    out << YAML::Key << n << YAML::Value << YAML::BeginMap;
+    if (!cl.nickname.empty()) out << YAML::Key << "nickname" << YAML::Value << cl.nickname;
+    out << YAML::Key << "roles" << YAML::Value << YAML::Flow << cl.roles;
+    if (!cl.certificate.empty()) out << YAML::Key << "certificate" << YAML::Value << cl.certificate;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+  if (!c.auditfile.empty()) out << YAML::Key << "auditfile" << YAML::Value << c.auditfile;
+  if (!c.pinfile.empty()) out << YAML::Key << "pinfile" << YAML::Value << c.pinfile;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace p11relay::daemon

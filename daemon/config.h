@@ -1,0 +1,93 @@
+// p11relayd configuration: relic's server config keys where they mean the same thing
+// (relic-protocol.md §11), plus ours. Plain structs; yaml-cpp only in config.cpp; validated at load.
+#pragma once
+
+#include "common/bytes.h"
+#include "common/error.h"
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace p11relay::daemon {
+
+struct ServerConfig {
+  std::string listen;      // host:port (TLS); default 127.0.0.1:6300... relic's ":6300"
+  std::string listenhttp;  // optional plaintext listener (health/metrics behind a proxy)
+  std::string certfile, keyfile;
+  std::vector<std::string> siblings;
+  bool disabled = false;
+  int tokencheckinterval = 60, tokencheckfailures = 3, tokenchecktimeout = 60;
+  int readheadertimeout = 10, readtimeout = 600, writetimeout = 600, idletimeout = 10;
+  int handshaketimeout = 10;
+  int maxconnections = 4096;
+  std::uint64_t maxbodybytes = 4ull << 30;  // relic pe-coff uploads are streamed, never buffered whole
+  std::uint64_t maxjsonbytes = 1 << 20;     // relay API request bodies are small
+  std::size_t maxheaderbytes = 16 * 1024;
+  std::vector<std::string> moduledirs;      // allow-listed directories for vendor PKCS#11 modules
+  std::string loglevel = "info";
+  std::string clientca;                     // optional: verify client certs against this CA at TLS
+};
+
+struct TokenConfig {
+  std::string name;
+  std::string type = "pkcs11";
+  std::string provider;  // module path
+  std::string label, serial;
+  std::optional<std::string> pin;  // never logged
+  unsigned long user = 1;          // CKU_USER
+  int numworkers = 1;              // sessions/threads on this token
+  int queuesize = 64;              // waiting requests per token; full → 503 + Retry-After
+  int timeout = 60;                // seconds per token operation
+  int retries = 5;
+};
+
+struct KeyConfig {
+  std::string name;
+  std::string alias;  // this name is an alias of another key
+  std::string token;
+  std::string label;
+  Bytes id;
+  bool has_id = false;
+  std::string x509certificate;
+  std::vector<std::string> roles;
+  bool hide = false;
+};
+
+struct ClientConfig {
+  std::string name;  // map key: fingerprint (lowercased) or a label when certificate is set
+  std::string nickname;
+  std::vector<std::string> roles;
+  std::string certificate;  // CA bundle path (CA mode)
+};
+
+struct Config {
+  std::string path;  // the file it was loaded from
+  std::string dir;   // its directory (relative paths resolve against it)
+  ServerConfig server;
+  std::map<std::string, TokenConfig> tokens;
+  std::map<std::string, KeyConfig> keys;
+  std::map<std::string, ClientConfig> clients;
+  std::string auditfile;
+  std::string pinfile;
+
+  // Follows one alias (aliases cannot chain or override anything, as in relic).
+  const KeyConfig* resolve_key(const std::string& name) const;
+};
+
+std::vector<std::string> default_module_dirs();
+
+// Loads and validates; errors name the file, line and key. Reads the pinfile (and checks its owner
+// and mode) unless check_secrets is false.
+Result<Config> load_config(const std::string& path, bool check_secrets = true);
+
+// YAML of the effective config with secrets redacted (for --check-config).
+std::string dump_redacted(const Config& c);
+
+// Refuses a module outside the allow-listed dirs, or writable by anyone but root, or in a
+// directory writable by non-root.
+Status check_module_path(const std::string& path, const std::vector<std::string>& allowed_dirs);
+
+}  // namespace p11relay::daemon

@@ -1,0 +1,396 @@
+#include "daemon/router.h"
+
+#include "common/mechanism.h"
+#include "common/relay_api.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <random>
+
+namespace p11relay::daemon {
+namespace {
+
+constexpr const char* kRelicBase = "https://relic.sas.com/";
+constexpr const char* kAcceptEncoding = "x-snappy-framed, gzip";
+
+bool starts_with(const std::string& s, std::string_view p) { return s.rfind(p, 0) == 0; }
+
+int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+http::Response text_response(int status, std::string body, bool nosniff) {
+  http::Response r;
+  r.status = status;
+  r.set("Content-Type", "text/plain; charset=utf-8");
+  if (nosniff) r.set("X-Content-Type-Options", "nosniff");
+  r.body = std::move(body);
+  return r;
+}
+
+http::Response json_response(int status, std::string body, const char* content_type) {
+  http::Response r;
+  r.status = status;
+  r.set("Content-Type", content_type);
+  r.body = std::move(body);
+  return r;
+}
+
+http::Response relic_problem(int status, const std::string& type, const std::string& detail, const std::string& title,
+                             const std::string& param) {
+  // Member order and two-space indentation as relic's encoder writes them (§3.1).
+  nlohmann::ordered_json j;
+  j["status"] = status;
+  j["type"] = type;
+  if (!title.empty()) j["title"] = title;
+  if (!detail.empty()) j["detail"] = detail;
+  if (!param.empty()) j["param"] = param;
+  return json_response(status, j.dump(2), "application/problem+json");
+}
+
+http::Response relic_unhandled() {
+  return text_response(
+      500, "An unhandled exception occurred while processing your request. Please contact your administrator.\n", true);
+}
+
+http::Response relay_problem(const Error& e) {
+  http::Response r = json_response(e.http_status, relay::encode_problem(e), "application/problem+json");
+  if (e.retry_after > 0) r.set("Retry-After", std::to_string(e.retry_after));
+  return r;
+}
+
+void Router::decorate(http::Response& r) const {
+  // Relic advertises the encodings it decodes on every response (§2, §6); we decode both.
+  r.set("Accept-Encoding", kAcceptEncoding);
+}
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Relic API
+
+std::optional<http::Response> relic_auth(const RequestContext& ctx) {
+  if (!ctx.identity.has_certificate)
+    return relic_problem(401, std::string(kRelicBase) + "certificate-required",
+                         "A client certificate must be provided to use this service");
+  if (!ctx.identity.client) {
+    spdlog::info("unrecognized client certificate fingerprint={} subject={} ip={}", ctx.identity.fingerprint,
+                 ctx.identity.subject, ctx.peer_ip);
+    return relic_problem(401, std::string(kRelicBase) + "certificate-not-recognized",
+                         "The provided client certificate was not recognized or does not grant access to any resources");
+  }
+  return std::nullopt;
+}
+
+http::Response relic_forbidden() { return relic_problem(403, std::string(kRelicBase) + "forbidden"); }
+
+http::Response health(Service& svc) {
+  const auto& s = svc.config.server;
+  int64_t age = steady_ms() - svc.health.last_check_ms.load();
+  bool ok = !s.disabled && svc.health.last_check_ms.load() != 0 &&
+            age < 3LL * s.tokencheckinterval * 1000 && svc.health.counter.load() > 0;
+  if (ok) return text_response(200, "OK\r\n");
+  return text_response(503, "health check failed\n", true);
+}
+
+http::Response directory(Service& svc, const RequestContext& ctx) {
+  std::vector<std::string> hosts = svc.config.server.siblings;
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  std::shuffle(hosts.begin(), hosts.end(), rng);
+  const std::string* accept = ctx.req.header("Accept");
+  if (accept && accept->find("json") != std::string::npos) {
+    nlohmann::ordered_json j;
+    j["hosts"] = hosts;  // [] when empty, never null
+    j["auth"] = nlohmann::json::array({{{"type", "https://relic.sas.com/auth/certificate"}}});
+    return json_response(200, j.dump());
+  }
+  std::string body;
+  if (hosts.empty()) {
+    const std::string* host = ctx.req.header("Host");
+    body = std::string(ctx.tls ? "https" : "http") + "://" + (host ? *host : "localhost") + "\r\n";
+  } else {
+    for (const auto& h : hosts) body += h + "\r\n";
+  }
+  return text_response(200, body);
+}
+
+http::Response list_keys(Service& svc, const RequestContext& ctx) {
+  std::vector<std::string> names;
+  for (const auto& [name, k] : svc.config.keys) {
+    const KeyConfig* target = svc.config.resolve_key(name);
+    if (!target || target->hide || k.hide) continue;
+    if (allowed(ctx.identity, *target)) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return json_response(200, nlohmann::json(names).dump());
+}
+
+http::Response get_key(Service& svc, const RequestContext& ctx, const std::string& name) {
+  auto ref = svc.lookup_key(name, ctx.identity);
+  if (!ref) return relic_forbidden();
+  std::string pem;
+  if (ref->served) {
+    for (const auto& c : ref->served->chain) pem += x509_pem(c.get());
+  } else if (!ref->config->x509certificate.empty()) {
+    auto certs = load_certificates(ref->config->x509certificate);
+    if (!certs.ok()) return relic_unhandled();
+    for (const auto& c : *certs) pem += x509_pem(c.get());
+  } else {
+    // The certificate lives on a token that is not open right now: a temporary failure.
+    return text_response(503, "token not available\n", true);
+  }
+  nlohmann::ordered_json j;
+  j["X509Certificate"] = pem;
+  j["PGPCertificate"] = "";
+  return json_response(200, j.dump());
+}
+
+RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
+  RouteDecision d;
+  if (auto a = relic_auth(ctx)) {
+    d.response = std::move(*a);
+    return d;
+  }
+  auto query = http::parse_query(ctx.req.query);
+  if (!query) {
+    d.response = relic_problem(400, std::string(kRelicBase) + "bad-parameter", "Malformed query string");
+    return d;
+  }
+  auto param = [&](const char* n) -> std::string {
+    for (const auto& [k, v] : *query)
+      if (k == n) return v;
+    return {};
+  };
+  std::string key = param("key"), filename = param("filename"), sigtype = param("sigtype"), digest = param("digest");
+  if (key.empty()) {
+    d.response = relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter key is required", "", "key");
+    return d;
+  }
+  if (filename.empty()) {
+    d.response = relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter filename is required", "",
+                               "filename");
+    return d;
+  }
+  auto ref = svc.lookup_key(key, ctx.identity);
+  if (!ref) {
+    spdlog::info("sign refused: key={} client={} (unknown key or no role)", key, ctx.identity.name());
+    d.response = relic_forbidden();
+    return d;
+  }
+  if (auto a = svc.signer_aliases.find(sigtype); a != svc.signer_aliases.end()) sigtype = a->second;
+  auto signer = svc.signers.find(sigtype);
+  if (sigtype.empty() || signer == svc.signers.end()) {
+    d.response = relic_problem(400, std::string(kRelicBase) + "unknown-signature-type", "Unknown signature type specified");
+    return d;
+  }
+  HashAlg alg = HashAlg::sha256;
+  if (!digest.empty()) {
+    auto h = hash_by_name(digest);
+    if (!h) {
+      d.response = relic_problem(400, std::string(kRelicBase) + "unknown-digest-algorithm",
+                                 "Unknown digest algorithm specified");
+      return d;
+    }
+    alg = *h;
+  }
+  SignerContext sctx{svc, ctx, *ref, key, alg, std::move(*query)};
+  auto consumer = signer->second(sctx);
+  if (!consumer.ok()) {
+    const Error& e = consumer.error();
+    if (e.http_status >= 500) d.response = e.http_status == 503 ? relay_problem(e) : relic_unhandled();
+    else d.response = relic_problem(e.http_status, std::string(kRelicBase) + error_code_name(e.code), e.message);
+    return d;
+  }
+  d.streaming = std::move(consumer).value();
+  d.max_body = svc.config.server.maxbodybytes;
+  return d;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Relay API (docs/relay-api.md)
+
+std::optional<http::Response> relay_auth(const RequestContext& ctx) {
+  if (!ctx.identity.has_certificate)
+    return relay_problem(Error(ErrorCode::unauthenticated, "a client certificate is required"));
+  if (!ctx.identity.client) {
+    spdlog::info("unrecognized client certificate fingerprint={} subject={} ip={}", ctx.identity.fingerprint,
+                 ctx.identity.subject, ctx.peer_ip);
+    return relay_problem(Error(ErrorCode::unauthenticated, "client certificate not recognized (fingerprint " +
+                                                               ctx.identity.fingerprint + ")"));
+  }
+  return std::nullopt;
+}
+
+http::Response relay_keys(Service& svc, const RequestContext& ctx) {
+  std::vector<relay::KeyDescription> out;
+  for (const auto& [name, k] : svc.config.keys) {
+    if (!k.alias.empty()) continue;  // aliases are a relic naming convenience; the shim sees real keys
+    if (!allowed(ctx.identity, k)) continue;
+    auto t = svc.tokens.find(k.token);
+    if (t == svc.tokens.end()) continue;
+    auto served = t->second->key(name);
+    if (!served) {
+      TokenState st = t->second->state();
+      if (st == TokenState::starting || st == TokenState::recovering) {
+        // Do not hand out a shrunken key list while a token is being re-opened.
+        return relay_problem(Error(ErrorCode::token_not_present,
+                                   "token '" + k.token + "' is being re-opened: " + t->second->state_reason())
+                                 .with_retry_after(1));
+      }
+      continue;
+    }
+    out.push_back(served->description);
+  }
+  return json_response(200, relay::encode_key_list(out));
+}
+
+Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& req, Clock::time_point deadline,
+                              std::string& digest_name) {
+  auto mech = mechanism_by_name(req.mechanism);
+  if (!mech || std::find(key.mechanisms.begin(), key.mechanisms.end(), *mech) == key.mechanisms.end())
+    return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not available for key '" +
+                                                   key.name + "' (relay mechanisms are the raw ones: hash locally)");
+  SignJob job;
+  job.key = key.name;
+  job.mechanism = *mech;
+  job.input = req.input;
+  job.deadline = deadline;
+  size_t modulus = static_cast<size_t>((key.description.key.bits + 7) / 8);
+  switch (*mech) {
+    case CKM_RSA_PKCS: {
+      if (req.input.empty() || req.input.size() + 11 > modulus)
+        return Error(ErrorCode::data_len_range, "input must be 1.." + std::to_string(modulus - 11) + " bytes");
+      if (auto di = parse_digest_info(req.input)) digest_name = hash_info(di->first).relic_name;
+      break;
+    }
+    case CKM_RSA_PKCS_PSS: {
+      if (!req.pss) return Error(ErrorCode::mechanism_param, "CKM_RSA_PKCS_PSS needs params {hash, mgf, salt_length}");
+      if (req.input.size() != hash_info(req.pss->hash).size)
+        return Error(ErrorCode::data_len_range, "input must be the " + std::string(hash_info(req.pss->hash).name) +
+                                                    " digest (" + std::to_string(hash_info(req.pss->hash).size) +
+                                                    " bytes)");
+      if (req.pss->hash == HashAlg::md5) return Error(ErrorCode::mechanism_param, "MD5 is not allowed with PSS");
+      if (req.pss->salt_length + hash_info(req.pss->hash).size + 2 > modulus)
+        return Error(ErrorCode::mechanism_param, "salt_length too large for the key");
+      job.pss = req.pss;
+      digest_name = hash_info(req.pss->hash).relic_name;
+      break;
+    }
+    case CKM_ECDSA: {
+      if (req.input.size() < 16 || req.input.size() > 64)
+        return Error(ErrorCode::data_len_range, "CKM_ECDSA input must be a digest (16..64 bytes)");
+      if (auto h = hash_by_size(req.input.size())) digest_name = hash_info(*h).relic_name;
+      break;
+    }
+    default:
+      return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not supported");
+  }
+  if (req.digest_alg) digest_name = hash_info(*req.digest_alg).relic_name;
+  return job;
+}
+
+asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, std::string name) {
+  auto ref = svc.lookup_key(name, ctx.identity);
+  if (!ref) co_return relay_problem(Error(ErrorCode::forbidden, "key '" + name + "' does not exist or is not yours"));
+  if (!ref->served)
+    co_return relay_problem(
+        Error(ErrorCode::token_not_present, "token of key '" + name + "' is not available: " + ref->token->state_reason())
+            .with_retry_after(1));
+  auto req = relay::decode_sign_request(ctx.req.body);
+  if (!req.ok()) co_return relay_problem(req.error());
+  std::string digest_name;
+  auto deadline = std::min(ctx.deadline, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout));
+  auto job = validate_sign(*ref->served, *req, deadline, digest_name);
+  if (!job.ok()) co_return relay_problem(job.error());
+  auto t0 = Clock::now();
+  auto sig = co_await token_sign(ref->token, std::move(job).value());
+  if (!sig.ok()) {
+    spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,
+                 sig.error().message);
+    co_return relay_problem(sig.error());
+  }
+  nlohmann::json extra;
+  extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  auto st = record_signature(svc, ctx, name, *ref->served, req->mechanism, digest_name, req->filename, extra);
+  if (!st.ok()) co_return relay_problem(Error(ErrorCode::internal, "audit record could not be written"));
+  co_return json_response(200, relay::encode_sign_response(*sig));
+}
+
+}  // namespace
+
+RouteDecision Router::route(RequestContext& ctx) {
+  RouteDecision d;
+  const std::string& m = ctx.req.method;
+  const std::string& p = ctx.req.path;
+  auto only = [&](const char* method) -> bool {
+    if (m == method) return true;
+    http::Response r;
+    r.status = 405;
+    d.response = std::move(r);
+    return false;
+  };
+
+  // Relay API.
+  if (starts_with(p, "/v1/")) {
+    if (auto a = relay_auth(ctx)) {
+      d.response = std::move(*a);
+      return d;
+    }
+    if (p == "/v1/keys") {
+      if (!only("GET")) return d;
+      d.response = relay_keys(svc_, ctx);
+      return d;
+    }
+    static const std::string prefix = "/v1/keys/", suffix = "/sign";
+    if (starts_with(p, prefix) && p.size() > prefix.size() + suffix.size() &&
+        p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      std::string name = p.substr(prefix.size(), p.size() - prefix.size() - suffix.size());
+      if (!only("POST")) return d;
+      d.max_body = svc_.config.server.maxjsonbytes;
+      d.buffered = [this, name](RequestContext& c) { return relay_sign(svc_, c, name); };
+      return d;
+    }
+    d.response = relay_problem(Error(ErrorCode::not_found, "no such endpoint: " + p));
+    return d;
+  }
+
+  // Relic API (relic-protocol.md §2).
+  if (p == "/health") {
+    if (only("GET")) d.response = health(svc_);
+    return d;
+  }
+  if (p == "/directory") {
+    if (only("GET")) d.response = directory(svc_, ctx);
+    return d;
+  }
+  if (p == "/") {
+    if (!only("GET")) return d;
+    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
+    else d.response = text_response(200, "Welcome to relic!\n");
+    return d;
+  }
+  if (p == "/list_keys") {
+    if (!only("GET")) return d;
+    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
+    else d.response = list_keys(svc_, ctx);
+    return d;
+  }
+  if (starts_with(p, "/keys/") && p.size() > 6) {
+    if (!only("GET")) return d;
+    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
+    else d.response = get_key(svc_, ctx, p.substr(6));
+    return d;
+  }
+  if (p == "/sign") {
+    if (!only("POST")) return d;
+    return relic_sign(svc_, ctx);
+  }
+  d.response = text_response(404, "404 page not found\n", true);
+  return d;
+}
+
+}  // namespace p11relay::daemon

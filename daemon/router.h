@@ -1,0 +1,29 @@
+// Routes in one place (relic server/server.go style): the relic API and the relay API.
+#pragma once
+
+#include "daemon/service.h"
+
+namespace p11relay::daemon {
+
+class Router {
+ public:
+  explicit Router(Service& svc) : svc_(svc) {}
+  // Called when the request headers are complete. Decides the handler and the body limit.
+  RouteDecision route(RequestContext& ctx);
+  // Headers every response carries (relic: Accept-Encoding on every response).
+  void decorate(http::Response& r) const;
+
+ private:
+  Service& svc_;
+};
+
+// Relic-style responses (relic-protocol.md §3).
+http::Response relic_problem(int status, const std::string& type, const std::string& detail = {},
+                             const std::string& title = {}, const std::string& param = {});
+http::Response relic_unhandled();  // 500 text/plain
+http::Response text_response(int status, std::string body, bool nosniff = false);
+http::Response json_response(int status, std::string body, const char* content_type = "application/json");
+// Relay API problem document for an Error (status, Retry-After).
+http::Response relay_problem(const Error& e);
+
+}  // namespace p11relay::daemon

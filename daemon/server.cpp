@@ -1,0 +1,404 @@
+#include "daemon/server.h"
+
+#include "common/openssl_ptr.h"
+#include "common/x509.h"
+#include "daemon/compress.h"
+
+#include <asio/experimental/as_tuple.hpp>
+#include <openssl/err.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <cstring>
+
+namespace p11relay::daemon {
+
+using asio::ip::tcp;
+using tls_stream = asio::ssl::stream<tcp::socket>;
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+namespace {
+
+int verify_callback(int preverify_ok, X509_STORE_CTX* ctx) {
+  if (preverify_ok) return 1;
+  // relic semantics (relic-protocol.md §1): a client certificate is requested but not chain-verified
+  // at the TLS layer; identity is decided by its public key afterwards. Still refuse what no chain
+  // could make acceptable: keys below the security level, broken signatures.
+  switch (X509_STORE_CTX_get_error(ctx)) {
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_CERT_UNTRUSTED:
+    case X509_V_ERR_CERT_HAS_EXPIRED:       // judged by the authenticator: 401, not a TLS alert
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+    case X509_V_ERR_INVALID_PURPOSE:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
+                void*) {
+  static const unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  unsigned char* sel = nullptr;
+  if (SSL_select_next_proto(&sel, outlen, kHttp11, sizeof kHttp11, in, inlen) == OPENSSL_NPN_NEGOTIATED) {
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+  }
+  return SSL_TLSEXT_ERR_NOACK;  // no common protocol: carry on without ALPN (HTTP/1.1)
+}
+
+// Per-connection deadline, enforced by a watchdog coroutine that closes the socket when it passes.
+struct Conn {
+  explicit Conn(tls_stream s) : stream(std::move(s)), timer(stream.get_executor()) {}
+  tls_stream stream;
+  asio::steady_timer timer;
+  Clock::time_point deadline = Clock::time_point::max();
+  bool closed = false;
+  bool timed_out = false;
+
+  void set_deadline(Clock::duration d) {
+    deadline = Clock::now() + d;
+    timer.cancel();
+  }
+  void close() {
+    if (closed) return;
+    closed = true;
+    timer.cancel();
+    std::error_code ec;
+    stream.lowest_layer().shutdown(tcp::socket::shutdown_both, ec);
+    stream.lowest_layer().close(ec);
+  }
+};
+
+asio::awaitable<void> watchdog(std::shared_ptr<Conn> c) {
+  while (!c->closed) {
+    c->timer.expires_at(c->deadline);
+    co_await c->timer.async_wait(use_nothrow);
+    if (c->closed) break;
+    if (Clock::now() >= c->deadline) {
+      c->timed_out = true;
+      std::error_code ec;
+      c->stream.lowest_layer().cancel(ec);
+      c->stream.lowest_layer().close(ec);
+      break;
+    }
+  }
+}
+
+bool path_is_relay(const std::string& target) { return target.rfind("/v1/", 0) == 0; }
+
+http::Response error_for(const std::string& target, int status, const std::string& message) {
+  if (path_is_relay(target)) {
+    ErrorCode code = status == 413 ? ErrorCode::payload_too_large
+                     : status == 415 ? ErrorCode::unsupported_media
+                                     : ErrorCode::bad_request;
+    Error e(code, message);
+    e.http_status = status;
+    return relay_problem(e);
+  }
+  return text_response(status, message + "\n", true);
+}
+
+}  // namespace
+
+Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& cfg) {
+  auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  SSL_CTX* c = ctx->native_handle();
+  SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+  SSL_CTX_set_security_level(c, 2);
+  SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION |
+                             SSL_OP_NO_COMPRESSION);
+  // TLS 1.2: forward-secret AEAD suites only. TLS 1.3 suites are all acceptable as they are.
+  if (SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!RC4:!3DES") != 1)
+    return config_error("cannot set TLS cipher list: " + openssl_error_string());
+  if (SSL_CTX_use_certificate_chain_file(c, cfg.certfile.c_str()) != 1)
+    return config_error("server.certfile '" + cfg.certfile + "': " + openssl_error_string());
+  if (SSL_CTX_use_PrivateKey_file(c, cfg.keyfile.c_str(), SSL_FILETYPE_PEM) != 1)
+    return config_error("server.keyfile '" + cfg.keyfile + "': cannot load the private key");
+  if (SSL_CTX_check_private_key(c) != 1)
+    return config_error("server.keyfile does not match server.certfile");
+  static const unsigned char kSid[] = "p11relayd";
+  SSL_CTX_set_session_id_context(c, kSid, sizeof kSid - 1);
+  if (!cfg.clientca.empty()) {
+    // Optional CA-verified mode: the TLS layer itself requires a certificate chaining to clientca.
+    if (SSL_CTX_load_verify_locations(c, cfg.clientca.c_str(), nullptr) != 1)
+      return config_error("server.clientca '" + cfg.clientca + "': " + openssl_error_string());
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  } else {
+    // Request (not require) a certificate, with an empty CA-name list, as relic does.
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, verify_callback);
+  }
+  SSL_CTX_set_alpn_select_cb(c, alpn_select, nullptr);
+  ERR_clear_error();
+  return ctx;
+}
+
+Server::Server(asio::io_context& io, Service& service, Router& router) : io_(io), svc_(service), router_(router) {}
+
+Result<unsigned short> Server::listen_tls(const std::string& address) {
+  if (!tls_) {
+    ASSIGN_OR_RETURN(tls_, make_server_tls(svc_.config.server));
+  }
+  std::string host = "0.0.0.0", port = address;
+  if (auto colon = address.rfind(':'); colon != std::string::npos) {
+    host = address.substr(0, colon);
+    port = address.substr(colon + 1);
+    if (host.empty()) host = "0.0.0.0";
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  }
+  std::error_code ec;
+  tcp::resolver resolver(io_);
+  auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
+  if (ec || results.empty()) return config_error("server.listen '" + address + "': cannot resolve: " + ec.message());
+  tcp::endpoint ep = results.begin()->endpoint();
+  auto acc = std::make_unique<tcp::acceptor>(io_);
+  acc->open(ep.protocol(), ec);
+  if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acc->bind(ep, ec);
+  if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return config_error("server.listen '" + address + "': " + ec.message());
+  unsigned short bound = acc->local_endpoint().port();
+  acceptors_.push_back(std::move(acc));
+  return bound;
+}
+
+void Server::start() {
+  for (auto& acc : acceptors_)
+    asio::co_spawn(io_, accept_loop(*acc), asio::detached);
+}
+
+void Server::stop() {
+  stopping_ = true;
+  for (auto& acc : acceptors_) {
+    std::error_code ec;
+    acc->close(ec);
+  }
+}
+
+asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
+  while (!stopping_) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(io_), use_nothrow);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || stopping_) break;
+      spdlog::warn("accept failed: {}", ec.message());
+      // EMFILE and friends: back off briefly instead of spinning.
+      asio::steady_timer t(io_, std::chrono::milliseconds(50));
+      co_await t.async_wait(use_nothrow);
+      continue;
+    }
+    auto ex = socket.get_executor();
+    asio::co_spawn(ex, serve(std::move(socket)), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::error("connection handler failed: {}", ex.what());
+      }
+    });
+  }
+}
+
+asio::awaitable<void> Server::serve(tcp::socket socket) {
+  struct Count {
+    std::atomic<size_t>& n;
+    ~Count() { --n; }
+  } count{connections_};
+  size_t now_open = ++connections_;
+  const ServerConfig& sc = svc_.config.server;
+  std::error_code ec;
+  std::string peer_ip;
+  if (auto ep = socket.remote_endpoint(ec); !ec) peer_ip = ep.address().to_string();
+  if (now_open > static_cast<size_t>(sc.maxconnections)) {
+    spdlog::warn("connection from {} refused: {} connections open (server.maxconnections)", peer_ip, now_open - 1);
+    socket.close(ec);
+    co_return;
+  }
+  socket.set_option(tcp::no_delay(true), ec);
+
+  auto conn = std::make_shared<Conn>(tls_stream(std::move(socket), *tls_));
+  conn->set_deadline(std::chrono::seconds(sc.handshaketimeout));
+  asio::co_spawn(conn->stream.get_executor(), watchdog(conn), asio::detached);
+  struct Closer {
+    std::shared_ptr<Conn> c;
+    ~Closer() { c->close(); }
+  } closer{conn};
+
+  auto [hec] = co_await conn->stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
+  if (hec) {
+    spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : hec.message());
+    ERR_clear_error();
+    co_return;
+  }
+
+  // Identity once per connection (relic-protocol.md §4.1).
+  ClientIdentity identity;
+  {
+    SSL* ssl = conn->stream.native_handle();
+    X509* leaf = SSL_get1_peer_certificate(ssl);
+    if (leaf) {
+      identity = svc_.auth->identify(leaf, SSL_get_peer_cert_chain(ssl));
+      X509_free(leaf);
+    }
+  }
+
+  http::Limits limits{sc.maxheaderbytes, sc.maxbodybytes};
+  http::RequestParser parser(limits);
+  std::array<char, 16 * 1024> buf;
+  std::string pending;  // bytes read but not yet parsed (pipelining)
+  bool first = true;
+
+  auto fill = [&]() -> asio::awaitable<bool> {
+    auto [rec, n] = co_await conn->stream.async_read_some(asio::buffer(buf), use_nothrow);
+    if (rec || n == 0) co_return false;
+    pending.append(buf.data(), n);
+    co_return true;
+  };
+  auto feed_pending = [&]() {
+    size_t used = parser.feed(pending);
+    pending.erase(0, used);
+  };
+  auto write = [&](http::Response& resp) -> asio::awaitable<bool> {
+    router_.decorate(resp);
+    std::string out = http::serialize(resp);
+    conn->set_deadline(std::chrono::seconds(sc.writetimeout));
+    auto [wec, n] = co_await asio::async_write(conn->stream, asio::buffer(out), use_nothrow);
+    (void)n;
+    co_return !wec;
+  };
+
+  for (;;) {
+    parser.reset();
+    conn->set_deadline(std::chrono::seconds(first ? sc.readheadertimeout : sc.idletimeout));
+    bool started = !pending.empty();
+    if (started) conn->set_deadline(std::chrono::seconds(sc.readheadertimeout));
+    // Request line and headers.
+    while (parser.state() == http::ParseState::need_more) {
+      if (pending.empty()) {
+        if (!co_await fill()) co_return;  // closed, reset or timed out
+        if (!started) {
+          started = true;
+          conn->set_deadline(std::chrono::seconds(sc.readheadertimeout));
+        }
+      }
+      feed_pending();
+    }
+    first = false;
+    if (parser.state() == http::ParseState::error) {
+      http::Response r = error_for(parser.request().target, parser.error_status(), parser.error_message());
+      r.keep_alive = false;
+      co_await write(r);
+      co_return;
+    }
+    http::Request& req = parser.request();
+    RequestContext ctx{req, identity, peer_ip, true,
+                       Clock::now() + std::chrono::seconds(sc.writetimeout)};
+    auto started_at = Clock::now();
+    RouteDecision d = router_.route(ctx);
+    http::Response resp;
+    if (d.response) {
+      resp = std::move(*d.response);
+      bool complete = parser.state() == http::ParseState::message_complete;
+      if (parser.state() == http::ParseState::headers_complete && !parser.expects_body()) {
+        parser.resume();
+        feed_pending();
+        complete = parser.state() == http::ParseState::message_complete;
+      }
+      if (!complete) resp.keep_alive = false;  // the body was not read: the connection cannot be reused
+    } else {
+      if (parser.content_length() && *parser.content_length() > d.max_body) {
+        resp = error_for(req.target, 413, "request body too large (limit " + std::to_string(d.max_body) + " bytes)");
+        resp.keep_alive = false;
+        co_await write(resp);
+        co_return;
+      }
+      parser.set_max_body(d.max_body);
+      // Content-Encoding (relic compresses uploads when the server advertises it, §6).
+      std::unique_ptr<Decoder> decoder;
+      const std::string* ce = req.header("Content-Encoding");
+      if (ce && !ce->empty() && !http::iequals(*ce, "identity")) {
+        decoder = make_decoder(*ce, d.max_body);
+        if (!decoder) {
+          resp = text_response(415, "invalid content-encoding\n", true);
+          resp.keep_alive = false;
+          co_await write(resp);
+          co_return;
+        }
+      }
+      std::optional<Error> body_error;
+      std::string body;
+      auto deliver = [&](std::string_view plain) -> bool {
+        if (d.streaming) {
+          auto st = d.streaming->consume(plain);
+          if (!st.ok()) {
+            body_error = st.error();
+            return false;
+          }
+          return true;
+        }
+        if (body.size() + plain.size() > d.max_body) {
+          body_error = Error(ErrorCode::payload_too_large, "request body too large");
+          return false;
+        }
+        body.append(plain);
+        return true;
+      };
+      parser.set_body_sink([&](std::string_view chunk) -> bool {
+        if (!decoder) return deliver(chunk);
+        auto st = decoder->write(chunk, deliver);
+        if (!st.ok()) {
+          if (!body_error) body_error = st.error();
+          return false;
+        }
+        return true;
+      });
+      if (const std::string* expect = req.header("Expect"); expect && http::iequals(*expect, "100-continue")) {
+        static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        auto [cec, cn] = co_await asio::async_write(conn->stream, asio::buffer(kContinue), use_nothrow);
+        (void)cn;
+        if (cec) co_return;
+      }
+      parser.resume();
+      conn->set_deadline(std::chrono::seconds(sc.readtimeout));
+      feed_pending();
+      while (parser.state() == http::ParseState::need_more) {
+        if (!co_await fill()) co_return;
+        feed_pending();
+      }
+      if (parser.state() == http::ParseState::message_complete && decoder) {
+        auto st = decoder->finish(deliver);
+        if (!st.ok() && !body_error) body_error = st.error();
+      }
+      if (parser.state() == http::ParseState::error || body_error) {
+        if (body_error) {
+          if (body_error->code == ErrorCode::payload_too_large) resp = error_for(req.target, 413, body_error->message);
+          else if (path_is_relay(req.target)) resp = relay_problem(*body_error);
+          else if (body_error->code == ErrorCode::unsupported_media) resp = text_response(400, "failed to decompress request\n", true);
+          else resp = relic_problem(body_error->http_status, "https://relic.sas.com/bad-request", body_error->message);
+        } else {
+          resp = error_for(req.target, parser.error_status(), parser.error_message());
+        }
+        resp.keep_alive = false;
+        co_await write(resp);
+        co_return;
+      }
+      req.body = std::move(body);
+      // The handler may wait on a token; the watchdog must not cut it off meanwhile (the handler
+      // enforces its own deadline, writetimeout, and answers 504).
+      conn->set_deadline(std::chrono::seconds(sc.writetimeout) + std::chrono::seconds(5));
+      if (d.streaming) resp = co_await d.streaming->finish(ctx);
+      else resp = co_await d.buffered(ctx);
+    }
+    if (!req.keep_alive) resp.keep_alive = false;
+    auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_at).count() / 1000.0;
+    spdlog::debug("{} {} {} {} {} {:.2f}ms", peer_ip, identity.has_certificate ? identity.name() : "-", req.method,
+                  req.path, resp.status, ms);
+    if (!co_await write(resp)) co_return;
+    if (!resp.keep_alive) co_return;
+  }
+}
+
+}  // namespace p11relay::daemon

@@ -1,0 +1,41 @@
+// The TLS listener: Asio + OpenSSL, one coroutine per connection on its own strand, HTTP/1.1 with
+// keep-alive, limits and timeouts (header, body, idle, write), mutual TLS identity computed once
+// per connection.
+#pragma once
+
+#include "daemon/router.h"
+#include "daemon/service.h"
+
+#include <asio.hpp>
+#include <asio/ssl.hpp>
+
+#include <atomic>
+#include <memory>
+
+namespace p11relay::daemon {
+
+Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& cfg);
+
+class Server {
+ public:
+  Server(asio::io_context& io, Service& service, Router& router);
+  // Binds the TLS listener (server.listen). Returns the bound port (useful with port 0).
+  Result<unsigned short> listen_tls(const std::string& address);
+  void start();
+  void stop();
+  size_t connections() const { return connections_.load(); }
+
+ private:
+  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
+  asio::awaitable<void> serve(asio::ip::tcp::socket socket);
+
+  asio::io_context& io_;
+  Service& svc_;
+  Router& router_;
+  std::shared_ptr<asio::ssl::context> tls_;
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
+  std::atomic<size_t> connections_{0};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace p11relay::daemon

@@ -1,0 +1,651 @@
+#include "daemon/token.h"
+
+#include "common/mechanism.h"
+
+#include <libp11.h>
+#include <openssl/err.h>
+#include <spdlog/spdlog.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+namespace p11relay::daemon {
+
+const char* token_state_name(TokenState s) {
+  switch (s) {
+    case TokenState::starting: return "starting";
+    case TokenState::ready: return "ready";
+    case TokenState::recovering: return "recovering";
+    case TokenState::failed: return "failed";
+  }
+  return "unknown";
+}
+
+namespace {
+
+std::string ckr_hex(CK_RV rv) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%08lx", static_cast<unsigned long>(rv));
+  return buf;
+}
+
+std::string trim_padded(const unsigned char* s, size_t n) {
+  std::string out(reinterpret_cast<const char*>(s), n);
+  while (!out.empty() && (out.back() == ' ' || out.back() == '\0')) out.pop_back();
+  return out;
+}
+
+}  // namespace
+
+// A loaded PKCS#11 module. libp11 loads it (C_Initialize included) and we use libp11 for slot and
+// token discovery and for enumerating keys and certificates. The private-key operations go through
+// the module's own function list instead: libp11 0.4 only exposes signing through OpenSSL key
+// methods (RSA_METHOD / EC_KEY_METHOD), which cannot pass CKM_RSA_PKCS_PSS parameters, would
+// re-encode raw ECDSA (r||s) signatures, and hide the exact CK_RV we need to tell a removed token
+// (re-open) from a wrong PIN (never retry). dlopen() of the same path returns libp11's handle, so
+// both share one initialised module.
+class Module {
+ public:
+  static Result<std::shared_ptr<Module>> get(const std::string& path) {
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<Module>> loaded;
+    std::lock_guard lock(mu);
+    if (auto m = loaded[path].lock()) return m;
+    auto m = std::shared_ptr<Module>(new Module());
+    m->ctx_ = PKCS11_CTX_new();
+    if (!m->ctx_) return internal_error("PKCS11_CTX_new failed");
+    if (PKCS11_CTX_load(m->ctx_, path.c_str()) != 0) {
+      ERR_clear_error();
+      return Error(ErrorCode::token_not_present, "cannot load PKCS#11 module '" + path + "'");
+    }
+    m->loaded_ = true;
+    m->dl_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!m->dl_) return internal_error("dlopen of '" + path + "' failed");
+    auto get_list = reinterpret_cast<CK_C_GetFunctionList>(dlsym(m->dl_, "C_GetFunctionList"));
+    if (!get_list || get_list(&m->fl_) != CKR_OK || !m->fl_)
+      return internal_error("module '" + path + "' has no usable C_GetFunctionList");
+    loaded[path] = m;
+    return m;
+  }
+
+  ~Module() {
+    if (loaded_) PKCS11_CTX_unload(ctx_);
+    if (ctx_) PKCS11_CTX_free(ctx_);
+    if (dl_) dlclose(dl_);
+  }
+
+  PKCS11_CTX* ctx() { return ctx_; }
+  CK_FUNCTION_LIST_PTR fl() { return fl_; }
+  std::mutex& mu() { return mu_; }  // libp11 calls on one context are serialised
+
+ private:
+  Module() = default;
+  PKCS11_CTX* ctx_ = nullptr;
+  bool loaded_ = false;
+  void* dl_ = nullptr;
+  CK_FUNCTION_LIST_PTR fl_ = nullptr;
+  std::mutex mu_;
+};
+
+// Per worker thread: its own session and the key handles found in it.
+struct Token::WorkerSession {
+  std::shared_ptr<Module> module;
+  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+  uint64_t generation = 0;
+  std::map<std::string, CK_OBJECT_HANDLE> handles;
+
+  void close() {
+    if (module && session != CK_INVALID_HANDLE) module->fl()->C_CloseSession(session);
+    session = CK_INVALID_HANDLE;
+    handles.clear();
+    module.reset();
+  }
+};
+
+Token::Token(TokenConfig config, std::vector<KeyConfig> keys)
+    : config_(std::move(config)), key_configs_(std::move(keys)) {}
+
+Token::~Token() { stop(); }
+
+bool Token::is_device_error(CK_RV rv) {
+  switch (rv) {
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_DEVICE_ERROR:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Status Token::start() {
+  Status first;
+  {
+    std::unique_lock lock(mu_);
+    first = open_locked();
+    if (first.ok()) {
+      state_ = TokenState::ready;
+      reason_.clear();
+    } else if (state_ != TokenState::failed) {
+      state_ = TokenState::recovering;
+      reason_ = first.error().message;
+    }
+  }
+  for (int i = 0; i < config_.numworkers; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+  recovery_ = std::thread([this] { recovery_main(); });
+  return first;
+}
+
+void Token::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  recover_cv_.notify_all();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
+  if (recovery_.joinable()) recovery_.join();
+  std::deque<Job> left;
+  {
+    std::lock_guard lock(mu_);
+    left.swap(queue_);
+    close_locked();
+  }
+  for (auto& j : left) {
+    Error e(ErrorCode::unavailable, "daemon is shutting down");
+    if (j.kind == Job::sign) j.done(e);
+    else j.ping_done(e);
+  }
+}
+
+void Token::close_locked() {
+  if (module_ && slots_) {
+    std::lock_guard ml(module_->mu());
+    // Closes every session of ours on the token (libp11 calls C_CloseAllSessions); workers notice
+    // the new generation and open fresh sessions.
+    PKCS11_release_all_slots(module_->ctx(), static_cast<PKCS11_SLOT*>(slots_), nslots_);
+  }
+  slots_ = nullptr;
+  nslots_ = 0;
+  module_.reset();
+}
+
+Status Token::open_locked() {
+  ASSIGN_OR_RETURN(auto module, Module::get(config_.provider));
+  std::lock_guard ml(module->mu());
+  CK_FUNCTION_LIST_PTR fl = module->fl();
+
+  PKCS11_SLOT* slots = nullptr;
+  unsigned int nslots = 0;
+  if (PKCS11_enumerate_slots(module->ctx(), &slots, &nslots) != 0) {
+    ERR_clear_error();
+    return Error(ErrorCode::token_not_present, "cannot list the slots of module " + config_.provider);
+  }
+  // The slot list stays alive for as long as the token is open: releasing it makes libp11 call
+  // C_CloseAllSessions, which would log the token out under the workers.
+  struct SlotsGuard {
+    PKCS11_CTX* ctx;
+    PKCS11_SLOT* slots;
+    unsigned n;
+    ~SlotsGuard() {
+      if (slots) PKCS11_release_all_slots(ctx, slots, n);
+    }
+  } guard{module->ctx(), slots, nslots};
+
+  PKCS11_SLOT* slot = nullptr;
+  for (unsigned i = 0; i < nslots; ++i) {
+    PKCS11_TOKEN* t = slots[i].token;
+    if (!t || !t->initialized) continue;
+    if (!config_.label.empty() && config_.label != (t->label ? t->label : "")) continue;
+    if (!config_.serial.empty() && config_.serial != (t->serialnr ? t->serialnr : "")) continue;
+    slot = &slots[i];
+    break;
+  }
+  if (!slot)
+    return Error(ErrorCode::token_not_present,
+                 "token '" + config_.name + "' (label '" + config_.label + "'" +
+                     (config_.serial.empty() ? "" : ", serial '" + config_.serial + "'") + ") is not present");
+  CK_SLOT_ID slot_id = PKCS11_get_slotid_from_slot(slot);
+  PKCS11_TOKEN* tok = slot->token;
+
+  // Log in through the function list to get the exact CK_RV (login state is per application and
+  // token, so libp11's session below sees it too).
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  CK_RV rv = fl->C_OpenSession(slot_id, CKF_SERIAL_SESSION, nullptr, nullptr, &s);
+  if (rv != CKR_OK) return Error(ErrorCode::token_not_present, "C_OpenSession failed: " + ckr_hex(rv), rv);
+  if (tok->loginRequired) {
+    if (!config_.pin) {
+      fl->C_CloseSession(s);
+      state_ = TokenState::failed;
+      return Error(ErrorCode::config, "token '" + config_.name + "' needs a PIN (pinfile or tokens." + config_.name +
+                                          ".pin)");
+    }
+    const std::string& pin = *config_.pin;
+    rv = fl->C_Login(s, static_cast<CK_USER_TYPE>(config_.user),
+                     reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(pin.data())), pin.size());
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+      fl->C_CloseSession(s);
+      if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
+          rv == CKR_PIN_EXPIRED || rv == CKR_USER_TYPE_INVALID) {
+        // Never retried: a real token locks itself after a few wrong PINs.
+        state_ = TokenState::failed;
+        return Error(ErrorCode::config,
+                     "login to token '" + config_.name + "' refused (" + ckr_hex(rv) +
+                         (rv == CKR_PIN_INCORRECT ? ", wrong PIN" : rv == CKR_PIN_LOCKED ? ", PIN locked" : "") +
+                         "); not retrying — fix the PIN and restart",
+                     rv);
+      }
+      return Error(ErrorCode::token_not_present, "C_Login failed: " + ckr_hex(rv), rv);
+    }
+  }
+
+  // Token description and the mechanisms it offers.
+  relay::TokenDescription td;
+  CK_TOKEN_INFO ti{};
+  if (fl->C_GetTokenInfo(slot_id, &ti) == CKR_OK) {
+    td.label = trim_padded(ti.label, sizeof ti.label);
+    td.serial = trim_padded(ti.serialNumber, sizeof ti.serialNumber);
+    td.model = trim_padded(ti.model, sizeof ti.model);
+    td.manufacturer = trim_padded(ti.manufacturerID, sizeof ti.manufacturerID);
+  }
+  std::vector<CK_MECHANISM_TYPE> token_mechs;
+  CK_ULONG nm = 0;
+  if (fl->C_GetMechanismList(slot_id, nullptr, &nm) == CKR_OK) {
+    token_mechs.resize(nm);
+    if (fl->C_GetMechanismList(slot_id, token_mechs.data(), &nm) != CKR_OK) token_mechs.clear();
+    token_mechs.resize(std::min<size_t>(nm, token_mechs.size()));
+  }
+  auto token_has = [&](CK_MECHANISM_TYPE m) {
+    return token_mechs.empty() || std::find(token_mechs.begin(), token_mechs.end(), m) != token_mechs.end();
+  };
+
+  // Keys and certificates through libp11. Some drivers show objects only a moment after login
+  // (LESSONS.md #9): enumerate a few times before giving up on a configured key.
+  PKCS11_KEY* pkeys = nullptr;
+  unsigned int npkeys = 0;
+  PKCS11_CERT* certs = nullptr;
+  unsigned int ncerts = 0;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (PKCS11_enumerate_keys(tok, &pkeys, &npkeys) != 0) {
+      ERR_clear_error();
+      npkeys = 0;
+    }
+    if (PKCS11_enumerate_certs(tok, &certs, &ncerts) != 0) {
+      ERR_clear_error();
+      ncerts = 0;
+    }
+    bool all = true;
+    for (const auto& kc : key_configs_) {
+      bool found = false;
+      for (unsigned i = 0; i < npkeys && !found; ++i) {
+        const PKCS11_KEY& k = pkeys[i];
+        bool id_ok = !kc.has_id || (k.id_len == kc.id.size() && std::memcmp(k.id, kc.id.data(), k.id_len) == 0);
+        bool label_ok = kc.label.empty() || (k.label && kc.label == k.label);
+        found = id_ok && label_ok && k.isPrivate;
+      }
+      all = all && found;
+    }
+    if (all) break;
+    spdlog::warn("token {}: not every configured key is visible yet (attempt {}), enumerating again", config_.name,
+                 attempt + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+
+  std::vector<std::shared_ptr<const ServedKey>> served;
+  for (const auto& kc : key_configs_) {
+    const PKCS11_KEY* match = nullptr;
+    for (unsigned i = 0; i < npkeys; ++i) {
+      const PKCS11_KEY& k = pkeys[i];
+      bool id_ok = !kc.has_id || (k.id_len == kc.id.size() && std::memcmp(k.id, kc.id.data(), k.id_len) == 0);
+      bool label_ok = kc.label.empty() || (k.label && kc.label == k.label);
+      if (id_ok && label_ok && k.isPrivate) {
+        match = &k;
+        break;
+      }
+    }
+    if (!match) {
+      spdlog::error("token {}: key '{}' (label '{}', id '{}') not found on the token; it is not served", config_.name,
+                    kc.name, kc.label, to_hex(kc.id));
+      continue;
+    }
+    auto sk = std::make_shared<ServedKey>();
+    sk->name = kc.name;
+    sk->token_name = config_.name;
+    Bytes id(match->id, match->id + match->id_len);
+    // Certificates: the configured file, else the token's certificate with the same CKA_ID.
+    if (!kc.x509certificate.empty()) {
+      auto loaded = load_certificates(kc.x509certificate);
+      if (!loaded.ok()) {
+        spdlog::error("key {}: {}", kc.name, loaded.error().message);
+        continue;
+      }
+      sk->chain = std::move(loaded).value();
+    } else {
+      for (unsigned i = 0; i < ncerts; ++i) {
+        if (certs[i].id_len == id.size() && std::memcmp(certs[i].id, id.data(), id.size()) == 0 && certs[i].x509) {
+          X509_up_ref(certs[i].x509);
+          sk->chain.emplace_back(certs[i].x509);
+          break;
+        }
+      }
+    }
+    // Public key: from the token if it can give one, else from the certificate (LESSONS.md #12: a
+    // token holding only the private key and a certificate must still work).
+    EVP_PKEY* tokpub = PKCS11_get_public_key(const_cast<PKCS11_KEY*>(match));
+    ERR_clear_error();
+    if (tokpub) {
+      // libp11 keeps ownership of the EVP_PKEY it returns; copy it through DER.
+      Bytes der = spki_der(tokpub);
+      auto parsed = parse_spki(der);
+      if (parsed.ok()) sk->public_key = std::move(parsed).value();
+    }
+    if (!sk->public_key && !sk->chain.empty()) {
+      EVP_PKEY* cp = X509_get_pubkey(sk->chain[0].get());
+      sk->public_key.reset(cp);
+    }
+    if (!sk->public_key) {
+      spdlog::error("key {}: no public key on the token and no certificate; it is not served", kc.name);
+      continue;
+    }
+    if (!sk->chain.empty()) {
+      EVP_PKEY* certpub = X509_get0_pubkey(sk->chain[0].get());
+      if (!certpub || !public_keys_equal(certpub, sk->public_key.get())) {
+        spdlog::error("key {}: the certificate does not match the key on the token; it is not served", kc.name);
+        continue;
+      }
+    }
+    auto info = describe_public_key(sk->public_key.get());
+    if (!info.ok()) {
+      spdlog::error("key {}: {}", kc.name, info.error().message);
+      continue;
+    }
+    auto& d = sk->description;
+    d.name = kc.name;
+    d.token = td;
+    d.id = id;
+    d.label = match->label ? match->label : "";
+    d.key = *info;
+    d.spki = spki_der(sk->public_key.get());
+    for (const auto& c : sk->chain) d.certificates.push_back(x509_der(c.get()));
+    if (info->type == KeyType::rsa) {
+      for (CK_MECHANISM_TYPE m : {CKM_RSA_PKCS, CKM_RSA_PKCS_PSS})
+        if (token_has(m)) sk->mechanisms.push_back(m);
+    } else if (token_has(CKM_ECDSA)) {
+      sk->mechanisms.push_back(CKM_ECDSA);
+    }
+    for (auto m : sk->mechanisms) d.mechanisms.push_back(mechanism_name(m));
+    served.push_back(std::move(sk));
+  }
+  // Session `s` stays open while the token is: the login lasts as long as one session does
+  // (PKCS#11 v2.40 §5.6); releasing the slot list closes it.
+  module_ = std::move(module);
+  slot_id_ = slot_id;
+  slots_ = guard.slots;
+  nslots_ = guard.n;
+  guard.slots = nullptr;
+  keys_ = std::move(served);
+  ++generation_;
+  spdlog::info("token {}: open (slot {}, label '{}', serial '{}'), {} key(s) served", config_.name, slot_id, td.label,
+               td.serial, keys_.size());
+  return {};
+}
+
+TokenState Token::state() const {
+  std::lock_guard lock(mu_);
+  return state_;
+}
+
+std::string Token::state_reason() const {
+  std::lock_guard lock(mu_);
+  return reason_;
+}
+
+std::vector<std::shared_ptr<const ServedKey>> Token::keys() const {
+  std::lock_guard lock(mu_);
+  return keys_;
+}
+
+std::shared_ptr<const ServedKey> Token::key(const std::string& name) const {
+  std::lock_guard lock(mu_);
+  for (const auto& k : keys_)
+    if (k->name == name) return k;
+  return nullptr;
+}
+
+size_t Token::queue_depth() const {
+  std::lock_guard lock(mu_);
+  return queue_.size();
+}
+
+void Token::sign(SignJob job, Done done) {
+  std::unique_lock lock(mu_);
+  if (stopping_) {
+    lock.unlock();
+    return done(Error(ErrorCode::unavailable, "daemon is shutting down").with_retry_after(1));
+  }
+  if (state_ == TokenState::failed) {
+    std::string why = reason_;
+    lock.unlock();
+    return done(Error(ErrorCode::token_not_present, "token '" + config_.name + "' is out of service: " + why));
+  }
+  if (state_ != TokenState::ready) {
+    std::string why = reason_;
+    lock.unlock();
+    return done(Error(ErrorCode::token_not_present, "token '" + config_.name + "' is being re-opened: " + why)
+                    .with_retry_after(1));
+  }
+  if (queue_.size() >= static_cast<size_t>(config_.queuesize)) {
+    lock.unlock();
+    return done(Error(ErrorCode::unavailable, "token '" + config_.name + "' is busy (queue full)").with_retry_after(1));
+  }
+  Job j;
+  j.kind = Job::sign;
+  j.sign_job = std::move(job);
+  j.done = std::move(done);
+  queue_.push_back(std::move(j));
+  lock.unlock();
+  cv_.notify_one();
+}
+
+void Token::ping(Clock::time_point deadline, std::function<void(Status)> done) {
+  std::unique_lock lock(mu_);
+  if (state_ != TokenState::ready || stopping_) {
+    std::string why = reason_;
+    lock.unlock();
+    return done(Error(ErrorCode::token_not_present, std::string("token ") + token_state_name(state()) + ": " + why));
+  }
+  Job j;
+  j.kind = Job::ping;
+  j.sign_job.deadline = deadline;
+  j.ping_done = std::move(done);
+  queue_.push_back(std::move(j));
+  lock.unlock();
+  cv_.notify_one();
+}
+
+void Token::worker_main(int index) {
+  WorkerSession ws;
+  for (;;) {
+    Job job;
+    uint64_t gen = 0;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || (!queue_.empty() && state_ == TokenState::ready); });
+      if (stopping_) break;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+      gen = generation_;
+      if (ws.generation != gen || !ws.module) {
+        ws.close();
+        ws.module = module_;
+        ws.generation = gen;
+        CK_RV rv = module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ws.session);
+        if (rv != CKR_OK) {
+          ws.session = CK_INVALID_HANDLE;
+          lock.unlock();
+          Error e(ErrorCode::token_not_present, "cannot open a session on token '" + config_.name + "': " + ckr_hex(rv),
+                  rv);
+          e.with_retry_after(1);
+          if (job.kind == Job::sign) job.done(e);
+          else job.ping_done(e);
+          on_device_error(rv, "C_OpenSession", gen);
+          continue;
+        }
+      }
+    }
+    if (Clock::now() > job.sign_job.deadline) {
+      // The caller has given up (and answered 504); signing now would produce a signature nobody
+      // receives and the audit log would not show.
+      Error e(ErrorCode::timeout, "request timed out while waiting for token '" + config_.name + "'");
+      if (job.kind == Job::sign) job.done(e);
+      else job.ping_done(e);
+      continue;
+    }
+    if (job.kind == Job::ping) {
+      job.ping_done(run_ping(ws));
+    } else {
+      auto r = run_sign(ws, job.sign_job);
+      if (!r.ok() && is_device_error(r.error().ckr)) {
+        CK_RV rv = r.error().ckr;
+        Error e = r.error();
+        e.code = rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ? ErrorCode::token_not_present
+                                                                         : ErrorCode::unavailable;
+        e.http_status = 503;
+        e.with_retry_after(1);
+        job.done(e);
+        on_device_error(rv, "C_Sign", gen);
+        ws.close();
+        continue;
+      }
+      job.done(std::move(r));
+    }
+  }
+  ws.close();
+  (void)index;
+}
+
+void Token::on_device_error(CK_RV rv, const std::string& where, uint64_t generation) {
+  {
+    std::lock_guard lock(mu_);
+    if (generation != generation_ || state_ != TokenState::ready) return;  // someone already reported it
+    state_ = TokenState::recovering;
+    reason_ = where + " returned " + ckr_hex(rv);
+  }
+  spdlog::warn("token {}: {} returned {}; re-opening", config_.name, where, ckr_hex(rv));
+  recover_cv_.notify_all();
+}
+
+void Token::recovery_main() {
+  std::unique_lock lock(mu_);
+  int attempt = 0;
+  for (;;) {
+    recover_cv_.wait(lock, [&] { return stopping_ || state_ == TokenState::recovering; });
+    if (stopping_) return;
+    // Backoff 1 s × e^n capped at 30 s (relic token/worker/retry.go), first try after 200 ms.
+    double delay = attempt == 0 ? 0.2 : std::min(30.0, std::exp(static_cast<double>(attempt - 1)));
+    recover_cv_.wait_for(lock, std::chrono::duration<double>(delay), [&] { return stopping_; });
+    if (stopping_) return;
+    // Drop the old module reference so a module used by this token alone is finalised and loaded
+    // again (a re-plugged USB token usually needs C_Initialize to be seen again). Workers drop
+    // their sessions when they see the new generation.
+    close_locked();
+    ++generation_;
+    auto st = open_locked();
+    if (st.ok()) {
+      state_ = TokenState::ready;
+      reason_.clear();
+      attempt = 0;
+      spdlog::info("token {}: recovered", config_.name);
+      cv_.notify_all();
+    } else if (state_ == TokenState::failed) {
+      reason_ = st.error().message;
+      spdlog::error("token {}: {}", config_.name, reason_);
+    } else {
+      reason_ = st.error().message;
+      ++attempt;
+      spdlog::warn("token {}: re-open attempt {} failed: {}", config_.name, attempt, reason_);
+    }
+  }
+}
+
+Status Token::run_ping(WorkerSession& ws) {
+  CK_SESSION_INFO info{};
+  CK_RV rv = ws.module->fl()->C_GetSessionInfo(ws.session, &info);
+  if (rv != CKR_OK) {
+    if (is_device_error(rv)) on_device_error(rv, "C_GetSessionInfo", ws.generation);
+    ws.close();
+    return Error(ErrorCode::token_not_present, "token ping failed: " + ckr_hex(rv), rv);
+  }
+  return {};
+}
+
+Result<Bytes> Token::run_sign(WorkerSession& ws, const SignJob& job) {
+  CK_FUNCTION_LIST_PTR fl = ws.module->fl();
+  auto it = ws.handles.find(job.key);
+  if (it == ws.handles.end()) {
+    std::shared_ptr<const ServedKey> sk = key(job.key);
+    if (!sk) return Error(ErrorCode::forbidden, "key is not served");
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof cls}};
+    Bytes id = sk->description.id;
+    if (!id.empty()) tmpl.push_back({CKA_ID, id.data(), id.size()});
+    std::string label = sk->description.label;
+    if (!label.empty()) tmpl.push_back({CKA_LABEL, label.data(), label.size()});
+    CK_RV rv = fl->C_FindObjectsInit(ws.session, tmpl.data(), tmpl.size());
+    if (rv != CKR_OK) return Error(ErrorCode::device_error, "C_FindObjectsInit failed: " + ckr_hex(rv), rv);
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_ULONG n = 0;
+    rv = fl->C_FindObjects(ws.session, &h, 1, &n);
+    fl->C_FindObjectsFinal(ws.session);
+    if (rv != CKR_OK) return Error(ErrorCode::device_error, "C_FindObjects failed: " + ckr_hex(rv), rv);
+    if (n != 1) return Error(ErrorCode::device_error, "private key object vanished from the token", CKR_KEY_HANDLE_INVALID);
+    it = ws.handles.emplace(job.key, h).first;
+  }
+
+  CK_MECHANISM mech{job.mechanism, nullptr, 0};
+  CK_RSA_PKCS_PSS_PARAMS pss{};
+  if (job.mechanism == CKM_RSA_PKCS_PSS) {
+    if (!job.pss) return Error(ErrorCode::mechanism_param, "CKM_RSA_PKCS_PSS needs params");
+    pss.hashAlg = hash_info(job.pss->hash).ckm;
+    pss.mgf = hash_info(job.pss->mgf_hash).mgf;
+    pss.sLen = job.pss->salt_length;
+    mech.pParameter = &pss;
+    mech.ulParameterLen = sizeof pss;
+  }
+  CK_RV rv = fl->C_SignInit(ws.session, &mech, it->second);
+  if (rv != CKR_OK) {
+    if (rv == CKR_OBJECT_HANDLE_INVALID || rv == CKR_KEY_HANDLE_INVALID) ws.handles.erase(it);
+    return Error(is_device_error(rv) ? ErrorCode::device_error : ErrorCode::mechanism_invalid,
+                 "C_SignInit(" + mechanism_name(job.mechanism) + ") failed: " + ckr_hex(rv), rv);
+  }
+  Bytes sig(1024);
+  CK_ULONG len = sig.size();
+  rv = fl->C_Sign(ws.session, const_cast<CK_BYTE_PTR>(job.input.data()), job.input.size(), sig.data(), &len);
+  if (rv == CKR_BUFFER_TOO_SMALL) {
+    sig.resize(len);
+    rv = fl->C_Sign(ws.session, const_cast<CK_BYTE_PTR>(job.input.data()), job.input.size(), sig.data(), &len);
+  }
+  if (rv != CKR_OK) {
+    ErrorCode code = is_device_error(rv)                                         ? ErrorCode::device_error
+                     : rv == CKR_DATA_LEN_RANGE || rv == CKR_DATA_INVALID        ? ErrorCode::data_len_range
+                     : rv == CKR_KEY_FUNCTION_NOT_PERMITTED                      ? ErrorCode::key_usage
+                     : rv == CKR_MECHANISM_PARAM_INVALID                         ? ErrorCode::mechanism_param
+                                                                                 : ErrorCode::device_error;
+    return Error(code, "C_Sign(" + mechanism_name(job.mechanism) + ") failed: " + ckr_hex(rv), rv);
+  }
+  sig.resize(len);
+  return sig;
+}
+
+}  // namespace p11relay::daemon
