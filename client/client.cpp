@@ -1,0 +1,621 @@
+// libp11relay-client: blocking mutual-TLS HTTP/1.1 over a pool of keep-alive connections.
+//
+// Why blocking and hand-rolled rather than Asio: this library is loaded into arbitrary PKCS#11
+// applications through the shim. It must not start threads, must not install signal handlers, must
+// survive fork() and must never raise SIGPIPE (LESSONS.md #1, #3). A plain socket per request with
+// poll() timeouts gives exactly that.
+#include "client/client.h"
+
+#include "common/x509.h"
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace p11relay::client {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr size_t kMaxIdlePerUrl = 32;
+constexpr auto kMaxIdleAge = std::chrono::seconds(30);
+constexpr int kBackoffBaseMs = 250;
+constexpr int kBackoffCapMs = 4000;
+constexpr int kRetryAfterCapMs = 30000;
+
+// ---------------------------------------------------------------------------------------------
+// URL
+
+struct Url {
+  std::string text;
+  std::string host;  // without brackets
+  std::string port;
+  std::string base;  // path prefix without trailing '/', may be empty
+  bool is_ip = false;
+};
+
+Result<Url> parse_url(const std::string& text) {
+  Url u;
+  u.text = text;
+  const std::string scheme = "https://";
+  if (text.rfind(scheme, 0) != 0) return config_error("URL '" + text + "' is not https://");
+  std::string rest = text.substr(scheme.size());
+  size_t slash = rest.find('/');
+  std::string authority = rest.substr(0, slash);
+  if (slash != std::string::npos) u.base = rest.substr(slash);
+  while (!u.base.empty() && u.base.back() == '/') u.base.pop_back();
+  if (authority.empty()) return config_error("URL '" + text + "' has no host");
+  if (authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string::npos) return config_error("URL '" + text + "' has a bad IPv6 address");
+    u.host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size()) {
+      if (authority[close + 1] != ':') return config_error("URL '" + text + "' has a bad port");
+      u.port = authority.substr(close + 2);
+    }
+  } else {
+    size_t colon = authority.rfind(':');
+    u.host = authority.substr(0, colon);
+    if (colon != std::string::npos) u.port = authority.substr(colon + 1);
+  }
+  if (u.port.empty()) u.port = "443";
+  if (u.host.empty() || u.port.find_first_not_of("0123456789") != std::string::npos)
+    return config_error("URL '" + text + "' has a bad host or port");
+  unsigned char buf[sizeof(struct in6_addr)];
+  u.is_ip = inet_pton(AF_INET, u.host.c_str(), buf) == 1 || inet_pton(AF_INET6, u.host.c_str(), buf) == 1;
+  return u;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A socket BIO that writes with MSG_NOSIGNAL: OpenSSL's own socket BIO uses write(2), which raises
+// SIGPIPE on a connection the peer closed, and a library must not change the process's signal mask.
+
+struct SockData {
+  int fd;
+  bool eof = false;
+};
+
+int bio_write(BIO* b, const char* data, int len) {
+  auto* s = static_cast<SockData*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  ssize_t n = ::send(s->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_write(b);
+    return -1;
+  }
+  return static_cast<int>(n);
+}
+
+int bio_read(BIO* b, char* data, int len) {
+  auto* s = static_cast<SockData*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  ssize_t n = ::recv(s->fd, data, static_cast<size_t>(len), 0);
+  if (n == 0) {
+    s->eof = true;
+    return 0;
+  }
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) BIO_set_retry_read(b);
+    return -1;
+  }
+  return static_cast<int>(n);
+}
+
+int bio_puts(BIO* b, const char* str) { return bio_write(b, str, static_cast<int>(std::strlen(str))); }
+
+long bio_ctrl(BIO* b, int cmd, long, void*) {
+  auto* s = static_cast<SockData*>(BIO_get_data(b));
+  switch (cmd) {
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_EOF: return s && s->eof ? 1 : 0;
+    default: return 0;
+  }
+}
+
+int bio_create(BIO* b) {
+  BIO_set_init(b, 0);
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+int bio_destroy(BIO* b) {
+  delete static_cast<SockData*>(BIO_get_data(b));
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+BIO_METHOD* nosig_method() {
+  static BIO_METHOD* m = [] {
+    BIO_METHOD* meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "p11relay nosigpipe socket");
+    BIO_meth_set_write(meth, bio_write);
+    BIO_meth_set_read(meth, bio_read);
+    BIO_meth_set_puts(meth, bio_puts);
+    BIO_meth_set_ctrl(meth, bio_ctrl);
+    BIO_meth_set_create(meth, bio_create);
+    BIO_meth_set_destroy(meth, bio_destroy);
+    return meth;
+  }();
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection
+
+struct Conn {
+  int fd = -1;
+  SSL* ssl = nullptr;
+  Clock::time_point last_used;
+
+  Conn() = default;
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+  ~Conn() {
+    if (ssl) SSL_free(ssl);  // no SSL_shutdown: a close_notify buys nothing for a stateless API
+    if (fd >= 0) ::close(fd);
+  }
+  // After fork(): close our copy of the descriptor (the parent's socket stays open in the parent)
+  // and leak the SSL object rather than run OpenSSL code on state copied mid-operation.
+  void abandon() {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+    ssl = nullptr;
+  }
+};
+
+int remaining_ms(Clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+  return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 24LL * 3600 * 1000));
+}
+
+Status wait_fd(int fd, bool for_write, Clock::time_point deadline, const char* what) {
+  for (;;) {
+    struct pollfd p = {fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
+    int ms = remaining_ms(deadline);
+    if (ms == 0) return network_error(std::string("timeout while ") + what);
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return {};
+    if (r == 0) return network_error(std::string("timeout while ") + what);
+    if (errno != EINTR) return network_error(std::string("poll: ") + std::strerror(errno));
+  }
+}
+
+// Runs an SSL call that may want to read or write until it completes or the deadline passes.
+template <typename F>
+Result<int> ssl_io(Conn& c, Clock::time_point deadline, const char* what, F&& f) {
+  for (;;) {
+    ERR_clear_error();
+    int r = f();
+    if (r > 0) return r;
+    int e = SSL_get_error(c.ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+      RETURN_IF_ERROR(wait_fd(c.fd, false, deadline, what));
+    } else if (e == SSL_ERROR_WANT_WRITE) {
+      RETURN_IF_ERROR(wait_fd(c.fd, true, deadline, what));
+    } else if (e == SSL_ERROR_ZERO_RETURN) {
+      return 0;
+    } else if (e == SSL_ERROR_SYSCALL) {
+      int err = errno;
+      ERR_clear_error();
+      if (err == 0) return 0;
+      return network_error(std::string(what) + ": " + std::strerror(err));
+    } else {
+      return network_error(std::string(what) + ": " + openssl_error_string());
+    }
+  }
+}
+
+bool idle_connection_usable(const Conn& c) {
+  // A readable idle keep-alive socket means the server closed it (FIN or close_notify).
+  struct pollfd p = {c.fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0 && Clock::now() - c.last_used < kMaxIdleAge;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-process state: the TLS context, idle connections and URL health. A child process after fork()
+// gets a fresh one (see Impl::pool()).
+
+struct UrlState {
+  std::deque<std::unique_ptr<Conn>> idle;
+  int failures = 0;
+  Clock::time_point penalty_until{};
+};
+
+struct Pool {
+  std::mutex mu;
+  SSL_CTX_ptr ctx;
+  std::deque<UrlState> urls;  // deque: never relocates (UrlState is not copyable)
+
+  void abandon() {
+    // Runs in a freshly forked child where this object may have been copied mid-update by another
+    // parent thread; touch only the descriptors, never the mutex or OpenSSL state.
+    for (auto& u : urls)
+      for (auto& c : u.idle)
+        if (c) c->abandon();
+  }
+};
+
+Result<SSL_CTX_ptr> make_ssl_ctx(const Config& c) {
+  SSL_CTX_ptr ctx(SSL_CTX_new(TLS_client_method()));
+  if (!ctx) return internal_error("SSL_CTX_new: " + openssl_error_string());
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx.get(), SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), c.certfile.c_str()) != 1)
+    return config_error("client certificate '" + c.certfile + "': " + openssl_error_string());
+  const std::string& key = c.keyfile.empty() ? c.certfile : c.keyfile;
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), key.c_str(), SSL_FILETYPE_PEM) != 1)
+    return config_error("client key '" + key + "': " + openssl_error_string());
+  if (SSL_CTX_check_private_key(ctx.get()) != 1)
+    return config_error("client key '" + key + "' does not match certificate '" + c.certfile + "'");
+  if (!c.cacert.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), c.cacert.c_str(), nullptr) != 1)
+      return config_error("cacert '" + c.cacert + "': " + openssl_error_string());
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  } else if (c.server_fingerprint.empty()) {
+    SSL_CTX_set_default_verify_paths(ctx.get());
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  } else {
+    // Only the pinned SPKI fingerprint authenticates the server (checked after the handshake).
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  }
+  return ctx;
+}
+
+int parse_retry_after(const http::Response& r) {
+  const std::string* v = r.header("Retry-After");
+  if (!v || v->empty() || v->find_first_not_of("0123456789 ") != std::string::npos) return 0;
+  return std::atoi(v->c_str());
+}
+
+bool retryable_status(int s) { return s == 500 || s == 502 || s == 503 || s == 504; }
+
+int backoff_ms(int attempt) {
+  int ms = kBackoffBaseMs << std::min(attempt, 10);
+  ms = std::min(ms, kBackoffCapMs);
+  unsigned char r = 0;
+  RAND_bytes(&r, 1);
+  return ms / 2 + (ms / 2) * r / 255;  // jitter: 50..100 %
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+struct Client::Impl {
+  Config config;
+  std::vector<Url> urls;
+  std::atomic<pid_t> pid{0};
+  std::atomic<Pool*> pool_ptr{nullptr};
+  std::mutex fork_mu;  // only taken when a pid change is noticed
+
+  ~Impl() {
+    Pool* p = pool_ptr.load();
+    if (p && pid.load() == ::getpid()) delete p;
+    else if (p) p->abandon();
+  }
+
+  Result<Pool*> pool() {
+    pid_t now = ::getpid();
+    if (pid.load(std::memory_order_acquire) == now) return pool_ptr.load(std::memory_order_acquire);
+    std::lock_guard<std::mutex> g(fork_mu);
+    if (pid.load(std::memory_order_acquire) == now) return pool_ptr.load(std::memory_order_acquire);
+    // First use in a new process (or after fork): the parent's pool is dropped lazily, here.
+    Pool* old = pool_ptr.load();
+    if (old) old->abandon();  // intentionally leaked
+    auto fresh = std::make_unique<Pool>();
+    ASSIGN_OR_RETURN(fresh->ctx, make_ssl_ctx(config));
+    fresh->urls.resize(urls.size());
+    pool_ptr.store(fresh.release(), std::memory_order_release);
+    pid.store(now, std::memory_order_release);
+    return pool_ptr.load();
+  }
+
+  size_t pick_url(Pool& p) {
+    std::lock_guard<std::mutex> g(p.mu);
+    auto now = Clock::now();
+    size_t best = 0;
+    for (size_t i = 0; i < p.urls.size(); ++i) {
+      if (p.urls[i].penalty_until <= now) return i;
+      if (p.urls[i].penalty_until < p.urls[best].penalty_until) best = i;
+    }
+    return best;
+  }
+
+  bool any_healthy_other_than(Pool& p, size_t u) {
+    std::lock_guard<std::mutex> g(p.mu);
+    auto now = Clock::now();
+    for (size_t i = 0; i < p.urls.size(); ++i)
+      if (i != u && p.urls[i].penalty_until <= now) return true;
+    return false;
+  }
+
+  void penalize(Pool& p, size_t u) {
+    std::lock_guard<std::mutex> g(p.mu);
+    auto& s = p.urls[u];
+    s.failures = std::min(s.failures + 1, 6);
+    s.penalty_until = Clock::now() + std::chrono::seconds(1 << (s.failures - 1));  // 1 s .. 32 s
+    s.idle.clear();
+  }
+
+  void reward(Pool& p, size_t u) {
+    std::lock_guard<std::mutex> g(p.mu);
+    p.urls[u].failures = 0;
+    p.urls[u].penalty_until = {};
+  }
+
+  std::unique_ptr<Conn> take_idle(Pool& p, size_t u) {
+    std::unique_ptr<Conn> c;
+    std::lock_guard<std::mutex> g(p.mu);
+    auto& idle = p.urls[u].idle;
+    while (!idle.empty()) {
+      c = std::move(idle.back());
+      idle.pop_back();
+      if (idle_connection_usable(*c)) return c;
+      c.reset();
+    }
+    return c;
+  }
+
+  void put_idle(Pool& p, size_t u, std::unique_ptr<Conn> c) {
+    c->last_used = Clock::now();
+    std::lock_guard<std::mutex> g(p.mu);
+    auto& idle = p.urls[u].idle;
+    if (idle.size() < kMaxIdlePerUrl) idle.push_back(std::move(c));
+  }
+
+  Result<std::unique_ptr<Conn>> connect(Pool& p, size_t u) {
+    const Url& url = urls[u];
+    auto deadline = Clock::now() + milliseconds(config.connect_timeout_ms);
+    struct addrinfo hints {};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    struct addrinfo* res = nullptr;
+    int gai = ::getaddrinfo(url.host.c_str(), url.port.c_str(), &hints, &res);
+    if (gai != 0) return network_error(url.text + ": cannot resolve '" + url.host + "': " + gai_strerror(gai));
+    std::unique_ptr<struct addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+    std::string last = "no address";
+    auto c = std::make_unique<Conn>();
+    for (auto* ai = res; ai; ai = ai->ai_next) {
+      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+      if (fd < 0) {
+        last = std::strerror(errno);
+        continue;
+      }
+      int r = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
+      if (r != 0 && errno == EINPROGRESS) {
+        auto w = wait_fd(fd, true, deadline, "connecting");
+        if (!w.ok()) {
+          ::close(fd);
+          last = w.error().message;
+          continue;
+        }
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        r = err == 0 ? 0 : -1;
+        errno = err;
+      }
+      if (r != 0) {
+        last = std::strerror(errno);
+        ::close(fd);
+        continue;
+      }
+      c->fd = fd;
+      break;
+    }
+    if (c->fd < 0) return network_error(url.text + ": connect failed: " + last);
+    int one = 1;
+    ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ::setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+
+    c->ssl = SSL_new(p.ctx.get());
+    if (!c->ssl) return internal_error("SSL_new: " + openssl_error_string());
+    BIO* bio = BIO_new(nosig_method());
+    if (!bio) return internal_error("BIO_new: " + openssl_error_string());
+    BIO_set_data(bio, new SockData{c->fd});
+    BIO_set_init(bio, 1);
+    SSL_set_bio(c->ssl, bio, bio);
+    if (!url.is_ip) SSL_set_tlsext_host_name(c->ssl, url.host.c_str());
+    if (!config.cacert.empty() || config.server_fingerprint.empty()) {
+      X509_VERIFY_PARAM* param = SSL_get0_param(c->ssl);
+      int ok = url.is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, url.host.c_str())
+                         : X509_VERIFY_PARAM_set1_host(param, url.host.c_str(), 0);
+      if (ok != 1) return internal_error("cannot set the expected server name");
+    }
+    auto hs = ssl_io(*c, deadline, "TLS handshake", [&] { return SSL_connect(c->ssl); });
+    if (!hs.ok()) {
+      long v = SSL_get_verify_result(c->ssl);
+      if (v != X509_V_OK)
+        return network_error(url.text + ": server certificate not trusted: " + X509_verify_cert_error_string(v));
+      return network_error(url.text + ": " + hs.error().message);
+    }
+    if (*hs == 0) return network_error(url.text + ": connection closed during the TLS handshake");
+    if (!config.server_fingerprint.empty()) {
+      X509_ptr peer(SSL_get1_peer_certificate(c->ssl));
+      if (!peer) return network_error(url.text + ": server sent no certificate");
+      std::string fp = spki_fingerprint(peer.get());
+      if (fp != config.server_fingerprint)
+        return network_error(url.text + ": server key fingerprint " + fp + " does not match serverfingerprint");
+    }
+    return c;
+  }
+
+  std::string build_request(const Url& url, const std::string& method, const std::string& target,
+                            const std::string& body, const http::Headers& headers) {
+    std::string host = url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host;
+    std::string r;
+    r.reserve(256 + body.size());
+    r += method + " " + url.base + target + " HTTP/1.1\r\n";
+    r += "Host: " + host + ":" + url.port + "\r\n";
+    r += "User-Agent: p11relay-client/0.1\r\n";
+    bool has_accept = http::find_header(headers, "Accept") != nullptr;
+    bool has_ct = http::find_header(headers, "Content-Type") != nullptr;
+    if (!has_accept) r += "Accept: application/json, application/problem+json\r\n";
+    for (const auto& [k, v] : headers) r += k + ": " + v + "\r\n";
+    if (!body.empty() || method == "POST" || method == "PUT") {
+      if (!has_ct) r += "Content-Type: application/json\r\n";
+      r += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    }
+    r += "\r\n";
+    r += body;
+    return r;
+  }
+
+  enum class Outcome { done, stale };
+
+  // One exchange on one connection. `stale` means a reused keep-alive connection turned out to be
+  // closed before any byte of the answer arrived: the caller retries on a fresh one at no cost.
+  Result<Outcome> exchange(Conn& c, bool reused, const std::string& req, bool head, http::Response& out) {
+    auto deadline = Clock::now() + milliseconds(config.request_timeout_ms);
+    size_t off = 0;
+    while (off < req.size()) {
+      auto w = ssl_io(c, deadline, "sending the request", [&] {
+        return SSL_write(c.ssl, req.data() + off, static_cast<int>(std::min<size_t>(req.size() - off, 1 << 30)));
+      });
+      if (!w.ok() || *w == 0) {
+        if (reused && off == 0) return Outcome::stale;
+        return w.ok() ? network_error("connection closed while sending") : w.take_error();
+      }
+      off += static_cast<size_t>(*w);
+    }
+    http::ResponseParser parser;
+    parser.reset(head);
+    char buf[16384];
+    size_t total = 0;
+    while (!parser.complete()) {
+      auto r = ssl_io(c, deadline, "reading the response", [&] { return SSL_read(c.ssl, buf, sizeof buf); });
+      if (!r.ok()) {
+        if (reused && total == 0) return Outcome::stale;
+        return r.take_error();
+      }
+      if (*r == 0) {
+        if (reused && total == 0) return Outcome::stale;
+        parser.finish_eof();
+        if (!parser.complete()) return network_error(parser.error_message());
+        break;
+      }
+      total += static_cast<size_t>(*r);
+      parser.feed(std::string_view(buf, static_cast<size_t>(*r)));
+      if (parser.failed()) return network_error(parser.error_message());
+    }
+    out = std::move(parser.response());
+    return Outcome::done;
+  }
+
+  Result<http::Response> once(Pool& p, size_t u, const std::string& method, const std::string& target,
+                              const std::string& body, const http::Headers& headers) {
+    std::string req = build_request(urls[u], method, target, body, headers);
+    for (int round = 0; round < 3; ++round) {
+      std::unique_ptr<Conn> c = round < 2 ? take_idle(p, u) : nullptr;
+      bool reused = c != nullptr;
+      if (!c) {
+        ASSIGN_OR_RETURN(c, connect(p, u));
+      }
+      http::Response resp;
+      ASSIGN_OR_RETURN(Outcome o, exchange(*c, reused, req, method == "HEAD", resp));
+      if (o == Outcome::stale) continue;
+      if (resp.keep_alive) put_idle(p, u, std::move(c));
+      return resp;
+    }
+    return network_error(urls[u].text + ": keep-alive connections keep closing");
+  }
+
+  Result<http::Response> request(const std::string& method, const std::string& target, const std::string& body,
+                                 const http::Headers& headers) {
+    ASSIGN_OR_RETURN(Pool * p, pool());
+    const int attempts = std::max(0, config.retries) + 1;
+    Result<http::Response> last = network_error("no attempt made");
+    int sleeps = 0;
+    for (int attempt = 0; attempt < attempts; ++attempt) {
+      size_t u = pick_url(*p);
+      last = once(*p, u, method, target, body, headers);
+      int delay_ms = 0;
+      if (!last.ok()) {
+        if (last.error().code != ErrorCode::network) return last;  // local problem: retrying cannot help
+        penalize(*p, u);
+        delay_ms = any_healthy_other_than(*p, u) ? 0 : backoff_ms(sleeps++);
+      } else if (retryable_status(last->status)) {
+        int ra = parse_retry_after(*last);
+        if (last->status != 500) penalize(*p, u);
+        delay_ms = ra > 0 ? std::min(ra * 1000, kRetryAfterCapMs)
+                          : (any_healthy_other_than(*p, u) ? 0 : backoff_ms(sleeps++));
+      } else {
+        reward(*p, u);
+        return last;
+      }
+      if (attempt + 1 < attempts && delay_ms > 0) std::this_thread::sleep_for(milliseconds(delay_ms));
+    }
+    return last;
+  }
+};
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::create(const Config& config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  if (config.urls.empty()) return config_error("no daemon URL configured");
+  for (const auto& u : config.urls) {
+    ASSIGN_OR_RETURN(Url url, parse_url(u));
+    impl->urls.push_back(std::move(url));
+  }
+  // Builds the TLS context now so a bad certificate or key is reported at creation.
+  auto pool = impl->pool();
+  if (!pool.ok()) return pool.take_error();
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+const Config& Client::config() const { return impl_->config; }
+
+Result<http::Response> Client::request(const std::string& method, const std::string& target, const std::string& body,
+                                       const http::Headers& headers) {
+  return impl_->request(method, target, body, headers);
+}
+
+namespace {
+Error problem_of(const http::Response& r) {
+  Error e = relay::decode_problem(r.status, r.body);
+  if (int ra = parse_retry_after(r)) e.retry_after = ra;
+  return e;
+}
+}  // namespace
+
+Result<std::vector<relay::KeyDescription>> Client::list_keys() {
+  ASSIGN_OR_RETURN(http::Response r, request("GET", "/v1/keys"));
+  if (r.status != 200) return problem_of(r);
+  return relay::decode_key_list(r.body);
+}
+
+Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest& req) {
+  ASSIGN_OR_RETURN(http::Response r,
+                   request("POST", "/v1/keys/" + http::percent_encode(key_name) + "/sign", relay::encode_sign_request(req)));
+  if (r.status != 200) return problem_of(r);
+  return relay::decode_sign_response(r.body);
+}
+
+Status Client::health() {
+  ASSIGN_OR_RETURN(http::Response r, request("GET", "/health"));
+  if (r.status != 200) return problem_of(r);
+  return {};
+}
+
+}  // namespace p11relay::client
