@@ -1,0 +1,410 @@
+#include "common/authenticode/pe_digest.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace p11relay::authenticode {
+
+namespace {
+
+// Headers (DOS stub, PE headers, section table, and for page hashes the whole header page) are
+// buffered before hashing starts; a header region larger than this is not a PE we sign.
+constexpr uint64_t kMaxHeaderBytes = 16 * 1024 * 1024;
+// Offsets and sizes in the certificate-table directory are 32-bit (§9.5), so no signed PE can be
+// larger than this.
+constexpr uint64_t kMaxImage = 0xffffffffULL;
+
+uint16_t le16(std::span<const uint8_t> b, uint64_t off) {
+  return static_cast<uint16_t>(b[off] | (b[off + 1] << 8));
+}
+uint32_t le32(std::span<const uint8_t> b, uint64_t off) {
+  return static_cast<uint32_t>(b[off]) | (static_cast<uint32_t>(b[off + 1]) << 8) |
+         (static_cast<uint32_t>(b[off + 2]) << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
+}
+void put_le32(Bytes& out, uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+struct Section {
+  uint32_t index;  // position in the section table (0-based)
+  uint64_t start;  // PointerToRawData
+  uint64_t size;   // SizeOfRawData
+};
+
+}  // namespace
+
+std::optional<HashAlg> page_hash_alg_for(HashAlg alg) {
+  if (alg == HashAlg::sha1) return HashAlg::sha1;
+  if (alg == HashAlg::sha256) return HashAlg::sha256;
+  return std::nullopt;
+}
+
+struct PeDigester::State {
+  PeDigestOptions opt;
+  Hasher image;
+  std::optional<Error> error;
+  uint64_t pos = 0;  // file offset of the next byte update() will see
+  bool parsed = false;
+  int stage = 0;     // what the header buffer is waiting for (see try_parse)
+  Bytes head;
+  uint64_t need = 64;
+  PeInfo info;
+
+  uint64_t opt_off = 0, opt_size = 0, nsections = 0, section_table_end = 0;
+  uint64_t image_end = UINT64_MAX;  // unknown until EOF for unsigned files
+  uint64_t cert_end = UINT64_MAX;
+  std::vector<Section> sections;  // sections with raw data, table order
+
+  // Page hashes (§9.2, osslsigncode's layout).
+  uint64_t page_size = 0, header_size = 0;
+  std::optional<Hasher> page_hasher;
+  Bytes zeros;
+  Bytes header_page_digest;
+  std::vector<Section> jobs;  // sections sorted by file offset
+  size_t job_idx = 0;
+  uint64_t job_done = 0;
+  std::vector<std::vector<Bytes>> pages;  // per entry in `sections`
+  std::vector<size_t> job_slot;           // jobs[i] -> index into sections/pages
+
+  explicit State(PeDigestOptions o) : opt(o), image(o.alg) { info.alg = o.alg; }
+
+  Error fail(Error e) {
+    error = e;
+    return e;
+  }
+
+  Status try_parse();
+  Status after_parse();
+  Status process(uint64_t offset, std::span<const uint8_t> data);
+  void hash_image(uint64_t offset, std::span<const uint8_t> data);
+  void feed_pages(uint64_t offset, std::span<const uint8_t> data);
+};
+
+// Walks the header in stages as bytes arrive; each stage raises `need` to what the next needs.
+Status PeDigester::State::try_parse() {
+  while (!parsed && head.size() >= need) {
+    std::span<const uint8_t> h(head);
+    switch (stage) {
+      case 0: {  // DOS header (§9.2 step 1)
+        if (h[0] != 'M' || h[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
+        uint64_t lfanew = le32(h, 0x3c);
+        if (lfanew < 4 || lfanew + 24 > kMaxHeaderBytes)
+          return bad_request("PE header offset e_lfanew (" + std::to_string(lfanew) + ") is out of range");
+        info.pe_offset = lfanew;
+        need = lfanew + 24;
+        stage = 1;
+        break;
+      }
+      case 1: {  // PE signature + COFF header (§9.2 step 2)
+        uint64_t pe = info.pe_offset;
+        if (std::memcmp(&h[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
+        info.machine = le16(h, pe + 4);
+        nsections = le16(h, pe + 6);
+        opt_size = le16(h, pe + 20);
+        opt_off = pe + 24;
+        section_table_end = opt_off + opt_size + 40 * nsections;
+        // Magic first: PE32 needs 96 bytes before the data directories, PE32+ 112.
+        if (opt_size < 2) return bad_request("optional header too small");
+        need = std::max<uint64_t>(section_table_end, opt_off + 2);
+        if (need > kMaxHeaderBytes) return bad_request("PE headers are too large");
+        stage = 2;
+        break;
+      }
+      case 2: {  // optional header and section table (§9.2 steps 3-4)
+        uint16_t magic = le16(h, opt_off);
+        if (magic == 0x10b) {
+          info.pe32plus = false;
+        } else if (magic == 0x20b) {
+          info.pe32plus = true;
+        } else {
+          return bad_request("unknown optional header magic 0x" + to_hex(std::span(&h[opt_off], 2)));
+        }
+        const uint64_t dirs = info.pe32plus ? 112 : 96;
+        if (opt_size < dirs + 5 * 8)
+          return bad_request("optional header too small to hold the certificate table directory");
+        uint32_t nrva = le32(h, opt_off + dirs - 4);
+        if (nrva < 5) return bad_request("NumberOfRvaAndSizes is " + std::to_string(nrva) + ", need at least 5");
+        info.checksum_offset = opt_off + 64;
+        info.cert_dir_offset = opt_off + dirs + 4 * 8;
+        info.stored_checksum = le32(h, info.checksum_offset);
+        uint32_t file_align = le32(h, opt_off + 36);
+        uint32_t section_align = le32(h, opt_off + 32);
+        header_size = le32(h, opt_off + 60);
+        uint32_t cert_va = le32(h, info.cert_dir_offset);
+        uint32_t cert_size = le32(h, info.cert_dir_offset + 4);
+        if (cert_size != 0) {
+          if (cert_va == 0) return bad_request("certificate table directory has a size but no offset");
+          if (cert_size < 8) return bad_request("certificate table is smaller than a WIN_CERTIFICATE header");
+          if (cert_va < section_table_end) return bad_request("certificate table overlaps the PE headers");
+          info.cert_table_offset = cert_va;
+          info.cert_table_size = cert_size;
+          image_end = cert_va;
+          cert_end = uint64_t{cert_va} + cert_size;
+          if (opt.keep_cert_table && cert_size > opt.max_cert_table)
+            return bad_request("existing certificate table is too large");
+        }
+        for (uint64_t i = 0; i < nsections; ++i) {
+          uint64_t s = section_table_end - 40 * (nsections - i);
+          uint64_t raw_size = le32(h, s + 16);
+          uint64_t raw_ptr = le32(h, s + 20);
+          if (raw_size == 0) continue;
+          if (raw_ptr + raw_size > image_end)
+            return bad_request("section " + std::to_string(i + 1) + " extends into the certificate table");
+          sections.push_back({static_cast<uint32_t>(i), raw_ptr, raw_size});
+        }
+        if (opt.page_hashes) {
+          auto pha = page_hash_alg_for(opt.alg);
+          if (!pha) return bad_request("page hashes are only supported with SHA-1 and SHA-256");
+          // osslsigncode's constraints (it is the verifier we interoperate with): the "page" is
+          // SectionAlignment, and the header page is hashed up to SizeOfHeaders (§9.2 caution).
+          if (nsections == 0) return bad_request("page hashes need at least one section");
+          if (file_align < 512 || file_align > 0xffff) return bad_request("FileAlignment is out of range");
+          if (section_align < file_align || section_align > 4 * 1024 * 1024)
+            return bad_request("SectionAlignment is out of range for page hashes");
+          if (header_size < info.cert_dir_offset + 8 || header_size > section_align)
+            return bad_request("SizeOfHeaders is out of range for page hashes");
+          page_size = section_align;
+          info.page_hash_alg = pha;
+          need = std::max(need, header_size);
+        }
+        stage = 3;
+        break;
+      }
+      case 3:
+        parsed = true;
+        break;
+    }
+  }
+  return {};
+}
+
+Status PeDigester::State::after_parse() {
+  if (opt.page_hashes) {
+    page_hasher.emplace(*info.page_hash_alg);
+    zeros.assign(page_size, 0);
+    // Header page: the header bytes without CheckSum and the certificate directory, zero-padded to
+    // one page (so the digest covers page_size - 12 bytes of file + padding).
+    std::span<const uint8_t> h(head);
+    const uint64_t ck = info.checksum_offset, cd = info.cert_dir_offset;
+    page_hasher->update(h.subspan(0, ck));
+    page_hasher->update(h.subspan(ck + 4, cd - (ck + 4)));
+    page_hasher->update(h.subspan(cd + 8, header_size - (cd + 8)));
+    page_hasher->update(std::span(zeros).subspan(0, page_size - header_size));
+    header_page_digest = page_hasher->finish();
+    pages.resize(sections.size());
+    for (size_t i = 0; i < sections.size(); ++i) {
+      jobs.push_back(sections[i]);
+      job_slot.push_back(i);
+    }
+    std::vector<size_t> order(jobs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].start < jobs[b].start; });
+    std::vector<Section> sorted;
+    std::vector<size_t> slots;
+    for (size_t i : order) {
+      sorted.push_back(jobs[i]);
+      slots.push_back(job_slot[i]);
+    }
+    jobs = std::move(sorted);
+    job_slot = std::move(slots);
+    // One forward pass cannot hash the same bytes into two pages.
+    for (size_t i = 1; i < jobs.size(); ++i)
+      if (jobs[i].start < jobs[i - 1].start + jobs[i - 1].size)
+        return bad_request("sections " + std::to_string(jobs[i - 1].index + 1) + " and " +
+                           std::to_string(jobs[i].index + 1) + " overlap; cannot compute page hashes");
+  }
+  Bytes buffered = std::move(head);
+  head.clear();
+  return process(0, buffered);
+}
+
+// Image digest: every byte before the image end except CheckSum and the certificate directory.
+// This is the linear form osslsigncode uses; for every file that §9.2's section walk accepts it
+// hashes exactly the same bytes (headers, gap, contiguous sections, trailing data), and it also
+// accepts the valid files whose section padding relic's walk rejects (LESSONS.md #12).
+void PeDigester::State::hash_image(uint64_t offset, std::span<const uint8_t> data) {
+  uint64_t end = std::min<uint64_t>(offset + data.size(), image_end);
+  if (end <= offset) return;
+  const uint64_t holes[2][2] = {{info.checksum_offset, info.checksum_offset + 4},
+                                {info.cert_dir_offset, info.cert_dir_offset + 8}};
+  uint64_t cur = offset;
+  for (const auto& hole : holes) {
+    if (hole[1] <= cur || hole[0] >= end) continue;
+    if (hole[0] > cur) image.update(data.subspan(cur - offset, hole[0] - cur));
+    cur = std::max(cur, hole[1]);
+  }
+  if (cur < end) image.update(data.subspan(cur - offset, end - cur));
+}
+
+void PeDigester::State::feed_pages(uint64_t offset, std::span<const uint8_t> data) {
+  const uint64_t end = offset + data.size();
+  while (job_idx < jobs.size()) {
+    const Section& job = jobs[job_idx];
+    uint64_t s = std::max(offset, job.start + job_done);
+    uint64_t e = std::min(end, job.start + job.size);
+    if (job.start >= end || s >= e) {
+      if (job.start + job_done >= end) return;
+      return;
+    }
+    while (s < e) {
+      uint64_t in_page = job_done % page_size;
+      uint64_t take = std::min(e - s, page_size - in_page);
+      page_hasher->update(data.subspan(s - offset, take));
+      s += take;
+      job_done += take;
+      bool last = job_done == job.size;
+      if (job_done % page_size == 0 || last) {
+        if (job_done % page_size != 0) page_hasher->update(std::span(zeros).subspan(0, page_size - job_done % page_size));
+        pages[job_slot[job_idx]].push_back(page_hasher->finish());
+      }
+    }
+    if (job_done == job.size) {
+      ++job_idx;
+      job_done = 0;
+      continue;
+    }
+    return;
+  }
+}
+
+Status PeDigester::State::process(uint64_t offset, std::span<const uint8_t> data) {
+  const uint64_t end = offset + data.size();
+  if (end > cert_end)
+    return bad_request("trailing garbage after the existing certificate table (offset " +
+                       std::to_string(cert_end) + ")");
+  hash_image(offset, data);
+  if (info.cert_table_size && opt.keep_cert_table && end > info.cert_table_offset) {
+    uint64_t s = std::max(offset, info.cert_table_offset);
+    info.cert_table.insert(info.cert_table.end(), data.begin() + static_cast<ptrdiff_t>(s - offset), data.end());
+  }
+  if (page_hasher) feed_pages(offset, data);
+  return {};
+}
+
+PeDigester::PeDigester(PeDigestOptions options) : s_(std::make_unique<State>(options)) {}
+PeDigester::PeDigester(PeDigester&&) noexcept = default;
+PeDigester& PeDigester::operator=(PeDigester&&) noexcept = default;
+PeDigester::~PeDigester() = default;
+
+uint64_t PeDigester::bytes_seen() const { return s_->pos; }
+
+Status PeDigester::update(std::span<const uint8_t> chunk) {
+  State& s = *s_;
+  if (s.error) return *s.error;
+  if (chunk.empty()) return {};
+  const uint64_t offset = s.pos;
+  s.pos += chunk.size();
+  if (s.pos > kMaxImage + 1 + s.opt.max_cert_table)
+    return s.fail(bad_request("file is too large for Authenticode (4 GiB limit)"));
+  if (s.parsed) {
+    Status st = s.process(offset, chunk);
+    if (!st.ok()) return s.fail(st.error());
+    return {};
+  }
+  s.head.insert(s.head.end(), chunk.begin(), chunk.end());
+  Status st = s.try_parse();
+  if (!st.ok()) return s.fail(st.error());
+  if (s.parsed) {
+    st = s.after_parse();
+    if (!st.ok()) return s.fail(st.error());
+  }
+  return {};
+}
+
+Result<PeInfo> PeDigester::finish() {
+  State& s = *s_;
+  if (s.error) return *s.error;
+  if (!s.parsed) {
+    if (s.stage == 0 && s.pos < 64) return s.fail(bad_request("file too short for a PE (" + std::to_string(s.pos) + " bytes)"));
+    const char* what = s.stage <= 1 ? "PE header" : s.stage == 2 ? "section table" : "header page";
+    return s.fail(bad_request(std::string("truncated PE: ") + what + " extends past end of file (needs " +
+                              std::to_string(s.need) + " bytes, file has " + std::to_string(s.pos) + ")"));
+  }
+  PeInfo& info = s.info;
+  info.file_size = s.pos;
+  if (info.cert_table_size) {
+    if (s.pos < s.cert_end)
+      return s.fail(bad_request("certificate table extends past end of file"));
+    info.original_size = info.cert_table_offset;
+  } else {
+    info.original_size = s.pos;
+    for (const auto& sec : s.sections)
+      if (sec.start + sec.size > s.pos)
+        return s.fail(bad_request("section " + std::to_string(sec.index + 1) + " extends past end of file"));
+  }
+  // §9.2 step 8: the old table must come after all section data.
+  for (const auto& sec : s.sections)
+    if (info.cert_table_size && sec.start + sec.size > info.cert_table_offset)
+      return s.fail(bad_request("certificate table starts inside section " + std::to_string(sec.index + 1)));
+  if (info.new_table_offset() > kMaxImage) return s.fail(bad_request("file is too large for Authenticode (4 GiB limit)"));
+  // §9.2 step 9: pad the hashed image to a multiple of 8, where the new table will start.
+  static const uint8_t kZero8[8] = {};
+  uint64_t pad = info.new_table_offset() - info.original_size;
+  s.image.update(std::span(kZero8, pad));
+  info.image_digest = s.image.finish();
+
+  if (s.page_hasher) {
+    const size_t dlen = hash_info(*info.page_hash_alg).size;
+    Bytes& out = info.page_hashes;
+    put_le32(out, 0);
+    out.insert(out.end(), s.header_page_digest.begin(), s.header_page_digest.end());
+    uint64_t lastpos = 0;
+    for (size_t i = 0; i < s.sections.size(); ++i) {
+      const auto& sec = s.sections[i];
+      if (s.pages[i].size() != (sec.size + s.page_size - 1) / s.page_size)
+        return s.fail(internal_error("page hash bookkeeping mismatch"));
+      for (size_t k = 0; k < s.pages[i].size(); ++k) {
+        put_le32(out, static_cast<uint32_t>(sec.start + k * s.page_size));
+        out.insert(out.end(), s.pages[i][k].begin(), s.pages[i][k].end());
+      }
+      lastpos = sec.start + sec.size;
+    }
+    put_le32(out, static_cast<uint32_t>(lastpos));
+    out.insert(out.end(), dlen, 0);
+  }
+  return info;
+}
+
+Result<PeInfo> pe_digest(std::span<const uint8_t> file, PeDigestOptions options) {
+  PeDigester d(options);
+  RETURN_IF_ERROR(d.update(file));
+  return d.finish();
+}
+
+uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset) {
+  // §9.6: 16-bit little-endian words, carry folded after every addition, CheckSum itself as zero.
+  uint64_t sum = 0;
+  const size_t n = file.size();
+  size_t i = 0;
+  for (; i + 1 < n; i += 2) {
+    uint32_t w = file[i] | (file[i + 1] << 8);
+    if (i == checksum_offset || i == checksum_offset + 2) w = 0;
+    sum += w;
+    sum = (sum & 0xffff) + (sum >> 16);
+  }
+  if (i < n) {  // odd trailing byte, zero-padded
+    if (i != checksum_offset && i != checksum_offset + 2) sum += file[i];
+    sum = (sum & 0xffff) + (sum >> 16);
+  }
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint32_t>(sum + n);
+}
+
+Result<uint64_t> pe_checksum_offset(std::span<const uint8_t> file) {
+  if (file.size() < 64 || file[0] != 'M' || file[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
+  uint64_t pe = le32(file, 0x3c);
+  if (pe + 24 + 68 > file.size()) return bad_request("truncated PE: optional header extends past end of file");
+  if (std::memcmp(&file[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
+  if (le16(file, pe + 20) < 68) return bad_request("optional header too small");
+  return pe + 24 + 64;
+}
+
+Status fix_pe_checksum(std::span<uint8_t> file) {
+  ASSIGN_OR_RETURN(uint64_t off, pe_checksum_offset(file));
+  uint32_t sum = pe_checksum(file, off);
+  for (int i = 0; i < 4; ++i) file[off + i] = static_cast<uint8_t>(sum >> (8 * i));
+  return {};
+}
+
+}  // namespace p11relay::authenticode

@@ -1,0 +1,262 @@
+#include "common/authenticode/pe_digest.h"
+
+#include "test/helpers.h"
+
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <random>
+
+using namespace p11relay;
+using namespace p11relay::authenticode;
+using namespace p11relay::authenticode::testing;
+
+namespace {
+
+uint32_t rd32(const Bytes& b, size_t off) {
+  return b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
+}
+void wr32(Bytes& b, size_t off, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[off + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void wr16(Bytes& b, size_t off, uint16_t v) {
+  b[off] = static_cast<uint8_t>(v);
+  b[off + 1] = static_cast<uint8_t>(v >> 8);
+}
+
+Result<PeInfo> digest_chunked(const Bytes& file, PeDigestOptions opt, std::mt19937& rng, size_t max_chunk) {
+  PeDigester d(opt);
+  size_t pos = 0;
+  std::uniform_int_distribution<size_t> dist(1, max_chunk);
+  while (pos < file.size()) {
+    size_t n = std::min(file.size() - pos, dist(rng));
+    RETURN_IF_ERROR(d.update(std::span(file).subspan(pos, n)));
+    pos += n;
+  }
+  return d.finish();
+}
+
+struct TestPe {
+  std::string name, path;
+  Bytes data;
+};
+
+std::vector<TestPe> test_pes(const TempDir& dir) {
+  std::vector<TestPe> out;
+  for (int bits : {32, 64}) {
+    std::string p = build_mingw_pe(dir, bits);
+    if (!p.empty()) out.push_back({"mingw" + std::to_string(bits), p, read_file(p)});
+  }
+  for (const auto& p : system_pe_files(4)) out.push_back({p, p, read_file(p)});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("image digest equals osslsigncode's, streamed in any chunking") {
+  TempDir dir;
+  auto pes = test_pes(dir);
+  if (pes.empty() || !have_osslsigncode()) {
+    MESSAGE("skipped: no mingw compiler / PE files / osslsigncode on this machine");
+    return;
+  }
+  TestKey key = make_test_key(KeyType::rsa, dir, "digest-signer");
+  std::mt19937 rng(42);
+  for (const auto& pe : pes) {
+    CAPTURE(pe.name);
+    for (HashAlg alg : {HashAlg::sha256, HashAlg::sha1, HashAlg::sha384}) {
+      const char* hname = alg == HashAlg::sha256 ? "sha256" : alg == HashAlg::sha1 ? "sha1" : "sha384";
+      CAPTURE(hname);
+      std::string signed_path = dir.file("ossl-signed.exe");
+      std::remove(signed_path.c_str());  // osslsigncode refuses to overwrite
+      auto r = run("osslsigncode sign -h " + std::string(hname) + " -certs " + shell_quote(key.cert_path) + " -key " +
+                   shell_quote(key.key_path) + " -in " + shell_quote(pe.path) + " -out " + shell_quote(signed_path));
+      REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+      auto v = osslsigncode_verify(signed_path, key.cert_path);
+      REQUIRE_MESSAGE(v.exit_code == 0, v.output);
+      PeDigestOptions opt;
+      opt.alg = alg;
+      auto ours = pe_digest(pe.data, opt);
+      REQUIRE_MESSAGE(ours.ok(), ours.error().message);
+      CHECK(to_hex(ours->image_digest) == v.calculated_digest);
+      CHECK_FALSE(ours->signed_());
+      CHECK(ours->original_size == pe.data.size());
+      // The osslsigncode-signed file: its signature is skipped, so the digest is the same.
+      Bytes signed_file = read_file(signed_path);
+      auto of_signed = pe_digest(signed_file, opt);
+      REQUIRE_MESSAGE(of_signed.ok(), of_signed.error().message);
+      CHECK(of_signed->image_digest == ours->image_digest);
+      CHECK(of_signed->signed_());
+      CHECK(of_signed->cert_table_offset == ours->new_table_offset());
+      CHECK(of_signed->cert_table.size() == of_signed->cert_table_size);
+      // The checksum osslsigncode wrote equals ours.
+      CHECK(pe_checksum(signed_file, of_signed->checksum_offset) == of_signed->stored_checksum);
+      for (size_t max_chunk : {size_t{1}, size_t{7}, size_t{512}, size_t{70000}}) {
+        if (max_chunk == 1 && pe.data.size() > 200000) continue;
+        auto chunked = digest_chunked(signed_file, opt, rng, max_chunk);
+        REQUIRE(chunked.ok());
+        CHECK(chunked->image_digest == ours->image_digest);
+        CHECK(chunked->cert_table == of_signed->cert_table);
+      }
+    }
+    // Page hashes: the same in any chunking, and as osslsigncode computes them (its -ph signature
+    // verifies against our page hashes only if equal, checked in pe_write_test; here: streaming).
+    PeDigestOptions ph;
+    ph.page_hashes = true;
+    auto whole = pe_digest(pe.data, ph);
+    REQUIRE_MESSAGE(whole.ok(), whole.error().message);
+    CHECK(whole->page_hash_alg == HashAlg::sha256);
+    CHECK(whole->page_hashes.size() % 36 == 0);
+    CHECK(whole->page_hashes.size() >= 3 * 36);
+    auto chunked = digest_chunked(pe.data, ph, rng, 3000);
+    REQUIRE(chunked.ok());
+    CHECK(chunked->page_hashes == whole->page_hashes);
+  }
+}
+
+TEST_CASE("page hashes only for SHA-1 and SHA-256") {
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 64);
+  if (p.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  Bytes f = read_file(p);
+  PeDigestOptions opt;
+  opt.page_hashes = true;
+  opt.alg = HashAlg::sha384;
+  auto r = pe_digest(f, opt);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::bad_request);
+  opt.alg = HashAlg::sha1;
+  auto s = pe_digest(f, opt);
+  REQUIRE(s.ok());
+  CHECK(s->page_hashes.size() % 24 == 0);
+}
+
+TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 32);
+  if (p.empty()) p = build_mingw_pe(dir, 64);
+  if (p.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  const Bytes good = read_file(p);
+  REQUIRE(pe_digest(good).ok());
+  const uint32_t pe_off = rd32(good, 0x3c);
+  const uint16_t opt_size = static_cast<uint16_t>(good[pe_off + 20] | (good[pe_off + 21] << 8));
+  const bool plus = good[pe_off + 24] == 0x0b && good[pe_off + 25] == 0x02;
+  const size_t cert_dir = pe_off + 24 + (plus ? 144 : 128);
+  const size_t sect0 = pe_off + 24 + opt_size;
+
+  auto expect_error = [](const Bytes& f, const char* fragment) {
+    for (bool page : {false, true}) {
+      PeDigestOptions opt;
+      opt.page_hashes = page;
+      auto r = pe_digest(f, opt);
+      REQUIRE_FALSE(r.ok());
+      CHECK(r.error().code == ErrorCode::bad_request);
+      if (fragment) CHECK_MESSAGE(r.error().message.find(fragment) != std::string::npos, r.error().message);
+    }
+  };
+
+  // Every truncation of the headers, and a sample beyond.
+  for (size_t n = 0; n < std::min<size_t>(good.size(), sect0 + 40 * 20); ++n) {
+    Bytes t(good.begin(), good.begin() + static_cast<ptrdiff_t>(n));
+    expect_error(t, nullptr);
+  }
+  {  // truncated inside section data
+    Bytes t(good.begin(), good.begin() + static_cast<ptrdiff_t>(good.size() - 100));
+    expect_error(t, "extends past end of file");
+  }
+  {
+    Bytes f = good;
+    f[0] = 'X';
+    expect_error(f, "MZ");
+  }
+  {
+    Bytes f = good;
+    wr32(f, 0x3c, 0xfffffff0);
+    expect_error(f, "e_lfanew");
+  }
+  {
+    Bytes f = good;
+    f[pe_off + 1] = 'X';
+    expect_error(f, "PE signature");
+  }
+  {
+    Bytes f = good;
+    wr16(f, pe_off + 24, 0x1234);
+    expect_error(f, "magic");
+  }
+  {
+    Bytes f = good;
+    wr16(f, pe_off + 6, 0xffff);  // huge NumberOfSections: table runs off the file
+    expect_error(f, "past end of file");
+  }
+  {
+    Bytes f = good;
+    wr32(f, sect0 + 20, 0x7fff0000);  // section 1 PointerToRawData far past EOF
+    expect_error(f, "section 1 extends past end of file");
+  }
+  {
+    Bytes f = good;
+    wr32(f, sect0 + 16, 0xfffffff0);  // section 1 SizeOfRawData huge
+    expect_error(f, "section");
+  }
+  {
+    Bytes f = good;
+    wr32(f, cert_dir, static_cast<uint32_t>(good.size() + 64));  // certificate table outside the file
+    wr32(f, cert_dir + 4, 64);
+    expect_error(f, "past end of file");
+  }
+  {
+    Bytes f = good;
+    wr32(f, cert_dir, 8);  // certificate table inside the headers
+    wr32(f, cert_dir + 4, 64);
+    expect_error(f, "overlaps the PE headers");
+  }
+  {
+    Bytes f = good;
+    wr32(f, cert_dir, static_cast<uint32_t>(good.size() - 16));  // table inside the last section's data
+    wr32(f, cert_dir + 4, 16);
+    expect_error(f, nullptr);
+  }
+  {
+    Bytes f = good;  // a proper table, then trailing garbage
+    f.resize((f.size() + 7) & ~size_t{7}, 0);
+    wr32(f, cert_dir, static_cast<uint32_t>(f.size()));
+    wr32(f, cert_dir + 4, 16);
+    f.resize(f.size() + 16, 0);
+    PeDigestOptions opt;
+    CHECK(pe_digest(f, opt).ok());
+    f.push_back(0x42);
+    expect_error(f, "trailing garbage");
+  }
+  {
+    Bytes f = good;
+    wr32(f, cert_dir, 0);  // size without offset
+    wr32(f, cert_dir + 4, 64);
+    expect_error(f, "no offset");
+  }
+  {
+    Bytes f = good;
+    wr16(f, pe_off + 20, 16);  // optional header too small for the data directories
+    expect_error(f, nullptr);
+  }
+}
+
+TEST_CASE("PE checksum (§9.6)") {
+  Bytes f(256, 0);
+  f[0] = 'M';
+  f[1] = 'Z';
+  // Words: 0x5a4d + length 256 with a zero CheckSum field at offset 8.
+  CHECK(pe_checksum(f, 8) == 0x5a4d + 256);
+  f[8] = 0xff;  // the CheckSum field itself does not count
+  CHECK(pe_checksum(f, 8) == 0x5a4d + 256);
+  Bytes odd = {0x01, 0x02, 0x03};
+  CHECK(pe_checksum(odd, 100) == 0x0201 + 0x03 + 3);
+  Bytes carry(4, 0xff);
+  CHECK(pe_checksum(carry, 100) == 0xffff + 4);
+}

@@ -1,0 +1,89 @@
+#include "common/authenticode/pe_write.h"
+
+#include "common/authenticode/der.h"
+#include "common/authenticode/signed_data.h"
+
+#include <string>
+
+namespace p11relay::authenticode {
+
+namespace {
+constexpr uint16_t kWinCertRevision2 = 0x0200;
+constexpr uint16_t kWinCertTypePkcsSignedData = 0x0002;
+
+void put_le(Bytes& out, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+uint32_t get_le32(std::span<const uint8_t> b, size_t off) {
+  return static_cast<uint32_t>(b[off]) | (static_cast<uint32_t>(b[off + 1]) << 8) |
+         (static_cast<uint32_t>(b[off + 2]) << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
+}
+}  // namespace
+
+Bytes win_certificate(std::span<const uint8_t> signed_data) {
+  const size_t padded = (signed_data.size() + 7) & ~size_t{7};
+  Bytes out;
+  out.reserve(8 + padded);
+  put_le(out, 8 + padded, 4);
+  put_le(out, kWinCertRevision2, 2);
+  put_le(out, kWinCertTypePkcsSignedData, 2);
+  out.insert(out.end(), signed_data.begin(), signed_data.end());
+  out.resize(8 + padded, 0);
+  return out;
+}
+
+Result<std::vector<Bytes>> parse_cert_table(std::span<const uint8_t> table) {
+  std::vector<Bytes> out;
+  size_t pos = 0;
+  while (pos + 8 <= table.size()) {
+    uint32_t len = get_le32(table, pos);
+    uint16_t rev = static_cast<uint16_t>(table[pos + 4] | (table[pos + 5] << 8));
+    uint16_t type = static_cast<uint16_t>(table[pos + 6] | (table[pos + 7] << 8));
+    if (len < 8 || len > table.size() - pos)
+      return bad_request("WIN_CERTIFICATE at table offset " + std::to_string(pos) + " has an invalid length");
+    if (type == kWinCertTypePkcsSignedData) {
+      if (rev != kWinCertRevision2 && rev != 0x0100)
+        return bad_request("WIN_CERTIFICATE revision 0x" + to_hex(std::span(&table[pos + 4], 2)) + " is not supported");
+      // The blob is padded to 8 bytes; the SignedData is the first DER element.
+      der::Reader r(table.subspan(pos + 8, len - 8));
+      ASSIGN_OR_RETURN(der::Tlv sd, r.next("SignedData in WIN_CERTIFICATE"));
+      out.emplace_back(sd.whole.begin(), sd.whole.end());
+    }
+    pos += (size_t{len} + 7) & ~size_t{7};
+  }
+  if (out.empty()) return bad_request("certificate table holds no PKCS#7 signature");
+  return out;
+}
+
+Result<binpatch::Patch> make_pe_patch(const PeInfo& pe, std::span<const uint8_t> signed_data) {
+  if (pe.image_digest.empty()) return bad_request("PE digest not computed");
+  Bytes cert = win_certificate(signed_data);
+  const uint64_t table_off = pe.new_table_offset();
+  if (table_off + cert.size() > 0xffffffffULL) return bad_request("signed file would exceed 4 GiB");
+  binpatch::Patch p;
+  Bytes dir;
+  put_le(dir, table_off, 4);
+  put_le(dir, cert.size(), 4);
+  p.records.push_back({pe.cert_dir_offset, 8, std::move(dir)});
+  Bytes blob(table_off - pe.original_size, 0);  // 8-byte alignment padding (§9.2 step 9)
+  blob.insert(blob.end(), cert.begin(), cert.end());
+  p.records.push_back({pe.original_size, pe.cert_table_size, std::move(blob)});
+  return p;
+}
+
+Result<Bytes> embed_signature(std::span<const uint8_t> file, const PeInfo& pe, std::span<const uint8_t> signed_data,
+                              EmbedMode mode) {
+  if (file.size() != pe.file_size) return bad_request("file does not match its digest information");
+  Bytes to_embed(signed_data.begin(), signed_data.end());
+  if (mode == EmbedMode::nest && pe.signed_()) {
+    std::span<const uint8_t> table = file.subspan(pe.cert_table_offset, pe.cert_table_size);
+    ASSIGN_OR_RETURN(std::vector<Bytes> existing, parse_cert_table(table));
+    ASSIGN_OR_RETURN(to_embed, add_unsigned_attribute(existing[0], oid::kNestedSignature, signed_data));
+  }
+  ASSIGN_OR_RETURN(binpatch::Patch patch, make_pe_patch(pe, to_embed));
+  ASSIGN_OR_RETURN(Bytes out, binpatch::apply(file, patch));
+  RETURN_IF_ERROR(fix_pe_checksum(out));
+  return out;
+}
+
+}  // namespace p11relay::authenticode

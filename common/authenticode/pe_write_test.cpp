@@ -1,0 +1,172 @@
+#include "common/authenticode/pe_write.h"
+
+#include "common/authenticode/binpatch.h"
+#include "common/authenticode/signed_data.h"
+#include "common/authenticode/verify.h"
+#include "test/helpers.h"
+
+#include <doctest/doctest.h>
+
+using namespace p11relay;
+using namespace p11relay::authenticode;
+using namespace p11relay::authenticode::testing;
+
+namespace {
+
+struct Signed {
+  Bytes file;
+  PeInfo info;
+};
+
+Signed sign_file(const Bytes& file, TestKey& key, bool page_hashes, EmbedMode mode = EmbedMode::replace,
+                 HashAlg alg = HashAlg::sha256) {
+  PeDigestOptions opt;
+  opt.alg = alg;
+  opt.page_hashes = page_hashes;
+  auto info = pe_digest(file, opt);
+  REQUIRE_MESSAGE(info.ok(), info.error().message);
+  X509* chain[] = {key.cert.get()};
+  SignOptions so;
+  so.description = "p11relay test";
+  so.url = "https://example.com/p11relay";
+  auto sd = build_signed_data(*info, chain, so, software_signer(key.key.get()));
+  REQUIRE_MESSAGE(sd.ok(), sd.error().message);
+  auto out = embed_signature(file, *info, *sd, mode);
+  REQUIRE_MESSAGE(out.ok(), out.error().message);
+  return {std::move(*out), std::move(*info)};
+}
+
+}  // namespace
+
+TEST_CASE("sign real PEs (mingw-built and Debian DLLs): osslsigncode verifies, digests agree") {
+  TempDir dir;
+  if (!have_osslsigncode()) {
+    MESSAGE("skipped: osslsigncode not installed");
+    return;
+  }
+  std::vector<std::string> files;
+  for (int bits : {32, 64}) {
+    std::string p = build_mingw_pe(dir, bits);
+    if (p.empty()) MESSAGE("no mingw compiler for " << bits << "-bit");
+    else files.push_back(p);
+  }
+  auto sys = system_pe_files(4);
+  if (sys.empty()) MESSAGE("no PE DLLs from Debian packages found");
+  files.insert(files.end(), sys.begin(), sys.end());
+  if (files.empty()) return;
+
+  TestKey rsa = make_test_key(KeyType::rsa, dir, "Test RSA signer");
+  TestKey ec = make_test_key(KeyType::ec, dir, "Test EC signer");
+  for (const auto& path : files) {
+    CAPTURE(path);
+    const Bytes original = read_file(path);
+    for (TestKey* key : {&rsa, &ec}) {
+      for (bool ph : {false, true}) {
+        CAPTURE(ph);
+        CAPTURE(key->cert_path);
+        Signed s = sign_file(original, *key, ph);
+        std::string out = dir.file("signed.exe");
+        write_file(out, s.file);
+        auto v = osslsigncode_verify(out, key->cert_path);
+        CHECK_MESSAGE(v.exit_code == 0, v.output);
+        CHECK(v.current_digest == to_hex(s.info.image_digest));
+        CHECK(v.calculated_digest == to_hex(s.info.image_digest));
+        CHECK(v.page_hash_checked == ph);
+        CHECK_FALSE(v.page_hash_mismatch);
+        // Checksum correct, and our own verifier agrees.
+        auto info2 = pe_digest(s.file);
+        REQUIRE(info2.ok());
+        CHECK(info2->stored_checksum == pe_checksum(s.file, info2->checksum_offset));
+        CHECK(info2->stored_checksum != 0);
+        auto rep = verify_pe(s.file);
+        REQUIRE_MESSAGE(rep.ok(), rep.error().message);
+        REQUIRE(rep->signatures.size() == 1);
+        CHECK(rep->signatures[0].signer_subject.find(key == &rsa ? "CN=Test RSA signer" : "CN=Test EC signer") != std::string::npos);
+        CHECK(rep->signatures[0].page_hashes == ph);
+      }
+    }
+    // Re-signing a signed file replaces the signature; --append nests a second one.
+    Signed first = sign_file(original, rsa, false);
+    Signed again = sign_file(first.file, ec, true);
+    CHECK(again.info.image_digest == first.info.image_digest);
+    std::string out = dir.file("resigned.exe");
+    write_file(out, again.file);
+    auto v = osslsigncode_verify(out, ec.cert_path);
+    CHECK_MESSAGE(v.exit_code == 0, v.output);
+    auto rep = verify_pe(again.file);
+    REQUIRE(rep.ok());
+    CHECK(rep->signatures.size() == 1);
+    CHECK(again.file.size() < first.file.size() + 4096);
+
+    Signed nested = sign_file(first.file, ec, false, EmbedMode::nest, HashAlg::sha384);
+    std::string nout = dir.file("nested.exe");
+    write_file(nout, nested.file);
+    // Both signers must be trusted for osslsigncode to pass.
+    std::string both = dir.file("both.pem");
+    Bytes a = read_file(rsa.cert_path), b = read_file(ec.cert_path);
+    a.insert(a.end(), b.begin(), b.end());
+    write_file(both, a);
+    auto nv = osslsigncode_verify(nout, both);
+    CHECK_MESSAGE(nv.exit_code == 0, nv.output);
+    CHECK(nv.output.find("Number of verified signatures: 2") != std::string::npos);
+    auto nrep = verify_pe(nested.file);
+    REQUIRE_MESSAGE(nrep.ok(), nrep.error().message);
+    REQUIRE(nrep->signatures.size() == 2);
+    CHECK(nrep->signatures[1].nesting == 1);
+    CHECK(nrep->signatures[1].alg == HashAlg::sha384);
+  }
+}
+
+TEST_CASE("relic pe-coff patch (§9.5) applied + checksum fix gives the same file as embed_signature") {
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 32);
+  if (p.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  TestKey key = make_test_key(KeyType::rsa, dir, "patch signer");
+  const Bytes original = read_file(p);
+  for (int round = 0; round < 2; ++round) {
+    // round 0: unsigned input (record 2 inserts at EOF); round 1: signed input (record 2 replaces).
+    Bytes input = round == 0 ? original : sign_file(original, key, false).file;
+    if (round == 0) input.resize(input.size() + 3, 0x5a);  // unaligned EOF: patch adds padding
+    auto info = pe_digest(input);
+    REQUIRE(info.ok());
+    X509* chain[] = {key.cert.get()};
+    auto sd = build_signed_data(*info, chain, {}, software_signer(key.key.get()));
+    REQUIRE(sd.ok());
+    auto patch = make_pe_patch(*info, *sd);
+    REQUIRE(patch.ok());
+    REQUIRE(patch->records.size() == 2);
+    CHECK(patch->records[0].offset == info->cert_dir_offset);
+    CHECK(patch->records[0].old_size == 8);
+    CHECK(patch->records[1].offset == info->original_size);
+    CHECK(patch->records[1].old_size == info->cert_table_size);
+    auto wire = binpatch::serialize(*patch);
+    REQUIRE(wire.ok());
+    auto parsed = binpatch::parse(*wire);
+    REQUIRE(parsed.ok());
+    auto applied = binpatch::apply(input, *parsed);
+    REQUIRE(applied.ok());
+    REQUIRE(fix_pe_checksum(*applied).ok());
+    auto embedded = embed_signature(input, *info, *sd);
+    REQUIRE(embedded.ok());
+    CHECK(*applied == *embedded);
+    CHECK(applied->size() % 8 == 0);
+    auto rep = verify_pe(*applied);
+    CHECK_MESSAGE(rep.ok(), (rep.ok() ? "" : rep.error().message));
+  }
+}
+
+TEST_CASE("WIN_CERTIFICATE framing and table parsing") {
+  Bytes sd = {0x30, 0x03, 0x02, 0x01, 0x01};
+  Bytes wc = win_certificate(sd);
+  CHECK(to_hex(wc) == "1000000000020200" "3003020101000000");
+  auto parsed = parse_cert_table(wc);
+  REQUIRE(parsed.ok());
+  CHECK((*parsed)[0] == sd);
+  Bytes bad = wc;
+  bad[0] = 0xff;  // dwLength past the table
+  CHECK_FALSE(parse_cert_table(bad).ok());
+  CHECK_FALSE(parse_cert_table(Bytes(16, 0)).ok());
+}

@@ -1,0 +1,315 @@
+#include "common/authenticode/timestamp.h"
+
+#include "common/authenticode/signed_data.h"
+#include "common/openssl_ptr.h"
+
+#include <netdb.h>
+#include <openssl/bn.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ts.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <memory>
+
+namespace p11relay::authenticode {
+
+namespace {
+
+struct TsReqDeleter { void operator()(TS_REQ* p) const noexcept { TS_REQ_free(p); } };
+struct TsRespDeleter { void operator()(TS_RESP* p) const noexcept { TS_RESP_free(p); } };
+struct TsVerifyDeleter { void operator()(TS_VERIFY_CTX* p) const noexcept { TS_VERIFY_CTX_free(p); } };
+struct Pkcs7Deleter { void operator()(PKCS7* p) const noexcept { PKCS7_free(p); } };
+
+Result<std::unique_ptr<TS_REQ, TsReqDeleter>> build_req(HashAlg alg, std::span<const uint8_t> message,
+                                                        std::span<const uint8_t> nonce) {
+  std::unique_ptr<TS_REQ, TsReqDeleter> req(TS_REQ_new());
+  TS_MSG_IMPRINT* imprint = TS_MSG_IMPRINT_new();
+  X509_ALGOR* algor = X509_ALGOR_new();
+  ASN1_INTEGER* n = nullptr;
+  BIGNUM* bn = BN_bin2bn(nonce.data(), static_cast<int>(nonce.size()), nullptr);
+  Bytes digest = hash(alg, message);
+  bool ok = req && imprint && algor && bn && TS_REQ_set_version(req.get(), 1) == 1 &&
+            X509_ALGOR_set0(algor, OBJ_nid2obj(EVP_MD_get_type(evp_md(alg))), V_ASN1_NULL, nullptr) == 1 &&
+            TS_MSG_IMPRINT_set_algo(imprint, algor) == 1 &&
+            TS_MSG_IMPRINT_set_msg(imprint, digest.data(), static_cast<int>(digest.size())) == 1 &&
+            TS_REQ_set_msg_imprint(req.get(), imprint) == 1 && (n = BN_to_ASN1_INTEGER(bn, nullptr)) != nullptr &&
+            TS_REQ_set_nonce(req.get(), n) == 1 && TS_REQ_set_cert_req(req.get(), 1) == 1;
+  ASN1_INTEGER_free(n);
+  BN_free(bn);
+  X509_ALGOR_free(algor);
+  TS_MSG_IMPRINT_free(imprint);
+  if (!ok) return internal_error("building TimeStampReq: " + openssl_error_string());
+  return req;
+}
+
+struct Url {
+  std::string host, port, path;
+};
+
+Result<Url> parse_http_url(const std::string& url) {
+  const std::string scheme = "http://";
+  if (url.compare(0, scheme.size(), scheme) != 0)
+    return bad_request("timestamp URL must start with http:// (got '" + url + "')");
+  std::string rest = url.substr(scheme.size());
+  Url u;
+  size_t slash = rest.find('/');
+  std::string hostport = rest.substr(0, slash);
+  u.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  if (!hostport.empty() && hostport[0] == '[') {  // [v6]:port
+    size_t close = hostport.find(']');
+    if (close == std::string::npos) return bad_request("bad IPv6 address in URL");
+    u.host = hostport.substr(1, close - 1);
+    u.port = close + 1 < hostport.size() && hostport[close + 1] == ':' ? hostport.substr(close + 2) : "80";
+  } else {
+    size_t colon = hostport.rfind(':');
+    u.host = hostport.substr(0, colon);
+    u.port = colon == std::string::npos ? "80" : hostport.substr(colon + 1);
+  }
+  if (u.host.empty() || u.port.empty()) return bad_request("bad URL '" + url + "'");
+  return u;
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+using Clock = std::chrono::steady_clock;
+
+int remaining_ms(Clock::time_point deadline) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return ms < 0 ? 0 : static_cast<int>(ms);
+}
+
+Status wait_fd(int fd, short events, Clock::time_point deadline) {
+  pollfd p{fd, events, 0};
+  for (;;) {
+    int r = ::poll(&p, 1, remaining_ms(deadline));
+    if (r > 0) return {};
+    if (r == 0) return Error(ErrorCode::timeout, "timestamp server timed out");
+    if (errno != EINTR) return network_error(std::string("poll: ") + std::strerror(errno));
+  }
+}
+
+// Decodes a chunked body (RFC 9112 §7.1); nullopt when malformed or incomplete.
+std::optional<Bytes> dechunk(std::span<const uint8_t> in) {
+  Bytes out;
+  size_t pos = 0;
+  for (;;) {
+    size_t eol = pos;
+    while (eol + 1 < in.size() && !(in[eol] == '\r' && in[eol + 1] == '\n')) ++eol;
+    if (eol + 1 >= in.size()) return std::nullopt;
+    uint64_t len = 0;
+    size_t i = pos;
+    for (; i < eol; ++i) {
+      char c = static_cast<char>(in[i]);
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      if (d < 0) break;
+      if (len > (uint64_t{1} << 40)) return std::nullopt;
+      len = len * 16 + static_cast<uint64_t>(d);
+    }
+    if (i == pos) return std::nullopt;
+    pos = eol + 2;
+    if (len == 0) return out;
+    if (len > in.size() - pos || in.size() - pos - len < 2) return std::nullopt;
+    out.insert(out.end(), in.begin() + static_cast<ptrdiff_t>(pos), in.begin() + static_cast<ptrdiff_t>(pos + len));
+    pos += len + 2;
+  }
+}
+
+}  // namespace
+
+Result<HttpReply> http_post(const std::string& url, const std::string& content_type, std::span<const uint8_t> body,
+                            int timeout_seconds) {
+  ASSIGN_OR_RETURN(Url u, parse_http_url(url));
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout_seconds);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  int gai = ::getaddrinfo(u.host.c_str(), u.port.c_str(), &hints, &res);
+  if (gai != 0) return network_error("cannot resolve " + u.host + ": " + gai_strerror(gai));
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> res_guard(res, freeaddrinfo);
+  std::string last_err = "no addresses";
+  std::unique_ptr<Fd> sock;
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    auto fd = std::make_unique<Fd>(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+    if (fd->get() < 0) continue;
+    if (::connect(fd->get(), ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+      last_err = std::strerror(errno);
+      continue;
+    }
+    Status w = wait_fd(fd->get(), POLLOUT, deadline);
+    if (!w.ok()) return w.take_error();
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(fd->get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      last_err = std::strerror(err);
+      continue;
+    }
+    sock = std::move(fd);
+    break;
+  }
+  if (!sock) return network_error("cannot connect to " + u.host + ":" + u.port + ": " + last_err);
+
+  std::string head = "POST " + u.path + " HTTP/1.1\r\nHost: " + u.host + (u.port == "80" ? "" : ":" + u.port) +
+                     "\r\nUser-Agent: p11relay\r\nContent-Type: " + content_type +
+                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+  Bytes out(head.begin(), head.end());
+  out.insert(out.end(), body.begin(), body.end());
+  size_t sent = 0;
+  while (sent < out.size()) {
+    RETURN_IF_ERROR(wait_fd(sock->get(), POLLOUT, deadline));
+    ssize_t n = ::send(sock->get(), out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      return network_error(std::string("send to timestamp server: ") + std::strerror(errno));
+    }
+    sent += static_cast<size_t>(n);
+  }
+  constexpr size_t kMaxReply = 4 * 1024 * 1024;
+  Bytes in;
+  uint8_t buf[16384];
+  for (;;) {
+    RETURN_IF_ERROR(wait_fd(sock->get(), POLLIN, deadline));
+    ssize_t n = ::recv(sock->get(), buf, sizeof buf, 0);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      return network_error(std::string("receive from timestamp server: ") + std::strerror(errno));
+    }
+    if (n == 0) break;
+    in.insert(in.end(), buf, buf + n);
+    if (in.size() > kMaxReply) return network_error("timestamp server reply too large");
+  }
+  // Status line and headers.
+  std::string text(in.begin(), in.end());
+  size_t hdr_end = text.find("\r\n\r\n");
+  if (hdr_end == std::string::npos || text.compare(0, 5, "HTTP/") != 0)
+    return network_error("malformed HTTP reply from timestamp server");
+  HttpReply reply;
+  size_t sp = text.find(' ');
+  if (sp == std::string::npos || sp + 4 > hdr_end) return network_error("malformed HTTP status line");
+  reply.status = std::atoi(text.substr(sp + 1, 3).c_str());
+  bool chunked = false;
+  std::optional<size_t> content_length;
+  size_t line = text.find("\r\n") + 2;
+  while (line < hdr_end) {
+    size_t eol = text.find("\r\n", line);
+    std::string h = text.substr(line, eol - line);
+    line = eol + 2;
+    size_t colon = h.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = h.substr(0, colon), value = h.substr(colon + 1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.erase(0, 1);
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (name == "content-type") reply.content_type = value;
+    if (name == "transfer-encoding" && value.find("chunked") != std::string::npos) chunked = true;
+    if (name == "content-length") content_length = static_cast<size_t>(std::strtoull(value.c_str(), nullptr, 10));
+  }
+  std::span<const uint8_t> raw = std::span<const uint8_t>(in).subspan(hdr_end + 4);
+  if (chunked) {
+    auto b = dechunk(raw);
+    if (!b) return network_error("malformed chunked reply from timestamp server");
+    reply.body = std::move(*b);
+  } else if (content_length) {
+    if (raw.size() < *content_length) return network_error("truncated reply from timestamp server");
+    reply.body.assign(raw.begin(), raw.begin() + static_cast<ptrdiff_t>(*content_length));
+  } else {
+    reply.body.assign(raw.begin(), raw.end());
+  }
+  return reply;
+}
+
+Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uint8_t> message) {
+  TimestampRequest r;
+  r.nonce.resize(12);  // 96 bits, like relic (§10)
+  if (RAND_bytes(r.nonce.data(), static_cast<int>(r.nonce.size())) != 1) return internal_error("RAND_bytes failed");
+  r.nonce[0] &= 0x7f;  // keep the INTEGER positive
+  if (r.nonce[0] == 0) r.nonce[0] = 1;  // and its encoding exactly 12 bytes
+  ASSIGN_OR_RETURN(auto req, build_req(alg, message, r.nonce));
+  unsigned char* p = nullptr;
+  int n = i2d_TS_REQ(req.get(), &p);
+  if (n <= 0) return internal_error("encoding TimeStampReq: " + openssl_error_string());
+  r.der.assign(p, p + n);
+  OPENSSL_free(p);
+  return r;
+}
+
+Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const TimestampRequest& request,
+                                       std::span<const uint8_t> message, const TimestampOptions& options) {
+  const unsigned char* p = response.data();
+  std::unique_ptr<TS_RESP, TsRespDeleter> resp(d2i_TS_RESP(nullptr, &p, static_cast<long>(response.size())));
+  if (!resp || p != response.data() + response.size()) {
+    openssl_error_string();
+    return Error(ErrorCode::device_error, "timestamp server sent something that is not a TimeStampResp");
+  }
+  const ASN1_INTEGER* status = TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp.get()));
+  long st = ASN1_INTEGER_get(status);
+  if (st != 0 && st != 1)  // granted / grantedWithMods (RFC 3161 §2.4.2)
+    return Error(ErrorCode::device_error, "timestamp server refused the request (PKIStatus " + std::to_string(st) + ")");
+  PKCS7* token = TS_RESP_get_token(resp.get());
+  if (!token) return Error(ErrorCode::device_error, "timestamp reply has no token");
+
+  // Imprint, nonce and version through OpenSSL's TS verifier, built from our own request.
+  const unsigned char* rp = request.der.data();
+  std::unique_ptr<TS_REQ, TsReqDeleter> req(d2i_TS_REQ(nullptr, &rp, static_cast<long>(request.der.size())));
+  if (!req) return internal_error("re-reading our TimeStampReq failed");
+  std::unique_ptr<TS_VERIFY_CTX, TsVerifyDeleter> vctx(TS_REQ_to_TS_VERIFY_CTX(req.get(), nullptr));
+  if (!vctx) return internal_error("TS_VERIFY_CTX: " + openssl_error_string());
+  int flags = TS_VFY_VERSION | TS_VFY_IMPRINT | TS_VFY_NONCE;
+  if (!options.ca_file.empty()) {
+    X509_STORE* store = X509_STORE_new();
+    if (!store || X509_STORE_load_file(store, options.ca_file.c_str()) != 1) {
+      X509_STORE_free(store);
+      return config_error("cannot load timestamp CA file " + options.ca_file + ": " + openssl_error_string());
+    }
+    TS_VERIFY_CTX_set_store(vctx.get(), store);  // takes ownership
+    flags |= TS_VFY_SIGNATURE;
+  }
+  TS_VERIFY_CTX_set_flags(vctx.get(), flags);
+  if (TS_RESP_verify_response(vctx.get(), resp.get()) != 1)
+    return Error(ErrorCode::device_error, "timestamp reply does not match the request: " + openssl_error_string());
+  if (options.ca_file.empty()) {
+    // No trust anchors: still require the token to be signed by the certificate it carries.
+    BIO_ptr none(BIO_new(BIO_s_mem()));
+    if (PKCS7_verify(token, nullptr, nullptr, nullptr, none.get(), PKCS7_NOVERIFY) != 1)
+      return Error(ErrorCode::device_error, "timestamp token signature does not verify: " + openssl_error_string());
+  }
+  (void)message;
+  unsigned char* out = nullptr;
+  int n = i2d_PKCS7(token, &out);
+  if (n <= 0) return internal_error("encoding timestamp token: " + openssl_error_string());
+  Bytes der(out, out + n);
+  OPENSSL_free(out);
+  return der;
+}
+
+Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options) {
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  // The imprint covers the SignerInfo's encryptedDigest value (the signature bytes) (§10).
+  Bytes message(sd.signers[0].signature.begin(), sd.signers[0].signature.end());
+  ASSIGN_OR_RETURN(TimestampRequest req, make_timestamp_request(options.alg, message));
+  ASSIGN_OR_RETURN(HttpReply reply, http_post(options.url, "application/timestamp-query", req.der, options.timeout_seconds));
+  if (reply.status != 200)
+    return Error(ErrorCode::device_error, "timestamp server answered HTTP " + std::to_string(reply.status));
+  ASSIGN_OR_RETURN(Bytes token, check_timestamp_response(reply.body, req, message, options));
+  return add_unsigned_attribute(signed_data, oid::kRfc3161Timestamp, token);
+}
+
+}  // namespace p11relay::authenticode

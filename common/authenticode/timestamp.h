@@ -1,0 +1,47 @@
+// RFC 3161 counter-signatures for Authenticode (relic-protocol.md §10, §9.4): TimeStampReq over the
+// SignerInfo's signature value, POSTed to the TSA over plain HTTP, reply checked (status, imprint,
+// nonce, token signature), token stored as unsigned attribute 1.3.6.1.4.1.311.3.3.1.
+#pragma once
+
+#include "common/bytes.h"
+#include "common/digest.h"
+#include "common/error.h"
+
+#include <span>
+#include <string>
+
+namespace p11relay::authenticode {
+
+struct TimestampOptions {
+  std::string url;          // http://host[:port]/path (TSA URLs are plain HTTP by convention)
+  int timeout_seconds = 30;
+  HashAlg alg = HashAlg::sha256;  // hash of the message imprint
+  // PEM file with the TSA's CA certificate(s). When set, the token's certificate chain is verified
+  // against it; otherwise only the token signature itself is checked (with the embedded TSA cert).
+  std::string ca_file;
+};
+
+struct TimestampRequest {
+  Bytes der;
+  Bytes nonce;  // big-endian INTEGER value
+};
+
+// TimeStampReq v1: messageImprint = {alg, hash(message)}, random 96-bit nonce, certReq true.
+Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uint8_t> message);
+// Checks a TimeStampResp against the request and returns the TimeStampToken (ContentInfo DER).
+Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const TimestampRequest& request,
+                                       std::span<const uint8_t> message, const TimestampOptions& options);
+
+// Timestamps the first SignerInfo of `signed_data` and returns the SignedData with the token added.
+Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options);
+
+// Minimal blocking HTTP/1.1 POST over plain TCP (Connection: close). Returns the body of a 200 reply.
+struct HttpReply {
+  int status = 0;
+  std::string content_type;
+  Bytes body;
+};
+Result<HttpReply> http_post(const std::string& url, const std::string& content_type, std::span<const uint8_t> body,
+                            int timeout_seconds);
+
+}  // namespace p11relay::authenticode

@@ -1,0 +1,212 @@
+#include "common/authenticode/verify.h"
+
+#include "common/authenticode/der.h"
+#include "common/authenticode/pe_digest.h"
+#include "common/authenticode/pe_write.h"
+#include "common/authenticode/signed_data.h"
+#include "common/openssl_ptr.h"
+#include "common/x509.h"
+
+#include <openssl/x509.h>
+
+namespace p11relay::authenticode {
+
+using der::ByteSpan;
+
+namespace {
+
+struct SpcParsed {
+  HashAlg alg;
+  Bytes digest;
+  std::optional<HashAlg> page_alg;
+  Bytes page_hashes;
+};
+
+// Reads SpcIndirectDataContent (§9.3): the DigestInfo and, if present, the page-hash moniker.
+Result<SpcParsed> parse_spc(ByteSpan spc_whole) {
+  SpcParsed out;
+  ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_whole, "SpcIndirectDataContent"));
+  der::Reader r(spc.content);
+  ASSIGN_OR_RETURN(der::Tlv data, r.expect(der::kSequence, "SpcAttributeTypeAndOptionalValue"));
+  ASSIGN_OR_RETURN(der::Tlv di, r.expect(der::kSequence, "DigestInfo"));
+  der::Reader dr(di.content);
+  ASSIGN_OR_RETURN(der::Tlv alg, dr.expect(der::kSequence, "DigestInfo algorithm"));
+  der::Reader ar(alg.content);
+  ASSIGN_OR_RETURN(der::Tlv alg_oid, ar.expect(der::kOid, "DigestInfo algorithm OID"));
+  auto h = hash_by_oid_content(alg_oid.content);
+  if (!h) return bad_request("unknown digest algorithm in SpcIndirectDataContent");
+  out.alg = *h;
+  ASSIGN_OR_RETURN(der::Tlv digest, dr.expect(der::kOctetString, "DigestInfo digest"));
+  out.digest.assign(digest.content.begin(), digest.content.end());
+
+  der::Reader pr(data.content);
+  ASSIGN_OR_RETURN(der::Tlv type, pr.expect(der::kOid, "SpcAttributeTypeAndOptionalValue type"));
+  if (!der::equal(type.content, der::oid_content(oid::kSpcPeImageData)))
+    return bad_request("signature is not for a PE image (SpcPeImageData expected)");
+  if (pr.empty()) return out;
+  ASSIGN_OR_RETURN(der::Tlv pid, pr.expect(der::kSequence, "SpcPeImageData"));
+  der::Reader ir(pid.content);
+  if (ir.peek_tag() == der::kBitString) {
+    ASSIGN_OR_RETURN(der::Tlv flags, ir.next("SpcPeImageData flags"));
+    (void)flags;
+  }
+  if (ir.empty()) return out;
+  ASSIGN_OR_RETURN(der::Tlv file0, ir.expect(der::context(0, true), "SpcPeImageData file"));
+  ASSIGN_OR_RETURN(der::Tlv link, der::parse_one(file0.content, "SpcLink"));
+  if (link.tag != der::context(1, true)) return out;  // not a moniker: no page hashes
+  der::Reader mr(link.content);
+  ASSIGN_OR_RETURN(der::Tlv class_id, mr.expect(der::kOctetString, "SpcSerializedObject classId"));
+  (void)class_id;
+  ASSIGN_OR_RETURN(der::Tlv ser, mr.expect(der::kOctetString, "SpcSerializedObject serializedData"));
+  ASSIGN_OR_RETURN(der::Tlv set, der::parse_one(ser.content, "page hash set"));
+  der::Reader sr(set.content);
+  ASSIGN_OR_RETURN(der::Tlv entry, sr.expect(der::kSequence, "page hash attribute"));
+  der::Reader er(entry.content);
+  ASSIGN_OR_RETURN(der::Tlv ph_oid, er.expect(der::kOid, "page hash type"));
+  if (der::equal(ph_oid.content, der::oid_content(oid::kPageHashesV1))) {
+    out.page_alg = HashAlg::sha1;
+  } else if (der::equal(ph_oid.content, der::oid_content(oid::kPageHashesV2))) {
+    out.page_alg = HashAlg::sha256;
+  } else {
+    return bad_request("unknown page hash type");
+  }
+  ASSIGN_OR_RETURN(der::Tlv vals, er.expect(der::kSet, "page hash values"));
+  der::Reader vr(vals.content);
+  ASSIGN_OR_RETURN(der::Tlv hashes, vr.expect(der::kOctetString, "page hashes"));
+  out.page_hashes.assign(hashes.content.begin(), hashes.content.end());
+  return out;
+}
+
+Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView& si) {
+  for (auto c : sd.certificates) {
+    const unsigned char* p = c.data();
+    X509_ptr cert(d2i_X509(nullptr, &p, static_cast<long>(c.size())));
+    if (!cert) continue;
+    unsigned char* ib = nullptr;
+    int il = i2d_X509_NAME(X509_get_issuer_name(cert.get()), &ib);
+    unsigned char* sb = nullptr;
+    int sl = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert.get()), &sb);
+    bool match = il > 0 && sl > 0 && der::equal(ByteSpan(ib, static_cast<size_t>(il)), si.issuer) &&
+                 der::equal(ByteSpan(sb, static_cast<size_t>(sl)), si.serial);
+    OPENSSL_free(ib);
+    OPENSSL_free(sb);
+    if (match) return cert;
+  }
+  openssl_error_string();
+  return bad_request("the signing certificate is not in the signature");
+}
+
+}  // namespace
+
+Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
+  SignatureReport rep;
+  rep.nesting = nesting;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
+    return bad_request("signature content is not SpcIndirectDataContent");
+  ASSIGN_OR_RETURN(SpcParsed spc, parse_spc(sd.content));
+  rep.alg = spc.alg;
+  rep.image_digest = spc.digest;
+
+  // 1. The image digest (and page hashes) recomputed from the file.
+  PeDigestOptions opt;
+  opt.alg = spc.alg;
+  opt.keep_cert_table = false;
+  opt.page_hashes = spc.page_alg.has_value();
+  if (spc.page_alg && page_hash_alg_for(spc.alg) != spc.page_alg) {
+    // A signature may pair e.g. a SHA-384 image digest with SHA-256 page hashes (osslsigncode does);
+    // compute the page hashes separately with their own algorithm.
+    opt.page_hashes = false;
+  }
+  ASSIGN_OR_RETURN(PeInfo pe, pe_digest(file, opt));
+  if (pe.image_digest != spc.digest)
+    return bad_request("image digest mismatch: file " + to_hex(pe.image_digest) + ", signature " + to_hex(spc.digest));
+  if (spc.page_alg) {
+    rep.page_hashes = true;
+    Bytes computed = pe.page_hashes;
+    if (!opt.page_hashes) {
+      PeDigestOptions po;
+      po.alg = *spc.page_alg;
+      po.page_hashes = true;
+      po.keep_cert_table = false;
+      ASSIGN_OR_RETURN(PeInfo pp, pe_digest(file, po));
+      computed = pp.page_hashes;
+    }
+    if (computed != spc.page_hashes) return bad_request("page hash mismatch");
+  }
+
+  // 2. Signed attributes: contentType and messageDigest over the SpcIndirectDataContent contents.
+  const SignerInfoView& si = sd.signers[0];
+  auto sig_hash = hash_by_oid_content(si.digest_alg);
+  if (!sig_hash) return bad_request("unknown SignerInfo digest algorithm");
+  if (si.auth_attrs.empty()) return bad_request("signature has no authenticated attributes");
+  ASSIGN_OR_RETURN(std::vector<Attribute> attrs, parse_attributes(si.auth_attrs));
+  ASSIGN_OR_RETURN(der::Tlv spc_tlv, der::parse_one(sd.content, "SpcIndirectDataContent"));
+  bool have_md = false, have_ct = false;
+  for (const auto& a : attrs) {
+    if (a.values.size() != 1) continue;
+    if (der::equal(a.oid, der::oid_content(oid::kMessageDigest))) {
+      ASSIGN_OR_RETURN(der::Tlv md, der::parse_one(a.values[0], "messageDigest"));
+      if (!der::equal(md.content, hash(*sig_hash, spc_tlv.content)))
+        return bad_request("messageDigest does not match SpcIndirectDataContent");
+      have_md = true;
+    } else if (der::equal(a.oid, der::oid_content(oid::kContentType))) {
+      if (!der::equal(a.values[0], der::oid(oid::kSpcIndirectData)))
+        return bad_request("contentType attribute is not SpcIndirectDataContent");
+      have_ct = true;
+    }
+  }
+  if (!have_md || !have_ct) return bad_request("signature lacks the messageDigest or contentType attribute");
+
+  // 3. The signature over the attributes, re-tagged as SET (RFC 5652 §5.4), with the signer's key.
+  ASSIGN_OR_RETURN(X509_ptr cert, find_signer_cert(sd, si));
+  EVP_PKEY* pub = X509_get0_pubkey(cert.get());
+  if (!pub) return bad_request("signing certificate has no usable public key");
+  Bytes signed_attrs(si.auth_attrs.begin(), si.auth_attrs.end());
+  signed_attrs[0] = der::kSet;
+  EVP_MD_CTX_ptr ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(*sig_hash), nullptr, pub) != 1)
+    return internal_error("EVP_DigestVerifyInit: " + openssl_error_string());
+  if (EVP_DigestVerify(ctx.get(), si.signature.data(), si.signature.size(), signed_attrs.data(), signed_attrs.size()) != 1) {
+    openssl_error_string();
+    return bad_request("signature over the signed attributes does not verify");
+  }
+  rep.signer_subject = name_rfc2253(X509_get_subject_name(cert.get()));
+  rep.signer_issuer = name_rfc2253(X509_get_issuer_name(cert.get()));
+
+  if (!si.unauth_attrs.empty()) {
+    ASSIGN_OR_RETURN(std::vector<Attribute> un, parse_attributes(si.unauth_attrs));
+    for (const auto& a : un)
+      if (der::equal(a.oid, der::oid_content(oid::kRfc3161Timestamp))) rep.timestamped = true;
+  }
+  return rep;
+}
+
+Result<VerifyReport> verify_pe(ByteSpan file) {
+  PeDigestOptions opt;
+  opt.keep_cert_table = true;
+  ASSIGN_OR_RETURN(PeInfo pe, pe_digest(file, opt));
+  VerifyReport rep;
+  rep.stored_checksum = pe.stored_checksum;
+  rep.computed_checksum = pe_checksum(file, pe.checksum_offset);
+  if (!pe.signed_()) return bad_request("file is not signed");
+  ASSIGN_OR_RETURN(std::vector<Bytes> sigs, parse_cert_table(pe.cert_table));
+  for (const auto& sig : sigs) {
+    ASSIGN_OR_RETURN(SignatureReport r, verify_signed_data(file, sig, 0));
+    rep.signatures.push_back(std::move(r));
+    // Nested signatures (osslsigncode -nest): unsigned attribute 1.3.6.1.4.1.311.2.4.1 of the primary.
+    ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(sig));
+    if (sd.signers[0].unauth_attrs.empty()) continue;
+    ASSIGN_OR_RETURN(std::vector<Attribute> un, parse_attributes(sd.signers[0].unauth_attrs));
+    for (const auto& a : un) {
+      if (!der::equal(a.oid, der::oid_content(oid::kNestedSignature))) continue;
+      for (auto v : a.values) {
+        ASSIGN_OR_RETURN(SignatureReport nr, verify_signed_data(file, v, 1));
+        rep.signatures.push_back(std::move(nr));
+      }
+    }
+  }
+  return rep;
+}
+
+}  // namespace p11relay::authenticode

@@ -1,0 +1,40 @@
+// Checking an Authenticode-signed PE (used by `p11relay verify` and by tests): the image digest, the
+// messageDigest of SpcIndirectDataContent, page hashes, and the signer's signature over the signed
+// attributes with the embedded signing certificate. Trust in the certificate chain is NOT evaluated.
+#pragma once
+
+#include "common/bytes.h"
+#include "common/digest.h"
+#include "common/error.h"
+
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace p11relay::authenticode {
+
+struct SignatureReport {
+  int nesting = 0;  // 0 = primary signature, 1 = nested (1.3.6.1.4.1.311.2.4.1)
+  HashAlg alg = HashAlg::sha256;
+  Bytes image_digest;  // as stored in SpcIndirectDataContent (equal to the recomputed one)
+  std::string signer_subject;  // RFC 2253
+  std::string signer_issuer;
+  bool page_hashes = false;
+  bool timestamped = false;  // carries an RFC 3161 counter-signature (1.3.6.1.4.1.311.3.3.1)
+};
+
+struct VerifyReport {
+  std::vector<SignatureReport> signatures;  // primary first, then nested ones
+  uint32_t stored_checksum = 0;
+  uint32_t computed_checksum = 0;
+};
+
+// Every signature in the file must check out; the first failure is the error.
+Result<VerifyReport> verify_pe(std::span<const uint8_t> file);
+
+// Checks one ContentInfo(SignedData) against the PE file it came from.
+Result<SignatureReport> verify_signed_data(std::span<const uint8_t> file, std::span<const uint8_t> signed_data,
+                                           int nesting = 0);
+
+}  // namespace p11relay::authenticode
