@@ -1,0 +1,773 @@
+#include "pkcs11-shim/bridge.h"
+
+#include "common/mechanism.h"
+#include "pkcs11-shim/log.h"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+
+namespace p11relay::shim::bridge {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The one global (STYLE.md). atomic<shared_ptr>: a C_Finalize racing other calls leaves them holding a
+// live module; no lock that a fork() could copy in the locked state is taken on the hot path.
+std::atomic<std::shared_ptr<Module>> g_module;
+std::mutex g_init_mu;  // serialises C_Initialize / C_Finalize only
+ModuleFactory g_factory;
+
+Result<std::shared_ptr<Module>> module() {
+  auto m = g_module.load();
+  if (!m) return ck(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Initialize has not been called");
+  // A forked child that did not call C_Initialize keeps using the parent's module: sessions are local
+  // state, and the client library notices the pid change and opens its own connections.
+  return m;
+}
+
+Result<std::shared_ptr<Session>> session_of(Module& m, CK_SESSION_HANDLE h) {
+  auto s = m.session(h);
+  if (!s) return ck(CKR_SESSION_HANDLE_INVALID, "unknown session handle " + std::to_string(h));
+  return s;
+}
+
+void pad(CK_UTF8CHAR* dst, size_t n, const std::string& s) {
+  std::memset(dst, ' ', n);
+  std::memcpy(dst, s.data(), std::min(n, s.size()));
+}
+
+CK_STATE session_state(Module& m, const Session& s) {
+  return m.logged_in(s.slot) ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
+}
+
+// Objects a session can see: private ones only after C_Login (v2.40 §4.1 CKA_PRIVATE).
+Result<std::shared_ptr<const Object>> visible_object(Module& m, const Session& s, CK_OBJECT_HANDLE h, CK_RV invalid) {
+  auto o = s.token ? s.token->object(h) : nullptr;
+  if (!o) return ck(invalid, "unknown object handle " + std::to_string(h));
+  if (o->is_private && !m.logged_in(s.slot)) {
+    if (invalid == CKR_KEY_HANDLE_INVALID) return ck(CKR_USER_NOT_LOGGED_IN, "the private key needs C_Login first");
+    return ck(invalid, "object " + std::to_string(h) + " is private and the user is not logged in");
+  }
+  return o;
+}
+
+template <typename T>
+Status copy_list(const std::vector<T>& items, T* out, CK_ULONG_PTR count) {
+  if (!out) {
+    *count = items.size();
+    return {};
+  }
+  if (*count < items.size()) {
+    *count = items.size();
+    return ck(CKR_BUFFER_TOO_SMALL, "list buffer too small");
+  }
+  std::copy(items.begin(), items.end(), out);
+  *count = items.size();
+  return {};
+}
+
+// Size query convention (v2.40 §5.2): NULL buffer → length and CKR_OK; short buffer → length and
+// CKR_BUFFER_TOO_SMALL. Returns true when the caller should go on and produce the output.
+Result<bool> output_ready(CK_BYTE_PTR out, CK_ULONG_PTR out_len, size_t needed) {
+  if (!out) {
+    *out_len = needed;
+    return false;
+  }
+  if (*out_len < needed) {
+    *out_len = needed;
+    return ck(CKR_BUFFER_TOO_SMALL, "output buffer too small");
+  }
+  return true;
+}
+
+std::string ckr_text(CK_RV rv) {
+  static const std::pair<CK_RV, const char*> names[] = {
+      {CKR_OK, "CKR_OK"},
+      {CKR_HOST_MEMORY, "CKR_HOST_MEMORY"},
+      {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID"},
+      {CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR"},
+      {CKR_ARGUMENTS_BAD, "CKR_ARGUMENTS_BAD"},
+      {CKR_CANT_LOCK, "CKR_CANT_LOCK"},
+      {CKR_ATTRIBUTE_SENSITIVE, "CKR_ATTRIBUTE_SENSITIVE"},
+      {CKR_ATTRIBUTE_TYPE_INVALID, "CKR_ATTRIBUTE_TYPE_INVALID"},
+      {CKR_DATA_LEN_RANGE, "CKR_DATA_LEN_RANGE"},
+      {CKR_DEVICE_ERROR, "CKR_DEVICE_ERROR"},
+      {CKR_FUNCTION_CANCELED, "CKR_FUNCTION_CANCELED"},
+      {CKR_FUNCTION_NOT_SUPPORTED, "CKR_FUNCTION_NOT_SUPPORTED"},
+      {CKR_KEY_HANDLE_INVALID, "CKR_KEY_HANDLE_INVALID"},
+      {CKR_KEY_TYPE_INCONSISTENT, "CKR_KEY_TYPE_INCONSISTENT"},
+      {CKR_KEY_FUNCTION_NOT_PERMITTED, "CKR_KEY_FUNCTION_NOT_PERMITTED"},
+      {CKR_MECHANISM_INVALID, "CKR_MECHANISM_INVALID"},
+      {CKR_MECHANISM_PARAM_INVALID, "CKR_MECHANISM_PARAM_INVALID"},
+      {CKR_OBJECT_HANDLE_INVALID, "CKR_OBJECT_HANDLE_INVALID"},
+      {CKR_OPERATION_ACTIVE, "CKR_OPERATION_ACTIVE"},
+      {CKR_OPERATION_NOT_INITIALIZED, "CKR_OPERATION_NOT_INITIALIZED"},
+      {CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT"},
+      {CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID"},
+      {CKR_SIGNATURE_INVALID, "CKR_SIGNATURE_INVALID"},
+      {CKR_SIGNATURE_LEN_RANGE, "CKR_SIGNATURE_LEN_RANGE"},
+      {CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT"},
+      {CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED"},
+      {CKR_USER_ALREADY_LOGGED_IN, "CKR_USER_ALREADY_LOGGED_IN"},
+      {CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN"},
+      {CKR_BUFFER_TOO_SMALL, "CKR_BUFFER_TOO_SMALL"},
+      {CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED"},
+      {CKR_CRYPTOKI_ALREADY_INITIALIZED, "CKR_CRYPTOKI_ALREADY_INITIALIZED"},
+      {CKR_FUNCTION_REJECTED, "CKR_FUNCTION_REJECTED"},
+  };
+  for (const auto& [v, n] : names)
+    if (v == rv) return n;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "CKR_0x%08lx", static_cast<unsigned long>(rv));
+  return buf;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// General purpose
+
+Result<std::unique_ptr<Module>> default_module_factory() {
+  auto config = client::load_config();
+  if (!config.ok()) {
+    // No log file is known yet: this one line goes to stderr (never stdout).
+    logger().open("", LogLevel::error);
+    return ck(CKR_GENERAL_ERROR, "configuration: " + config.error().message);
+  }
+  logger().open(config->log_file, parse_log_level(config->log_level));
+  auto c = client::Client::create(*config);
+  if (!c.ok()) return ck(CKR_GENERAL_ERROR, "client: " + c.error().message);
+  SHIM_LOG(info, "initialised from " + config->source + " (" + std::to_string(config->urls.size()) + " daemon URL(s))");
+  return std::make_unique<Module>(*config, std::make_unique<ClientTransport>(std::move(c).value()));
+}
+
+void set_module_factory(ModuleFactory factory) {
+  std::lock_guard<std::mutex> g(g_init_mu);
+  g_factory = std::move(factory);
+}
+
+Status Initialize(CK_VOID_PTR pInitArgs) {
+  if (pInitArgs) {
+    auto* a = static_cast<CK_C_INITIALIZE_ARGS*>(pInitArgs);
+    if (a->pReserved) return ck(CKR_ARGUMENTS_BAD, "CK_C_INITIALIZE_ARGS.pReserved must be NULL");
+    bool all = a->CreateMutex && a->DestroyMutex && a->LockMutex && a->UnlockMutex;
+    bool none = !a->CreateMutex && !a->DestroyMutex && !a->LockMutex && !a->UnlockMutex;
+    if (!all && !none) return ck(CKR_ARGUMENTS_BAD, "mutex callbacks must be all set or all NULL");
+    // We only use the OS's locks (v2.40 §5.4 case 3 is fine, case 2 is not).
+    if (all && !(a->flags & CKF_OS_LOCKING_OK))
+      return ck(CKR_CANT_LOCK, "application mutex callbacks without CKF_OS_LOCKING_OK are not supported");
+  }
+  std::lock_guard<std::mutex> g(g_init_mu);
+  auto current = g_module.load();
+  if (current && current->pid() == ::getpid()) return ck(CKR_CRYPTOKI_ALREADY_INITIALIZED, "already initialised");
+  if (current) {
+    // Inherited from the parent across fork(): do not run its destructors (its locks and TLS state
+    // were copied mid-flight); leak it deliberately and start afresh.
+    new std::shared_ptr<Module>(std::move(current));
+    g_module.store(nullptr);
+  }
+  auto made = g_factory ? g_factory() : default_module_factory();
+  if (!made.ok()) return made.take_error();
+  g_module.store(std::shared_ptr<Module>(std::move(made).value()));
+  return {};
+}
+
+Status Finalize(CK_VOID_PTR pReserved) {
+  if (pReserved) return ck(CKR_ARGUMENTS_BAD, "pReserved must be NULL");
+  std::lock_guard<std::mutex> g(g_init_mu);
+  auto current = g_module.exchange(nullptr);
+  if (!current) return ck(CKR_CRYPTOKI_NOT_INITIALIZED, "not initialised");
+  if (current->pid() != ::getpid()) new std::shared_ptr<Module>(std::move(current));  // see Initialize
+  current.reset();
+  SHIM_LOG(debug, "finalised");
+  return {};
+}
+
+Status GetInfo(CK_INFO_PTR pInfo) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pInfo) return ck(CKR_ARGUMENTS_BAD, "pInfo is NULL");
+  std::memset(pInfo, 0, sizeof *pInfo);
+  pInfo->cryptokiVersion = {CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR};
+  pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "p11relay");
+  pInfo->flags = 0;
+  pad(pInfo->libraryDescription, sizeof pInfo->libraryDescription, "p11relay remote signing token");
+  pInfo->libraryVersion = {0, 1};
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slots and tokens
+
+Status GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pulCount) return ck(CKR_ARGUMENTS_BAD, "pulCount is NULL");
+  // Refresh on the size query only, so the two calls of the usual pattern see the same list. A daemon
+  // that cannot be reached gives an empty list, not an error: p11-kit's proxy fails for every module
+  // if one module's C_GetSlotList fails.
+  if (!pSlotList) m->refresh_if_stale();
+  else if (m->slot_ids(false).empty()) m->refresh_if_stale();
+  return copy_list(m->slot_ids(tokenPresent == CK_TRUE), pSlotList, pulCount);
+}
+
+Status GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pInfo) return ck(CKR_ARGUMENTS_BAD, "pInfo is NULL");
+  auto t = m->token(slotID);
+  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  std::memset(pInfo, 0, sizeof *pInfo);
+  pad(pInfo->slotDescription, sizeof pInfo->slotDescription, "p11relay: " + t->desc.label);
+  pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID,
+      t->desc.manufacturer.empty() ? "p11relay" : t->desc.manufacturer);
+  pInfo->flags = CKF_REMOVABLE_DEVICE | (t->present ? CKF_TOKEN_PRESENT : 0);
+  pInfo->hardwareVersion = {0, 1};
+  pInfo->firmwareVersion = {0, 1};
+  return {};
+}
+
+Status GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pInfo) return ck(CKR_ARGUMENTS_BAD, "pInfo is NULL");
+  auto t = m->token(slotID);
+  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
+  std::memset(pInfo, 0, sizeof *pInfo);
+  pad(pInfo->label, sizeof pInfo->label, t->desc.label);
+  pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID, t->desc.manufacturer);
+  pad(pInfo->model, sizeof pInfo->model, t->desc.model);
+  pad(pInfo->serialNumber, sizeof pInfo->serialNumber, t->desc.serial);
+  // Write-protected: the relay only signs. Login required: private keys appear after C_Login, as on
+  // the real token (the PIN itself never leaves this process).
+  pInfo->flags = CKF_RNG | CKF_WRITE_PROTECTED | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+  pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
+  pInfo->ulSessionCount = m->session_count(slotID);
+  pInfo->ulMaxRwSessionCount = 0;
+  pInfo->ulRwSessionCount = 0;
+  pInfo->ulMaxPinLen = 255;
+  pInfo->ulMinPinLen = 0;
+  pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
+  pInfo->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
+  pInfo->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
+  pInfo->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
+  pInfo->hardwareVersion = {0, 1};
+  pInfo->firmwareVersion = {0, 1};
+  std::memset(pInfo->utcTime, ' ', sizeof pInfo->utcTime);
+  return {};
+}
+
+namespace {
+
+Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID) {
+  auto t = m.token(slotID);
+  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
+  return t;
+}
+
+std::vector<CK_MECHANISM_TYPE> all_mechanisms(const Token& t) {
+  auto out = t.mechanisms();
+  for (auto d : digest_mechanisms()) out.push_back(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+Status GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pulCount) return ck(CKR_ARGUMENTS_BAD, "pulCount is NULL");
+  ASSIGN_OR_RETURN(auto t, present_token(*m, slotID));
+  return copy_list(all_mechanisms(*t), pMechanismList, pulCount);
+}
+
+Status GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pInfo) return ck(CKR_ARGUMENTS_BAD, "pInfo is NULL");
+  ASSIGN_OR_RETURN(auto t, present_token(*m, slotID));
+  std::memset(pInfo, 0, sizeof *pInfo);
+  if (digest_mechanism_hash(type)) {
+    pInfo->flags = CKF_DIGEST;
+    return {};
+  }
+  const SignMech* sm = find_sign_mechanism(type);
+  bool found = false;
+  for (const auto& k : t->keys) {
+    if (!sm || !k->allows(type)) continue;
+    CK_ULONG bits = static_cast<CK_ULONG>(k->bits);
+    pInfo->ulMinKeySize = found ? std::min(pInfo->ulMinKeySize, bits) : bits;
+    pInfo->ulMaxKeySize = found ? std::max(pInfo->ulMaxKeySize, bits) : bits;
+    found = true;
+  }
+  if (!found) return ck(CKR_MECHANISM_INVALID, "mechanism " + mechanism_name(type) + " is not offered by this token");
+  pInfo->flags = CKF_SIGN | CKF_VERIFY;
+  if (sm->kind == SignKind::ecdsa) pInfo->flags |= CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+  return {};
+}
+
+Status InitToken(CK_SLOT_ID slotID) { return UnsupportedInSlot(slotID, CKR_TOKEN_WRITE_PROTECTED); }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions and login
+
+Status OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_SESSION_HANDLE_PTR phSession) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!phSession) return ck(CKR_ARGUMENTS_BAD, "phSession is NULL");
+  // At most one network call per session start, and only when the cached key list is stale.
+  m->refresh_if_stale();
+  auto t = m->token(slotID);
+  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  if (!(flags & CKF_SERIAL_SESSION)) return ck(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "CKF_SERIAL_SESSION must be set");
+  if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
+  if (flags & CKF_RW_SESSION) return ck(CKR_TOKEN_WRITE_PROTECTED, "the relay token is read-only (no R/W sessions)");
+  auto s = m->open_session(slotID, flags, t);
+  *phSession = s->handle;
+  return {};
+}
+
+Status CloseSession(CK_SESSION_HANDLE hSession) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!m->close_session(hSession)) return ck(CKR_SESSION_HANDLE_INVALID, "unknown session handle");
+  return {};
+}
+
+Status CloseAllSessions(CK_SLOT_ID slotID) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!m->token(slotID)) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  m->close_all_sessions(slotID);
+  return {};
+}
+
+Status GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pInfo) return ck(CKR_ARGUMENTS_BAD, "pInfo is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  pInfo->slotID = s->slot;
+  pInfo->state = session_state(*m, *s);
+  pInfo->flags = s->flags;
+  pInfo->ulDeviceError = 0;
+  return {};
+}
+
+Status Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  if (userType == CKU_SO) return ck(CKR_SESSION_READ_ONLY_EXISTS, "no SO login on a read-only relay token");
+  if (userType == CKU_CONTEXT_SPECIFIC)
+    return ck(CKR_OPERATION_NOT_INITIALIZED, "no key here needs CKA_ALWAYS_AUTHENTICATE");
+  if (userType != CKU_USER) return ck(CKR_USER_TYPE_INVALID, "unknown user type");
+  if (!pPin && ulPinLen) return ck(CKR_ARGUMENTS_BAD, "pPin is NULL");
+  if (m->logged_in(s->slot)) return ck(CKR_USER_ALREADY_LOGGED_IN, "already logged in");
+  // The PIN is never forwarded (ARCHITECTURE.md principle 3): identity is the client certificate. If the
+  // client config names a PIN, it must match; the comparison is over SHA-256 digests with
+  // CRYPTO_memcmp so neither content nor length leaks through timing.
+  if (const auto& want = m->config().pin) {
+    unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
+    SHA256(pPin ? pPin : reinterpret_cast<const unsigned char*>(""), pPin ? ulPinLen : 0, a);
+    SHA256(reinterpret_cast<const unsigned char*>(want->data()), want->size(), b);
+    if (CRYPTO_memcmp(a, b, sizeof a) != 0) return ck(CKR_PIN_INCORRECT, "PIN does not match the client config");
+  }
+  m->set_logged_in(s->slot, true);
+  SHIM_LOG(info, "C_Login accepted for slot " + std::to_string(s->slot) + " (the PIN is not forwarded)");
+  return {};
+}
+
+Status Logout(CK_SESSION_HANDLE hSession) {
+  ASSIGN_OR_RETURN(auto m, module());
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  if (!m->logged_in(s->slot)) return ck(CKR_USER_NOT_LOGGED_IN, "not logged in");
+  m->set_logged_in(s->slot, false);
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+
+Status GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ULONG_PTR pulSize) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pulSize) return ck(CKR_ARGUMENTS_BAD, "pulSize is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  ASSIGN_OR_RETURN(auto o, visible_object(*m, *s, hObject, CKR_OBJECT_HANDLE_INVALID));
+  CK_ULONG size = 0;
+  for (const auto& [type, value] : o->attrs) size += value.size();
+  *pulSize = size;
+  return {};
+}
+
+Status GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate,
+                         CK_ULONG ulCount) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pTemplate && ulCount) return ck(CKR_ARGUMENTS_BAD, "pTemplate is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  ASSIGN_OR_RETURN(auto o, visible_object(*m, *s, hObject, CKR_OBJECT_HANDLE_INVALID));
+  CK_RV rv = o->get_attributes(pTemplate, ulCount);
+  if (rv != CKR_OK) return ck(rv, "some attributes could not be returned");
+  return {};
+}
+
+Status FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pTemplate && ulCount) return ck(CKR_ARGUMENTS_BAD, "pTemplate is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  bool logged_in = m->logged_in(s->slot);
+  std::lock_guard<std::mutex> g(s->mu);
+  if (s->find) return ck(CKR_OPERATION_ACTIVE, "a search is active");
+  FindOp op;
+  if (s->token)
+    for (const auto& o : s->token->objects)
+      if ((!o->is_private || logged_in) && o->matches(pTemplate, ulCount)) op.results.push_back(o->handle);
+  s->find = std::move(op);
+  return {};
+}
+
+Status FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, CK_ULONG ulMaxObjectCount,
+                   CK_ULONG_PTR pulObjectCount) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if ((!phObject && ulMaxObjectCount) || !pulObjectCount) return ck(CKR_ARGUMENTS_BAD, "NULL output");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->find) return ck(CKR_OPERATION_NOT_INITIALIZED, "no search active");
+  CK_ULONG n = 0;
+  while (n < ulMaxObjectCount && s->find->pos < s->find->results.size()) phObject[n++] = s->find->results[s->find->pos++];
+  *pulObjectCount = n;
+  return {};
+}
+
+Status FindObjectsFinal(CK_SESSION_HANDLE hSession) {
+  ASSIGN_OR_RETURN(auto m, module());
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->find) return ck(CKR_OPERATION_NOT_INITIALIZED, "no search active");
+  s->find.reset();
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest (local)
+
+Status DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (s->digest) return ck(CKR_OPERATION_ACTIVE, "a digest is active");
+  auto alg = digest_mechanism_hash(pMechanism->mechanism);
+  if (!alg) return ck(CKR_MECHANISM_INVALID, "not a digest mechanism: " + mechanism_name(pMechanism->mechanism));
+  s->digest.emplace(*alg);
+  return {};
+}
+
+Status Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
+              CK_ULONG_PTR pulDigestLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if ((!pData && ulDataLen) || !pulDigestLen) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
+  if (s->digest->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Digest after C_DigestUpdate");
+  auto ready = output_ready(pDigest, pulDigestLen, hash_info(s->digest->hasher.alg()).size);
+  if (!ready.ok()) return ready.take_error();  // operation kept
+  if (!*ready) return {};
+  s->digest->hasher.update({pData, ulDataLen});
+  Bytes d = s->digest->hasher.finish();
+  std::memcpy(pDigest, d.data(), d.size());
+  *pulDigestLen = d.size();
+  s->digest.reset();
+  return {};
+}
+
+Status DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
+  s->digest->hasher.update({pPart, ulPartLen});
+  s->digest->multipart = true;
+  return {};
+}
+
+Status DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pulDigestLen) return ck(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
+  auto ready = output_ready(pDigest, pulDigestLen, hash_info(s->digest->hasher.alg()).size);
+  if (!ready.ok()) return ready.take_error();
+  if (!*ready) return {};
+  Bytes d = s->digest->hasher.finish();
+  std::memcpy(pDigest, d.data(), d.size());
+  *pulDigestLen = d.size();
+  s->digest.reset();
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign (one round trip in C_Sign / C_SignFinal) and verify (local)
+
+namespace {
+
+Result<SignOp> start_op(Module& m, const Session& s, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey, bool sign) {
+  ASSIGN_OR_RETURN(auto key, visible_object(m, s, hKey, CKR_KEY_HANDLE_INVALID));
+  if (key->cls != CKO_PRIVATE_KEY && key->cls != CKO_PUBLIC_KEY)
+    return ck(CKR_KEY_HANDLE_INVALID, "object " + std::to_string(hKey) + " is not a key");
+  if (!key->key || key->cls != (sign ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
+    return ck(CKR_KEY_FUNCTION_NOT_PERMITTED, sign ? "only private keys sign" : "verify with the public key object");
+  const SignMech* mech = find_sign_mechanism(pMechanism->mechanism);
+  if (!mech) return ck(CKR_MECHANISM_INVALID, "mechanism " + mechanism_name(pMechanism->mechanism) + " is not supported");
+  bool rsa_mech = mech->kind != SignKind::ecdsa;
+  if (rsa_mech != (key->key->key_type == CKK_RSA))
+    return ck(CKR_KEY_TYPE_INCONSISTENT, mechanism_name(mech->mech) + " does not fit the key type");
+  if (!key->key->allows(mech->mech))
+    return ck(CKR_MECHANISM_INVALID, mechanism_name(mech->mech) + " is not allowed for key '" + key->key->desc.name + "'");
+  SignOp op;
+  op.mech = mech;
+  op.key = key->key;
+  if (mech->kind == SignKind::rsa_pss) {
+    ASSIGN_OR_RETURN(op.pss, pss_params(*mech, *pMechanism, key->key->bits));
+  }
+  if (mech->hash) op.hasher.emplace(*mech->hash);
+  return op;
+}
+
+// The network part, run without holding the session lock.
+Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
+  ASSIGN_OR_RETURN(relay::SignRequest req, make_sign_request(*op.mech, op.pss, op.finish(), op.key->signature_size));
+  const std::string& name = op.key->desc.name;
+  auto t0 = Clock::now();
+  auto sig = m.transport().sign(name, req);
+  auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0;
+  if (!sig.ok()) {
+    Error e = sig.take_error();
+    SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " +
+                          std::to_string(ms) + " ms: " + e.message + " (" + ckr_text(e.ckr) + ")");
+    if (e.ckr == CKR_OK) e.ckr = CKR_DEVICE_ERROR;
+    return e;
+  }
+  SHIM_LOG(debug, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " ok in " + std::to_string(ms) + " ms");
+  Bytes out = std::move(sig).value();
+  size_t want = op.key->signature_size;
+  if (op.mech->kind != SignKind::ecdsa && out.size() < want) out.insert(out.begin(), want - out.size(), 0);
+  if (out.size() != want)
+    return ck(CKR_DEVICE_ERROR, "daemon returned a " + std::to_string(out.size()) + "-byte signature, expected " +
+                                    std::to_string(want));
+  std::memcpy(pSignature, out.data(), out.size());
+  *pulSignatureLen = out.size();
+  return {};
+}
+
+}  // namespace
+
+Status SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (s->sign) return ck(CKR_OPERATION_ACTIVE, "a signature is active");
+  ASSIGN_OR_RETURN(SignOp op, start_op(*m, *s, pMechanism, hKey, true));
+  s->sign = std::move(op);
+  return {};
+}
+
+Status Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+            CK_ULONG_PTR pulSignatureLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if ((!pData && ulDataLen) || !pulSignatureLen) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  SignOp op;
+  {
+    std::lock_guard<std::mutex> g(s->mu);
+    if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
+    if (s->sign->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate; use C_SignFinal");
+    auto ready = output_ready(pSignature, pulSignatureLen, s->sign->key->signature_size);
+    if (!ready.ok()) return ready.take_error();  // CKR_BUFFER_TOO_SMALL keeps the operation
+    if (!*ready) return {};                      // length query: no network
+    op = std::move(*s->sign);
+    s->sign.reset();  // every other outcome ends the operation (v2.40 §5.12)
+  }
+  op.update({pData, ulDataLen});
+  return finish_sign(*m, std::move(op), pSignature, pulSignatureLen);
+}
+
+Status SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
+  s->sign->update({pPart, ulPartLen});
+  s->sign->multipart = true;
+  return {};
+}
+
+Status SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pulSignatureLen) return ck(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  SignOp op;
+  {
+    std::lock_guard<std::mutex> g(s->mu);
+    if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
+    auto ready = output_ready(pSignature, pulSignatureLen, s->sign->key->signature_size);
+    if (!ready.ok()) return ready.take_error();
+    if (!*ready) return {};
+    op = std::move(*s->sign);
+    s->sign.reset();
+  }
+  return finish_sign(*m, std::move(op), pSignature, pulSignatureLen);
+}
+
+Status VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (s->verify) return ck(CKR_OPERATION_ACTIVE, "a verification is active");
+  ASSIGN_OR_RETURN(SignOp op, start_op(*m, *s, pMechanism, hKey, false));
+  s->verify = std::move(op);
+  return {};
+}
+
+namespace {
+Status finish_verify(SignOp& op, std::span<const std::uint8_t> signature) {
+  Bytes input = op.finish();  // for CKM_SHA*_RSA_PKCS OpenSSL builds the DigestInfo from the digest
+  return verify_signature(op.key->public_key.get(), *op.mech, op.pss, input, signature, op.key->signature_size);
+}
+}  // namespace
+
+Status Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+              CK_ULONG ulSignatureLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if ((!pData && ulDataLen) || !pSignature) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
+  if (s->verify->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Verify after C_VerifyUpdate; use C_VerifyFinal");
+  SignOp op = std::move(*s->verify);
+  s->verify.reset();
+  op.update({pData, ulDataLen});
+  return finish_verify(op, {pSignature, ulSignatureLen});
+}
+
+Status VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
+  s->verify->update({pPart, ulPartLen});
+  s->verify->multipart = true;
+  return {};
+}
+
+Status VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pSignature) return ck(CKR_ARGUMENTS_BAD, "pSignature is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  std::lock_guard<std::mutex> g(s->mu);
+  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
+  SignOp op = std::move(*s->verify);
+  s->verify.reset();
+  return finish_verify(op, {pSignature, ulSignatureLen});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random (local)
+
+Status GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData, CK_ULONG ulRandomLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pRandomData && ulRandomLen) return ck(CKR_ARGUMENTS_BAD, "pRandomData is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  (void)s;
+  CK_ULONG done = 0;
+  while (done < ulRandomLen) {
+    int chunk = static_cast<int>(std::min<CK_ULONG>(ulRandomLen - done, 1 << 20));
+    if (RAND_bytes(pRandomData + done, chunk) != 1) return ck(CKR_DEVICE_ERROR, "RAND_bytes failed");
+    done += static_cast<CK_ULONG>(chunk);
+  }
+  return {};
+}
+
+Status SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pSeed && ulSeedLen) return ck(CKR_ARGUMENTS_BAD, "pSeed is NULL");
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  (void)s;
+  return ck(CKR_RANDOM_SEED_NOT_SUPPORTED, "the RNG is OpenSSL's and takes no seed");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Status Unsupported(CK_RV rv) {
+  ASSIGN_OR_RETURN(auto m, module());
+  (void)m;
+  return ck(rv, "not supported by a read-only relay token");
+}
+
+Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv) {
+  ASSIGN_OR_RETURN(auto m, module());
+  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
+  (void)s;
+  return ck(rv, "not supported by a read-only relay token");
+}
+
+Status UnsupportedInSlot(CK_SLOT_ID slotID, CK_RV rv) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!m->token(slotID)) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  return ck(rv, "not supported by a read-only relay token");
+}
+
+CK_RV resolve(const char* function, const Status& status) noexcept {
+  try {
+    if (status.ok()) {
+      SHIM_LOG(trace, std::string(function) + " -> CKR_OK");
+      return CKR_OK;
+    }
+    CK_RV rv = status.error().ckr;
+    switch (rv) {
+      // Normal answers in the size-query and probing patterns applications use.
+      case CKR_BUFFER_TOO_SMALL:
+      case CKR_ATTRIBUTE_TYPE_INVALID:
+      case CKR_ATTRIBUTE_SENSITIVE:
+      case CKR_USER_ALREADY_LOGGED_IN:
+      case CKR_USER_NOT_LOGGED_IN:
+      case CKR_CRYPTOKI_ALREADY_INITIALIZED:
+      case CKR_FUNCTION_NOT_SUPPORTED:
+      case CKR_MECHANISM_INVALID:
+        SHIM_LOG(debug, std::string(function) + " -> " + ckr_text(rv) + ": " + status.error().message);
+        break;
+      case CKR_GENERAL_ERROR:
+        SHIM_LOG(error, std::string(function) + " -> " + ckr_text(rv) + ": " + status.error().message);
+        break;
+      default:
+        SHIM_LOG(warning, std::string(function) + " -> " + ckr_text(rv) + ": " + status.error().message);
+    }
+    return rv;
+  } catch (...) {
+    return status.ok() ? CKR_OK : status.error().ckr;
+  }
+}
+
+CK_RV resolve_exception(const char* function) noexcept {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return CKR_HOST_MEMORY;
+  } catch (const std::exception& e) {
+    try {
+      SHIM_LOG(error, std::string(function) + ": unexpected exception: " + e.what());
+    } catch (...) {
+    }
+  } catch (...) {
+  }
+  return CKR_GENERAL_ERROR;
+}
+
+}  // namespace p11relay::shim::bridge

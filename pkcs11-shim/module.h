@@ -1,0 +1,107 @@
+// The one global object of the shim (STYLE.md: made in C_Initialize, pid noted, no atfork work):
+// configuration, transport, the token/object snapshot, sessions and login state.
+#pragma once
+
+#include "client/client.h"
+#include "common/digest.h"
+#include "pkcs11-shim/mechanisms.h"
+#include "pkcs11-shim/object_store.h"
+#include "pkcs11-shim/transport.h"
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <vector>
+
+namespace p11relay::shim {
+
+// Errors inside the shim carry the CKR_ value the C function returns.
+inline Error ck(CK_RV rv, std::string message) { return Error(ErrorCode::bad_request, std::move(message), rv); }
+
+// A sign or verify operation: local state only (ARCHITECTURE.md principle 1), so a daemon restart
+// between C_SignInit and C_Sign costs nothing.
+struct SignOp {
+  const SignMech* mech = nullptr;
+  std::shared_ptr<const KeyInfo> key;
+  std::optional<relay::PssParams> pss;
+  std::optional<Hasher> hasher;  // hash-and-sign mechanisms
+  Bytes data;                    // raw mechanisms (CKM_RSA_PKCS, CKM_RSA_PKCS_PSS, CKM_ECDSA)
+  bool multipart = false;
+
+  void update(std::span<const std::uint8_t> part);
+  // The relay input: the digest of everything (hash-and-sign), or the accumulated raw data.
+  Bytes finish();
+};
+
+struct DigestOp {
+  Hasher hasher;
+  bool multipart = false;
+  explicit DigestOp(HashAlg alg) : hasher(alg) {}
+};
+
+struct FindOp {
+  std::vector<CK_OBJECT_HANDLE> results;
+  size_t pos = 0;
+};
+
+struct Session {
+  CK_SESSION_HANDLE handle = 0;
+  CK_SLOT_ID slot = 0;
+  CK_FLAGS flags = 0;
+  std::shared_ptr<const Token> token;  // the object view this session was opened with
+
+  std::mutex mu;  // guards the operations below
+  std::optional<SignOp> sign;
+  std::optional<SignOp> verify;
+  std::optional<DigestOp> digest;
+  std::optional<FindOp> find;
+};
+
+class Module {
+ public:
+  Module(client::Config config, std::unique_ptr<Transport> transport);
+
+  pid_t pid() const { return pid_; }
+  const client::Config& config() const { return config_; }
+  Transport& transport() { return *transport_; }
+
+  // Fetches GET /v1/keys again if the cached answer is older than keycacheseconds (or never came).
+  // A failure keeps the previous view and is logged; it is never fatal to the caller.
+  void refresh_if_stale();
+  std::vector<CK_SLOT_ID> slot_ids(bool token_present);
+  // nullptr for a slot this process never saw. A slot whose token vanished stays, with present=false.
+  std::shared_ptr<const Token> token(CK_SLOT_ID slot);
+
+  std::shared_ptr<Session> open_session(CK_SLOT_ID slot, CK_FLAGS flags, std::shared_ptr<const Token> token);
+  std::shared_ptr<Session> session(CK_SESSION_HANDLE h);
+  bool close_session(CK_SESSION_HANDLE h);
+  void close_all_sessions(CK_SLOT_ID slot);
+  CK_ULONG session_count(CK_SLOT_ID slot);
+
+  bool logged_in(CK_SLOT_ID slot);
+  void set_logged_in(CK_SLOT_ID slot, bool in);
+
+ private:
+  void refresh_locked();
+
+  pid_t pid_;
+  client::Config config_;
+  std::unique_ptr<Transport> transport_;
+  IdAllocator ids_;
+
+  std::mutex refresh_mu_;  // one fetch at a time; never held together with mu_ during I/O
+  std::mutex mu_;
+  std::map<CK_SLOT_ID, std::shared_ptr<const Token>> tokens_;
+  std::vector<CK_SLOT_ID> slot_order_;
+  std::optional<std::chrono::steady_clock::time_point> fetched_;
+  std::map<CK_SESSION_HANDLE, std::shared_ptr<Session>> sessions_;
+  CK_SESSION_HANDLE next_session_ = 1;
+  std::set<CK_SLOT_ID> logged_in_;
+};
+
+}  // namespace p11relay::shim
