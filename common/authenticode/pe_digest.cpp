@@ -14,6 +14,8 @@ constexpr uint64_t kMaxHeaderBytes = 16 * 1024 * 1024;
 // Offsets and sizes in the certificate-table directory are 32-bit (§9.5), so no signed PE can be
 // larger than this.
 constexpr uint64_t kMaxImage = 0xffffffffULL;
+// Zero padding of partial section pages we are willing to hash beyond the section data itself.
+constexpr uint64_t kMaxPagePadding = 64 * 1024 * 1024;
 
 uint16_t le16(std::span<const uint8_t> b, uint64_t off) {
   return static_cast<uint16_t>(b[off] | (b[off + 1] << 8));
@@ -166,6 +168,17 @@ Status PeDigester::State::try_parse() {
             return bad_request("SizeOfHeaders is out of range for page hashes");
           page_size = section_align;
           info.page_hash_alg = pha;
+          // Every section's last page is zero-padded to a full page. With up to 65535 one-byte
+          // sections and 4 MiB pages a small hostile file would cost ~275 GB of hashing; real files
+          // pad a few pages. Cap the padding work.
+          uint64_t data = 0, padded = 0;
+          for (const auto& sec : sections) {
+            data += sec.size;
+            padded += (sec.size + page_size - 1) / page_size * page_size;
+          }
+          if (padded - data > kMaxPagePadding + data)
+            return bad_request("too many small sections for page hashes (" + std::to_string(sections.size()) +
+                               " sections, " + std::to_string(page_size) + "-byte pages)");
           need = std::max(need, header_size);
         }
         stage = 3;

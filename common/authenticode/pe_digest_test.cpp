@@ -247,6 +247,41 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   }
 }
 
+TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
+  // Regression (found reviewing the fuzz target's cost model): 2000 one-byte sections with 4 MiB
+  // SectionAlignment made the digester hash 8 GB of zero padding.
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 32);
+  if (p.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  Bytes f = read_file(p);
+  const uint32_t pe_off = rd32(f, 0x3c);
+  const uint16_t opt_size = static_cast<uint16_t>(f[pe_off + 20] | (f[pe_off + 21] << 8));
+  const size_t sect0 = pe_off + 24 + opt_size;
+  const uint32_t n = 2000;
+  // Move the section table to the end of the file's header area we control: rebuild a header that
+  // is big enough for 2000 entries, then point each section at its own byte.
+  const size_t table_end = sect0 + 40 * n;
+  Bytes g(table_end + n, 0);
+  std::copy(f.begin(), f.begin() + static_cast<ptrdiff_t>(sect0), g.begin());
+  wr16(g, pe_off + 6, static_cast<uint16_t>(n));
+  wr32(g, pe_off + 24 + 32, 4 * 1024 * 1024);                          // SectionAlignment
+  wr32(g, pe_off + 24 + 36, 512);                                      // FileAlignment
+  wr32(g, pe_off + 24 + 60, static_cast<uint32_t>(table_end));         // SizeOfHeaders
+  for (uint32_t i = 0; i < n; ++i) {
+    wr32(g, sect0 + 40 * i + 16, 1);
+    wr32(g, sect0 + 40 * i + 20, static_cast<uint32_t>(table_end + i));
+  }
+  REQUIRE(pe_digest(g).ok());  // the image digest itself is cheap
+  PeDigestOptions opt;
+  opt.page_hashes = true;
+  auto r = pe_digest(g, opt);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("too many small sections") != std::string::npos);
+}
+
 TEST_CASE("PE checksum (§9.6)") {
   Bytes f(256, 0);
   f[0] = 'M';
