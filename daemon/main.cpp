@@ -57,7 +57,10 @@ asio::awaitable<void> health_loop(Service& svc) {
         spdlog::warn("health: token {} failed its check ({})", name, token_state_name(token->state()));
       }
     }
+    bool any_failed = false;  // out of service until restarted (wrong PIN): no point in counting down
+    for (auto& [name, token] : svc.tokens) any_failed = any_failed || token->state() == TokenState::failed;
     if (all_ok) svc.health.counter = s.tokencheckfailures;
+    else if (any_failed) svc.health.counter = 0;
     else if (svc.health.counter > 0) --svc.health.counter;
     svc.health.last_check_ms =
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();

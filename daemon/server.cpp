@@ -261,6 +261,17 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     size_t used = parser.feed(pending);
     pending.erase(0, used);
   };
+  // After answering without reading the body, keep reading (and discarding) for a moment so the
+  // client finishes sending and sees the answer instead of a reset (nginx's lingering close).
+  auto linger = [&]() -> asio::awaitable<void> {
+    conn->set_deadline(std::chrono::seconds(2));
+    size_t discarded = 0;
+    while (discarded < (64u << 20)) {
+      auto [rec, n] = co_await conn->stream.async_read_some(asio::buffer(buf), use_nothrow);
+      if (rec || n == 0) break;
+      discarded += n;
+    }
+  };
   auto write = [&](http::Response& resp) -> asio::awaitable<bool> {
     router_.decorate(resp);
     std::string out = http::serialize(resp);
@@ -312,7 +323,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
       if (parser.content_length() && *parser.content_length() > d.max_body) {
         resp = error_for(req.target, 413, "request body too large (limit " + std::to_string(d.max_body) + " bytes)");
         resp.keep_alive = false;
-        co_await write(resp);
+        if (co_await write(resp)) co_await linger();
         co_return;
       }
       parser.set_max_body(d.max_body);
@@ -382,7 +393,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
           resp = error_for(req.target, parser.error_status(), parser.error_message());
         }
         resp.keep_alive = false;
-        co_await write(resp);
+        if (co_await write(resp)) co_await linger();
         co_return;
       }
       req.body = std::move(body);
@@ -397,7 +408,10 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     spdlog::debug("{} {} {} {} {} {:.2f}ms", peer_ip, identity.has_certificate ? identity.name() : "-", req.method,
                   req.path, resp.status, ms);
     if (!co_await write(resp)) co_return;
-    if (!resp.keep_alive) co_return;
+    if (!resp.keep_alive) {
+      if (parser.state() != http::ParseState::message_complete) co_await linger();
+      co_return;
+    }
   }
 }
 

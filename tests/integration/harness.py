@@ -1,0 +1,241 @@
+"""Integration test harness: a real p11relayd on 127.0.0.1 (free port) in front of a real SoftHSMv2 token,
+reached over real mutual TLS. Provisioning is provision.py's; this file starts and talks to daemons.
+
+Environment (set by meson): P11RELAYD (daemon binary), P11RELAY_BUILD (build dir), P11RELAY_SHIM (module),
+P11RELAY_CLI (CLI binary). Each test gets its own state directory (its own token copy) under a temp dir.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provision  # noqa: E402
+from provision import KeySpec  # noqa: E402,F401
+
+HERE = Path(__file__).resolve().parent
+SOURCE_ROOT = HERE.parent.parent
+BUILD = Path(os.environ.get("P11RELAY_BUILD", SOURCE_ROOT / "build")).resolve()
+DAEMON = os.environ.get("P11RELAYD", str(BUILD / "daemon" / "p11relayd"))
+SHIM = os.environ.get("P11RELAY_SHIM", str(BUILD / "pkcs11-shim" / "p11relay-pkcs11.so"))
+CLI = os.environ.get("P11RELAY_CLI", str(BUILD / "client" / "p11relay"))
+# Provisioned templates are cached per build tree: a copy takes milliseconds, a new RSA key a second.
+TEMPLATE_ROOT = Path(os.environ.get("P11RELAY_TEMPLATE_DIR", BUILD / "tests" / "template-cache"))
+
+ALL_KEYS = provision.DEFAULT_KEYS + (
+    KeySpec("ec384", "03", "EC:secp384r1"),
+    KeySpec("rsapss", "04", "rsa:2048"),
+    KeySpec("otherrole", "05", "EC:prime256v1", roles=("nobody",)),
+)
+
+
+def make_state(tmp: Path, keys=ALL_KEYS) -> provision.State:
+    name = "tpl-" + "-".join(k.label for k in keys)
+    return provision.provision(tmp / "state", listen="127.0.0.1:0", keys=keys, template_dir=TEMPLATE_ROOT / name)
+
+
+class Daemon:
+    """One p11relayd process. Bound to a free port (port 0 + --port-file)."""
+
+    def __init__(self, st: provision.State, config: Optional[Path] = None, env: Optional[dict] = None,
+                 args: tuple = ()):
+        self.st = st
+        self.config = Path(config or st.config)
+        self.env = env or st.env()
+        self.args = args
+        self.proc: Optional[subprocess.Popen] = None
+        self.port = 0
+        self.log_path = self.config.parent / f"daemon-{os.getpid()}-{id(self)}.log"
+        self.port_file = self.config.parent / f"port-{id(self)}"
+
+    def start(self, timeout: float = 15.0, port: int = 0) -> "Daemon":
+        if self.port_file.exists():
+            self.port_file.unlink()
+        log = open(self.log_path, "ab")
+        listen = f"127.0.0.1:{port or self.port or 0}"
+        self.proc = subprocess.Popen([DAEMON, "--config", str(self.config), "--listen", listen,
+                                      "--port-file", str(self.port_file), *self.args],
+                                     env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"p11relayd exited with {self.proc.returncode}:\n{self.log()}")
+            if self.port_file.exists() and self.port_file.read_text().strip():
+                self.port = int(self.port_file.read_text())
+                return self
+            time.sleep(0.02)
+        raise RuntimeError("p11relayd did not start:\n" + self.log())
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else 0
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> "Daemon":
+        self.stop()
+        return self.start(port=self.port)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    # -- talking to it -----------------------------------------------------------------------------------
+    def context(self, client=None, *, cert: bool = True, min_tls=None, max_tls=None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.st.ca_cert))
+        if cert:
+            c = client or self.st.client
+            ctx.load_cert_chain(str(c.certfile), str(c.keyfile))
+        if min_tls:
+            ctx.minimum_version = min_tls
+        if max_tls:
+            ctx.maximum_version = max_tls
+        return ctx
+
+    def connect(self, client=None, *, cert: bool = True, timeout: float = 30) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(client, cert=cert),
+                                           timeout=timeout)
+
+    def request(self, method: str, path: str, body=None, headers=None, client=None, cert: bool = True,
+                conn: Optional[http.client.HTTPSConnection] = None):
+        """Returns (status, headers (lower-case keys), body bytes)."""
+        own = conn is None
+        conn = conn or self.connect(client, cert=cert)
+        try:
+            if isinstance(body, (dict, list)):
+                body = json.dumps(body).encode()
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            if own:
+                conn.close()
+
+    def sign(self, key: str, mechanism: str, data: bytes, params=None, client=None):
+        body = {"mechanism": mechanism, "input": base64.b64encode(data).decode()}
+        if params:
+            body["params"] = params
+        status, headers, resp = self.request("POST", f"/v1/keys/{key}/sign", body, client=client)
+        return status, headers, resp
+
+
+class DaemonTest(unittest.TestCase):
+    """Base class: a fresh state dir (own token copy) and a started daemon per test class."""
+    keys = ALL_KEYS
+    config_overrides: dict = {}
+    start_daemon = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-it-"))
+        cls.st = make_state(cls.tmp, cls.keys)
+        if cls.config_overrides:
+            cfg = cls.st.daemon_config()
+            deep_update(cfg, cls.config_overrides)
+            cls.st.write_config(config=cfg)
+        cls.daemon = Daemon(cls.st)
+        if cls.start_daemon:
+            cls.daemon.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        if os.environ.get("P11RELAY_KEEP_TMP"):
+            print("kept", cls.tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def problem(self, body: bytes) -> dict:
+        return json.loads(body.decode())
+
+
+def deep_update(d: dict, u: dict) -> dict:
+    for k, v in u.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            deep_update(d[k], v)
+        else:
+            d[k] = v
+    return d
+
+
+def run(cmd, *, check=True, env=None, input=None, timeout=120) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, env=env, input=input, capture_output=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')}\n"
+                             f"{p.stderr.decode(errors='replace')}")
+    return p
+
+
+def ecdsa_raw_to_der(sig: bytes) -> bytes:
+    """PKCS#11 CKM_ECDSA returns r||s; OpenSSL verifies a DER Ecdsa-Sig-Value."""
+    n = len(sig) // 2
+
+    def integer(b: bytes) -> bytes:
+        b = b.lstrip(b"\0") or b"\0"
+        if b[0] & 0x80:
+            b = b"\0" + b
+        return b"\x02" + der_len(len(b)) + b
+
+    body = integer(sig[:n]) + integer(sig[n:])
+    return b"\x30" + der_len(len(body)) + body
+
+
+def der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def openssl_verify(certfile: Path, digest: bytes, signature: bytes, tmp: Path, *, hash_name="sha256",
+                   pss_salt: Optional[int] = None) -> bool:
+    """Verifies a signature over `digest` with the certificate's public key, using the openssl CLI."""
+    pub = tmp / "pub.pem"
+    run(["openssl", "x509", "-in", str(certfile), "-pubkey", "-noout", "-out", str(pub)])
+    dg, sg = tmp / "digest.bin", tmp / "sig.bin"
+    dg.write_bytes(digest)
+    sg.write_bytes(signature)
+    cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(pub), "-in", str(dg), "-sigfile", str(sg),
+           "-pkeyopt", f"digest:{hash_name}"]
+    if pss_salt is not None:
+        cmd += ["-pkeyopt", "rsa_padding_mode:pss", "-pkeyopt", f"rsa_pss_saltlen:{pss_salt}"]
+    p = run(cmd, check=False)
+    return p.returncode == 0 and b"Signature Verified Successfully" in p.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    unittest.main(verbosity=2)
