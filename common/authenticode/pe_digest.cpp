@@ -1,6 +1,8 @@
 #include "common/authenticode/pe_digest.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -382,6 +384,28 @@ Result<PeInfo> PeDigester::finish() {
 Result<PeInfo> pe_digest(std::span<const uint8_t> file, PeDigestOptions options) {
   PeDigester d(options);
   RETURN_IF_ERROR(d.update(file));
+  return d.finish();
+}
+
+Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options,
+                              const std::function<void(uint64_t)>& progress) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), std::fclose);
+  if (!f) return bad_request("cannot open " + path + ": " + std::strerror(errno));
+  PeDigester d(options);
+  Bytes buf(1024 * 1024);
+  uint64_t total = 0;
+  for (;;) {
+    size_t n = std::fread(buf.data(), 1, buf.size(), f.get());
+    if (n > 0) {
+      RETURN_IF_ERROR(d.update(std::span(buf.data(), n)));
+      total += n;
+      if (progress) progress(total);
+    }
+    if (n < buf.size()) {
+      if (std::ferror(f.get())) return bad_request("error reading " + path);
+      break;
+    }
+  }
   return d.finish();
 }
 

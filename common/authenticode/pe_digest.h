@@ -7,6 +7,8 @@
 #include "common/error.h"
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <memory>
 #include <optional>
 #include <span>
@@ -14,6 +16,8 @@
 
 namespace p11relay::authenticode {
 
+// For relic uploads (daemon) set keep_cert_table = false: the patch needs only the offsets, and a
+// hostile upload could otherwise make us hold a large table.
 struct PeDigestOptions {
   HashAlg alg = HashAlg::sha256;
   // SpcPeImagePageHashes (§9.2): SHA-1 for a SHA-1 signature, SHA-256 for SHA-256 (relic supports only
@@ -67,6 +71,11 @@ class PeDigester {
 
 // The whole file in memory (or mmap'ed): the same digester over one chunk.
 Result<PeInfo> pe_digest(std::span<const uint8_t> file, PeDigestOptions options = {});
+
+// Reads a file in 1 MiB chunks through the digester (never the whole file in memory). `progress`,
+// if set, is called with the bytes read so far (for the CLI's progress bar).
+Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options = {},
+                              const std::function<void(uint64_t)>& progress = {});
 
 // The page-hash algorithm used with a signature digest (§9.2; only SHA-1 and SHA-256 exist).
 std::optional<HashAlg> page_hash_alg_for(HashAlg alg);

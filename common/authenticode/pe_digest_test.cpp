@@ -99,6 +99,9 @@ TEST_CASE("image digest equals osslsigncode's, streamed in any chunking") {
         CHECK(chunked->cert_table == of_signed->cert_table);
       }
     }
+    auto from_file = pe_digest_file(pe.path);
+    REQUIRE(from_file.ok());
+    CHECK(from_file->image_digest == pe_digest(pe.data)->image_digest);
     // Page hashes: the same in any chunking, and as osslsigncode computes them (its -ph signature
     // verifies against our page hashes only if equal, checked in pe_write_test; here: streaming).
     PeDigestOptions ph;
@@ -280,6 +283,12 @@ TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
   auto r = pe_digest(g, opt);
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().message.find("too many small sections") != std::string::npos);
+}
+
+TEST_CASE("pe_digest_file: missing file is an error") {
+  auto r = pe_digest_file("/nonexistent/p11relay.exe");
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("cannot open") != std::string::npos);
 }
 
 TEST_CASE("PE checksum (§9.6)") {
