@@ -96,7 +96,13 @@ TEST_CASE("sign real PEs (mingw-built and Debian DLLs): osslsigncode verifies, d
     auto rep = verify_pe(again.file);
     REQUIRE(rep.ok());
     CHECK(rep->signatures.size() == 1);
-    CHECK(again.file.size() < first.file.size() + 4096);
+    // Replaced in place: the new table sits where the old one was and ends the file.
+    auto first_info = pe_digest(first.file);
+    auto again_info = pe_digest(again.file);
+    REQUIRE(first_info.ok());
+    REQUIRE(again_info.ok());
+    CHECK(again_info->cert_table_offset == first_info->cert_table_offset);
+    CHECK(again.file.size() == again_info->cert_table_offset + again_info->cert_table_size);
 
     Signed nested = sign_file(first.file, ec, false, EmbedMode::nest, HashAlg::sha384);
     std::string nout = dir.file("nested.exe");
@@ -169,4 +175,53 @@ TEST_CASE("WIN_CERTIFICATE framing and table parsing") {
   bad[0] = 0xff;  // dwLength past the table
   CHECK_FALSE(parse_cert_table(bad).ok());
   CHECK_FALSE(parse_cert_table(Bytes(16, 0)).ok());
+}
+
+TEST_CASE("re-sign and nest onto a signature made by osslsigncode") {
+  TempDir dir;
+  std::string exe = build_mingw_pe(dir, 64);
+  if (exe.empty() || !have_osslsigncode()) {
+    MESSAGE("skipped: no mingw compiler or osslsigncode");
+    return;
+  }
+  TestKey theirs = make_test_key(KeyType::rsa, dir, "osslsigncode signer");
+  TestKey ours = make_test_key(KeyType::ec, dir, "p11relay signer");
+  std::string foreign = dir.file("foreign.exe");
+  auto r = run("osslsigncode sign -ph -certs " + shell_quote(theirs.cert_path) + " -key " + shell_quote(theirs.key_path) +
+               " -n Foreign -i https://example.org/ -in " + shell_quote(exe) + " -out " + shell_quote(foreign));
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const Bytes file = read_file(foreign);
+  std::string both = dir.file("both.pem");
+  Bytes a = read_file(theirs.cert_path), b = read_file(ours.cert_path);
+  a.insert(a.end(), b.begin(), b.end());
+  write_file(both, a);
+
+  Signed replaced = sign_file(file, ours, true);
+  write_file(dir.file("replaced.exe"), replaced.file);
+  auto v = osslsigncode_verify(dir.file("replaced.exe"), ours.cert_path);
+  CHECK_MESSAGE(v.exit_code == 0, v.output);
+  CHECK(v.output.find("Number of verified signatures: 1") != std::string::npos);
+
+  // Nesting keeps osslsigncode's (DER-sorted, signingTime-bearing) primary signature byte for byte.
+  Signed nested = sign_file(file, ours, false, EmbedMode::nest);
+  write_file(dir.file("nested.exe"), nested.file);
+  auto nv = osslsigncode_verify(dir.file("nested.exe"), both);
+  CHECK_MESSAGE(nv.exit_code == 0, nv.output);
+  CHECK(nv.output.find("Number of verified signatures: 2") != std::string::npos);
+  auto rep = verify_pe(nested.file);
+  REQUIRE_MESSAGE(rep.ok(), rep.error().message);
+  REQUIRE(rep->signatures.size() == 2);
+  CHECK(rep->signatures[0].signer_subject.find("osslsigncode signer") != std::string::npos);
+  CHECK(rep->signatures[0].page_hashes);
+  CHECK(rep->signatures[1].signer_subject.find("p11relay signer") != std::string::npos);
+
+  // Appending twice gives three signatures (the nested attribute gets a second value).
+  Signed twice = sign_file(nested.file, ours, false, EmbedMode::nest, HashAlg::sha1);
+  auto rep2 = verify_pe(twice.file);
+  REQUIRE_MESSAGE(rep2.ok(), rep2.error().message);
+  CHECK(rep2->signatures.size() == 3);
+  write_file(dir.file("twice.exe"), twice.file);
+  auto tv = osslsigncode_verify(dir.file("twice.exe"), both);
+  CHECK_MESSAGE(tv.exit_code == 0, tv.output);
+  CHECK(tv.output.find("Number of verified signatures: 3") != std::string::npos);
 }
