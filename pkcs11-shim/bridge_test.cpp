@@ -1,0 +1,776 @@
+// Drives the whole module through its function list (entry.cpp → bridge → module) with a fake
+// transport: every CKR_ path the shim returns, the size-query conventions, and what goes on the wire.
+#include "pkcs11-shim/bridge.h"
+#include "pkcs11-shim/test_support.h"
+
+#include "common/digest.h"
+#include "common/x509.h"
+
+#include <doctest/doctest.h>
+#include <openssl/rsa.h>
+
+#include <cstring>
+
+using namespace p11relay;
+using namespace p11relay::shim;
+using namespace p11relay::shim::testing;
+
+extern "C" CK_RV C_GetInterfaceList(void* pInterfacesList, CK_ULONG_PTR pulCount);
+
+namespace {
+
+struct Shim {
+  CK_FUNCTION_LIST_PTR f = nullptr;
+  std::shared_ptr<FakeState> state = std::make_shared<FakeState>();
+  client::Config config;
+
+  explicit Shim(bool init = true, std::optional<std::string> pin = std::nullopt, int cache_seconds = 10) {
+    state->keys = {rsa_key().desc, ec_key().desc};
+    config.urls = {"https://fake.invalid/"};
+    config.pin = std::move(pin);
+    config.key_cache_seconds = cache_seconds;
+    config.log_level = "off";
+    bridge::set_module_factory([st = state, cfg = config]() -> Result<std::unique_ptr<Module>> {
+      return std::make_unique<Module>(cfg, std::make_unique<FakeTransport>(st));
+    });
+    REQUIRE(C_GetFunctionList(&f) == CKR_OK);
+    if (init) REQUIRE(f->C_Initialize(nullptr) == CKR_OK);
+  }
+  ~Shim() {
+    f->C_Finalize(nullptr);
+    bridge::set_module_factory(nullptr);
+  }
+
+  CK_SLOT_ID slot() {
+    CK_SLOT_ID slots[4];
+    CK_ULONG n = 4;
+    REQUIRE(f->C_GetSlotList(CK_TRUE, slots, &n) == CKR_OK);
+    REQUIRE(n == 1);
+    return slots[0];
+  }
+  CK_SESSION_HANDLE open(bool login = true) {
+    CK_SESSION_HANDLE h = 0;
+    REQUIRE(f->C_OpenSession(slot(), CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_OK);
+    if (login) REQUIRE(f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4) == CKR_OK);
+    return h;
+  }
+  std::vector<CK_OBJECT_HANDLE> find(CK_SESSION_HANDLE h, std::vector<CK_ATTRIBUTE> templ) {
+    REQUIRE(f->C_FindObjectsInit(h, templ.empty() ? nullptr : templ.data(), templ.size()) == CKR_OK);
+    std::vector<CK_OBJECT_HANDLE> out(64);
+    CK_ULONG n = 0;
+    REQUIRE(f->C_FindObjects(h, out.data(), out.size(), &n) == CKR_OK);
+    REQUIRE(f->C_FindObjectsFinal(h) == CKR_OK);
+    out.resize(n);
+    return out;
+  }
+  CK_OBJECT_HANDLE key(CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls, const std::string& label) {
+    CK_ATTRIBUTE t[] = {{CKA_CLASS, &cls, sizeof cls}, {CKA_LABEL, (void*)label.data(), label.size()}};
+    auto found = find(h, {t[0], t[1]});
+    REQUIRE(found.size() == 1);
+    return found[0];
+  }
+  Bytes attr(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type) {
+    CK_ATTRIBUTE a = {type, nullptr, 0};
+    REQUIRE(f->C_GetAttributeValue(h, o, &a, 1) == CKR_OK);
+    Bytes v(a.ulValueLen);
+    a.pValue = v.data();
+    REQUIRE(f->C_GetAttributeValue(h, o, &a, 1) == CKR_OK);
+    return v;
+  }
+  Result<Bytes> sign(CK_SESSION_HANDLE h, CK_MECHANISM mech, CK_OBJECT_HANDLE key, const Bytes& data) {
+    CK_RV rv = f->C_SignInit(h, &mech, key);
+    if (rv != CKR_OK) return Error(ErrorCode::internal, "init", rv);
+    CK_ULONG len = 0;
+    rv = f->C_Sign(h, (CK_BYTE_PTR)data.data(), data.size(), nullptr, &len);
+    if (rv != CKR_OK) return Error(ErrorCode::internal, "len", rv);
+    Bytes sig(len);
+    rv = f->C_Sign(h, (CK_BYTE_PTR)data.data(), data.size(), sig.data(), &len);
+    if (rv != CKR_OK) return Error(ErrorCode::internal, "sign", rv);
+    sig.resize(len);
+    return sig;
+  }
+  CK_RV verify(CK_SESSION_HANDLE h, CK_MECHANISM mech, CK_OBJECT_HANDLE pub, const Bytes& data, const Bytes& sig) {
+    CK_RV rv = f->C_VerifyInit(h, &mech, pub);
+    if (rv != CKR_OK) return rv;
+    return f->C_Verify(h, (CK_BYTE_PTR)data.data(), data.size(), (CK_BYTE_PTR)sig.data(), sig.size());
+  }
+};
+
+const Bytes kData = to_bytes("the quick brown fox jumps over the lazy dog");
+
+}  // namespace
+
+TEST_CASE("before C_Initialize every function answers CKR_CRYPTOKI_NOT_INITIALIZED") {
+  Shim s(false);
+  CK_INFO info;
+  CK_ULONG n = 0;
+  CK_SESSION_HANDLE h;
+  CHECK(s.f->C_GetInfo(&info) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_GetSlotList(CK_FALSE, nullptr, &n) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_OpenSession(1, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_Sign(1, nullptr, 0, nullptr, &n) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_EncryptInit(1, nullptr, 0) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_WaitForSlotEvent(0, nullptr, nullptr) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(s.f->C_Finalize(nullptr) == CKR_CRYPTOKI_NOT_INITIALIZED);
+  CHECK(C_GetFunctionList(nullptr) == CKR_ARGUMENTS_BAD);
+}
+
+TEST_CASE("C_Initialize argument checks and double initialisation") {
+  Shim s(false);
+  CK_C_INITIALIZE_ARGS args{};
+  int reserved;
+  args.pReserved = &reserved;
+  CHECK(s.f->C_Initialize(&args) == CKR_ARGUMENTS_BAD);
+  args = {};
+  args.CreateMutex = reinterpret_cast<CK_CREATEMUTEX>(1);
+  CHECK(s.f->C_Initialize(&args) == CKR_ARGUMENTS_BAD);
+  args.DestroyMutex = reinterpret_cast<CK_DESTROYMUTEX>(1);
+  args.LockMutex = reinterpret_cast<CK_LOCKMUTEX>(1);
+  args.UnlockMutex = reinterpret_cast<CK_UNLOCKMUTEX>(1);
+  CHECK(s.f->C_Initialize(&args) == CKR_CANT_LOCK);
+  args.flags = CKF_OS_LOCKING_OK;
+  CHECK(s.f->C_Initialize(&args) == CKR_OK);
+  CHECK(s.f->C_Initialize(nullptr) == CKR_CRYPTOKI_ALREADY_INITIALIZED);
+  CHECK(s.f->C_Finalize(&reserved) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_Finalize(nullptr) == CKR_OK);
+  CHECK(s.f->C_Initialize(nullptr) == CKR_OK);
+  CHECK(s.state->list_calls == 0);  // C_Initialize is local
+}
+
+TEST_CASE("a broken factory (config error) is CKR_GENERAL_ERROR at C_Initialize, not a crash") {
+  Shim s(false);
+  bridge::set_module_factory([]() -> Result<std::unique_ptr<Module>> {
+    return ck(CKR_GENERAL_ERROR, "configuration: /x/client.yml:3: unknown key 'bogus'");
+  });
+  CHECK(s.f->C_Initialize(nullptr) == CKR_GENERAL_ERROR);
+  CK_INFO info;
+  CHECK(s.f->C_GetInfo(&info) == CKR_CRYPTOKI_NOT_INITIALIZED);
+}
+
+TEST_CASE("C_GetInfo, C_GetInterface") {
+  Shim s;
+  CK_INFO info;
+  CHECK(s.f->C_GetInfo(nullptr) == CKR_ARGUMENTS_BAD);
+  REQUIRE(s.f->C_GetInfo(&info) == CKR_OK);
+  CHECK(info.cryptokiVersion.major == 2);
+  CHECK(info.cryptokiVersion.minor == 40);
+  CHECK(std::string((char*)info.manufacturerID, 32).rfind("p11relay ", 0) == 0);
+  CHECK(s.f->version.major == 2);
+  CK_ULONG n = 0;
+  CHECK(C_GetInterfaceList(nullptr, &n) == CKR_OK);
+  CHECK(n == 1);
+}
+
+TEST_CASE("slot list: size query, short buffer, stable IDs derived from the token identity") {
+  Shim s;
+  CK_ULONG n = 0;
+  CHECK(s.f->C_GetSlotList(CK_TRUE, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
+  REQUIRE(s.f->C_GetSlotList(CK_TRUE, nullptr, &n) == CKR_OK);
+  CHECK(n == 1);
+  CHECK(s.state->list_calls == 1);
+  CK_SLOT_ID slots[2] = {0, 0};
+  n = 0;
+  CHECK(s.f->C_GetSlotList(CK_TRUE, slots, &n) == CKR_BUFFER_TOO_SMALL);
+  CHECK(n == 1);
+  n = 2;
+  REQUIRE(s.f->C_GetSlotList(CK_TRUE, slots, &n) == CKR_OK);
+  CHECK(s.state->list_calls == 1);  // cached
+  CK_SLOT_ID first = slots[0];
+  CHECK(first < 0x80000000UL);
+  // A new module (another process, a restart) derives the same ID.
+  s.f->C_Finalize(nullptr);
+  REQUIRE(s.f->C_Initialize(nullptr) == CKR_OK);
+  CHECK(s.slot() == first);
+  // Keys on a second token: a second slot, and the first keeps its ID.
+  auto other = ec_key().desc;
+  other.name = "other";
+  other.token.serial = "99";
+  s.state->keys.push_back(other);
+  s.f->C_Finalize(nullptr);
+  REQUIRE(s.f->C_Initialize(nullptr) == CKR_OK);
+  n = 2;
+  REQUIRE(s.f->C_GetSlotList(CK_FALSE, slots, &n) == CKR_OK);
+  CHECK(n == 2);
+  CHECK(slots[0] == first);
+  CHECK(slots[1] != first);
+}
+
+TEST_CASE("slot and token info") {
+  Shim s;
+  CK_SLOT_ID slot = s.slot();
+  CK_SLOT_INFO si;
+  CK_TOKEN_INFO ti;
+  CHECK(s.f->C_GetSlotInfo(slot, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GetSlotInfo(slot + 1, &si) == CKR_SLOT_ID_INVALID);
+  REQUIRE(s.f->C_GetSlotInfo(slot, &si) == CKR_OK);
+  CHECK((si.flags & CKF_TOKEN_PRESENT));
+  CHECK(s.f->C_GetTokenInfo(slot + 1, &ti) == CKR_SLOT_ID_INVALID);
+  CHECK(s.f->C_GetTokenInfo(slot, nullptr) == CKR_ARGUMENTS_BAD);
+  REQUIRE(s.f->C_GetTokenInfo(slot, &ti) == CKR_OK);
+  CHECK(std::string((char*)ti.label, 32) == "p11relay-demo                   ");
+  CHECK(std::string((char*)ti.serialNumber, 16) == "0123456789abcdef");
+  CHECK(std::string((char*)ti.model, 16) == "SoftHSM v2      ");
+  CHECK((ti.flags & CKF_WRITE_PROTECTED));
+  CHECK((ti.flags & CKF_LOGIN_REQUIRED));
+  CHECK((ti.flags & CKF_TOKEN_INITIALIZED));
+  CHECK((ti.flags & CKF_USER_PIN_INITIALIZED));
+  CHECK_FALSE((ti.flags & CKF_PROTECTED_AUTHENTICATION_PATH));
+}
+
+TEST_CASE("the key list is cached for keycacheseconds; a failing daemon gives an empty list, not an error") {
+  Shim s(true, std::nullopt, 0);
+  s.state->list_error = Error(ErrorCode::network, "connection refused");
+  CK_ULONG n = 7;
+  CHECK(s.f->C_GetSlotList(CK_TRUE, nullptr, &n) == CKR_OK);
+  CHECK(n == 0);
+  s.state->list_error.reset();
+  CHECK(s.f->C_GetSlotList(CK_TRUE, nullptr, &n) == CKR_OK);
+  CHECK(n == 1);
+  // The token disappears from the daemon: its slot stays (stable IDs), without a token.
+  CK_SLOT_ID slot = s.slot();
+  s.state->keys.clear();
+  CHECK(s.f->C_GetSlotList(CK_TRUE, nullptr, &n) == CKR_OK);
+  CHECK(n == 0);
+  CHECK(s.f->C_GetSlotList(CK_FALSE, nullptr, &n) == CKR_OK);
+  CHECK(n == 1);
+  CK_TOKEN_INFO ti;
+  CHECK(s.f->C_GetTokenInfo(slot, &ti) == CKR_TOKEN_NOT_PRESENT);
+  CK_SESSION_HANDLE h;
+  CHECK(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_TOKEN_NOT_PRESENT);
+}
+
+TEST_CASE("mechanism list and info") {
+  Shim s;
+  CK_SLOT_ID slot = s.slot();
+  CK_ULONG n = 0;
+  CHECK(s.f->C_GetMechanismList(slot, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GetMechanismList(slot + 1, nullptr, &n) == CKR_SLOT_ID_INVALID);
+  REQUIRE(s.f->C_GetMechanismList(slot, nullptr, &n) == CKR_OK);
+  CHECK(n == 18 + 5);  // 12 RSA + 6 ECDSA + 5 digests
+  std::vector<CK_MECHANISM_TYPE> mechs(n);
+  CK_ULONG small = 3;
+  CHECK(s.f->C_GetMechanismList(slot, mechs.data(), &small) == CKR_BUFFER_TOO_SMALL);
+  CHECK(small == n);
+  REQUIRE(s.f->C_GetMechanismList(slot, mechs.data(), &n) == CKR_OK);
+  CK_MECHANISM_INFO mi;
+  REQUIRE(s.f->C_GetMechanismInfo(slot, CKM_SHA256_RSA_PKCS, &mi) == CKR_OK);
+  CHECK(mi.ulMinKeySize == 2048);
+  CHECK(mi.ulMaxKeySize == 2048);
+  CHECK(mi.flags == (CKF_SIGN | CKF_VERIFY));
+  REQUIRE(s.f->C_GetMechanismInfo(slot, CKM_ECDSA_SHA256, &mi) == CKR_OK);
+  CHECK(mi.ulMinKeySize == 256);
+  CHECK((mi.flags & CKF_EC_NAMEDCURVE));
+  REQUIRE(s.f->C_GetMechanismInfo(slot, CKM_SHA384, &mi) == CKR_OK);
+  CHECK(mi.flags == CKF_DIGEST);
+  CHECK(s.f->C_GetMechanismInfo(slot, CKM_AES_CBC, &mi) == CKR_MECHANISM_INVALID);
+  CHECK(s.f->C_GetMechanismInfo(slot, CKM_AES_CBC, nullptr) == CKR_ARGUMENTS_BAD);
+}
+
+TEST_CASE("sessions are read-only and serial; session info follows the login state") {
+  Shim s;
+  CK_SLOT_ID slot = s.slot();
+  CK_SESSION_HANDLE h = 0;
+  CHECK(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_OpenSession(slot + 1, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_SLOT_ID_INVALID);
+  CHECK(s.f->C_OpenSession(slot, 0, nullptr, nullptr, &h) == CKR_SESSION_PARALLEL_NOT_SUPPORTED);
+  CHECK(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h) ==
+        CKR_TOKEN_WRITE_PROTECTED);
+  REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_OK);
+  CK_SESSION_INFO si;
+  CHECK(s.f->C_GetSessionInfo(h, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GetSessionInfo(h + 100, &si) == CKR_SESSION_HANDLE_INVALID);
+  REQUIRE(s.f->C_GetSessionInfo(h, &si) == CKR_OK);
+  CHECK(si.state == CKS_RO_PUBLIC_SESSION);
+  CHECK(si.slotID == slot);
+  CHECK(si.flags == CKF_SERIAL_SESSION);
+
+  CHECK(s.f->C_Logout(h) == CKR_USER_NOT_LOGGED_IN);
+  CHECK(s.f->C_Login(h, CKU_SO, (CK_UTF8CHAR_PTR) "x", 1) == CKR_SESSION_READ_ONLY_EXISTS);
+  CHECK(s.f->C_Login(h, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR) "x", 1) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.f->C_Login(h, 77, (CK_UTF8CHAR_PTR) "x", 1) == CKR_USER_TYPE_INVALID);
+  CHECK(s.f->C_Login(h, CKU_USER, nullptr, 4) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_Login(h + 100, CKU_USER, (CK_UTF8CHAR_PTR) "x", 1) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "any pin", 7) == CKR_OK);
+  CHECK(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "any pin", 7) == CKR_USER_ALREADY_LOGGED_IN);
+  REQUIRE(s.f->C_GetSessionInfo(h, &si) == CKR_OK);
+  CHECK(si.state == CKS_RO_USER_FUNCTIONS);
+
+  // Login state belongs to the application: a second session is logged in too.
+  CK_SESSION_HANDLE h2 = 0;
+  REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h2) == CKR_OK);
+  REQUIRE(s.f->C_GetSessionInfo(h2, &si) == CKR_OK);
+  CHECK(si.state == CKS_RO_USER_FUNCTIONS);
+  CK_TOKEN_INFO ti;
+  REQUIRE(s.f->C_GetTokenInfo(slot, &ti) == CKR_OK);
+  CHECK(ti.ulSessionCount == 2);
+  CHECK(s.f->C_CloseSession(h2) == CKR_OK);
+  CHECK(s.f->C_CloseSession(h2) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_Logout(h) == CKR_OK);
+  CHECK(s.f->C_Login(h, CKU_USER, nullptr, 0) == CKR_OK);  // no PIN configured: any PIN, even none
+  // Closing the last session logs the user out.
+  CHECK(s.f->C_CloseAllSessions(slot + 1) == CKR_SLOT_ID_INVALID);
+  CHECK(s.f->C_CloseAllSessions(slot) == CKR_OK);
+  REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_OK);
+  REQUIRE(s.f->C_GetSessionInfo(h, &si) == CKR_OK);
+  CHECK(si.state == CKS_RO_PUBLIC_SESSION);
+}
+
+TEST_CASE("a PIN in the client config is required and compared locally") {
+  Shim s(true, std::string("s3cret"));
+  CK_SESSION_HANDLE h = s.open(false);
+  CHECK(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "s3cre", 5) == CKR_PIN_INCORRECT);
+  CHECK(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "s3cret!", 7) == CKR_PIN_INCORRECT);
+  CHECK(s.f->C_Login(h, CKU_USER, nullptr, 0) == CKR_PIN_INCORRECT);
+  CHECK(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "s3cret", 6) == CKR_OK);
+  CHECK(s.state->sign_requests.empty());
+  CHECK(s.state->list_calls == 1);  // the PIN went nowhere
+}
+
+TEST_CASE("objects: private keys only after login; public key, certificate and chain always") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open(false);
+  auto all = s.find(h, {});
+  CHECK(all.size() == 2 /* public keys */ + 3 /* rsa cert, ec cert, CA cert */);
+  CK_OBJECT_CLASS priv = CKO_PRIVATE_KEY;
+  CK_ATTRIBUTE t = {CKA_CLASS, &priv, sizeof priv};
+  CHECK(s.find(h, {t}).empty());
+  REQUIRE(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "0", 1) == CKR_OK);
+  CHECK(s.find(h, {}).size() == 7);
+  CHECK(s.find(h, {t}).size() == 2);
+  CK_BYTE id1 = 0x01;
+  CK_ATTRIBUTE by_id = {CKA_ID, &id1, 1};
+  CHECK(s.find(h, {by_id}).size() == 3);  // private key, public key, certificate share CKA_ID
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE signers = {CKA_SIGN, &yes, 1};
+  CHECK(s.find(h, {signers}).size() == 2);
+
+  CHECK(s.f->C_FindObjectsInit(h, nullptr, 1) == CKR_ARGUMENTS_BAD);
+  CK_ULONG n;
+  CK_OBJECT_HANDLE out[4];
+  CHECK(s.f->C_FindObjects(h, out, 4, &n) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.f->C_FindObjectsFinal(h) == CKR_OPERATION_NOT_INITIALIZED);
+  REQUIRE(s.f->C_FindObjectsInit(h, nullptr, 0) == CKR_OK);
+  CHECK(s.f->C_FindObjectsInit(h, nullptr, 0) == CKR_OPERATION_ACTIVE);
+  CHECK(s.f->C_FindObjects(h, nullptr, 4, &n) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_FindObjects(h, out, 4, nullptr) == CKR_ARGUMENTS_BAD);
+  REQUIRE(s.f->C_FindObjects(h, out, 4, &n) == CKR_OK);
+  CHECK(n == 4);
+  REQUIRE(s.f->C_FindObjects(h, out, 4, &n) == CKR_OK);
+  CHECK(n == 3);
+  REQUIRE(s.f->C_FindObjects(h, out, 4, &n) == CKR_OK);
+  CHECK(n == 0);
+  CHECK(s.f->C_FindObjectsFinal(h) == CKR_OK);
+
+  // Handles are stable across sessions and cache refreshes.
+  CK_OBJECT_HANDLE k1 = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_SESSION_HANDLE h2 = s.open(false);
+  CHECK(s.key(h2, CKO_PRIVATE_KEY, "rsa2048") == k1);
+
+  // A private object is invisible after logout.
+  REQUIRE(s.f->C_Logout(h) == CKR_OK);
+  CK_ATTRIBUTE a = {CKA_CLASS, nullptr, 0};
+  CHECK(s.f->C_GetAttributeValue(h, k1, &a, 1) == CKR_OBJECT_HANDLE_INVALID);
+}
+
+TEST_CASE("C_GetAttributeValue: size queries, short buffers, sensitive and unknown attributes") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE priv = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE pub = s.key(h, CKO_PUBLIC_KEY, "rsa2048");
+  CK_OBJECT_HANDLE cert = s.key(h, CKO_CERTIFICATE, "rsa2048");
+
+  CK_ULONG bits = 0;
+  CK_BBOOL sensitive = CK_FALSE;
+  CK_BYTE small[4];
+  CK_ATTRIBUTE t[] = {
+      {CKA_MODULUS_BITS, &bits, sizeof bits},
+      {CKA_MODULUS, nullptr, 0},                   // size query
+      {CKA_PRIVATE_EXPONENT, nullptr, 0},          // sensitive
+      {CKA_VALUE_LEN, nullptr, 0},                 // not an attribute of this object
+      {CKA_PUBLIC_EXPONENT, small, 1},             // too small (65537 is 3 bytes)
+      {CKA_SENSITIVE, &sensitive, sizeof sensitive},
+  };
+  CHECK(s.f->C_GetAttributeValue(h, priv, t, 6) == CKR_ATTRIBUTE_SENSITIVE);
+  CHECK(bits == 2048);
+  CHECK(t[1].ulValueLen == 256);
+  CHECK(t[2].ulValueLen == CK_UNAVAILABLE_INFORMATION);
+  CHECK(t[3].ulValueLen == CK_UNAVAILABLE_INFORMATION);
+  CHECK(t[4].ulValueLen == CK_UNAVAILABLE_INFORMATION);
+  CHECK(sensitive == CK_TRUE);
+  CK_ATTRIBUTE unknown = {CKA_VALUE_LEN, nullptr, 0};
+  CHECK(s.f->C_GetAttributeValue(h, priv, &unknown, 1) == CKR_ATTRIBUTE_TYPE_INVALID);
+  CK_ATTRIBUTE shorty = {CKA_PUBLIC_EXPONENT, small, 1};
+  CHECK(s.f->C_GetAttributeValue(h, priv, &shorty, 1) == CKR_BUFFER_TOO_SMALL);
+  CHECK(s.f->C_GetAttributeValue(h, priv, nullptr, 1) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GetAttributeValue(h + 100, priv, t, 1) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_GetAttributeValue(h, 9999, t, 1) == CKR_OBJECT_HANDLE_INVALID);
+
+  CHECK(s.attr(h, priv, CKA_EXTRACTABLE) == attr_bool(false));
+  CHECK(s.attr(h, priv, CKA_NEVER_EXTRACTABLE) == attr_bool(true));
+  CHECK(s.attr(h, priv, CKA_ALWAYS_SENSITIVE) == attr_bool(true));
+  CHECK(s.attr(h, priv, CKA_PRIVATE) == attr_bool(true));
+  CHECK(s.attr(h, priv, CKA_TOKEN) == attr_bool(true));
+  CHECK(s.attr(h, priv, CKA_KEY_TYPE) == attr_ulong(CKK_RSA));
+  CHECK(s.attr(h, priv, CKA_PUBLIC_EXPONENT) == Bytes{0x01, 0x00, 0x01});
+  CHECK(s.attr(h, pub, CKA_MODULUS) == s.attr(h, priv, CKA_MODULUS));
+  CHECK(s.attr(h, pub, CKA_VERIFY) == attr_bool(true));
+  CHECK(s.attr(h, pub, CKA_PUBLIC_KEY_INFO) == rsa_key().desc.spki);
+  Bytes allowed = s.attr(h, priv, CKA_ALLOWED_MECHANISMS);
+  CHECK(allowed.size() == 12 * sizeof(CK_MECHANISM_TYPE));
+
+  CHECK(s.attr(h, cert, CKA_VALUE) == rsa_key().desc.certificates[0]);
+  CHECK(s.attr(h, cert, CKA_CERTIFICATE_TYPE) == attr_ulong(CKC_X_509));
+  auto x = parse_certificate_der(rsa_key().desc.certificates[0]);
+  REQUIRE(x.ok());
+  Bytes subject = s.attr(h, cert, CKA_SUBJECT);
+  CHECK(subject == s.attr(h, priv, CKA_SUBJECT));
+  CHECK(s.attr(h, cert, CKA_SERIAL_NUMBER) == Bytes{0x02, 0x02, 0x10, 0x92});  // INTEGER 4242
+  CHECK(s.attr(h, cert, CKA_ID) == Bytes{0x01});
+
+  CK_ULONG size = 0;
+  CHECK(s.f->C_GetObjectSize(h, cert, &size) == CKR_OK);
+  CHECK(size > rsa_key().desc.certificates[0].size());
+  CHECK(s.f->C_GetObjectSize(h, cert, nullptr) == CKR_ARGUMENTS_BAD);
+}
+
+TEST_CASE("EC objects: CKA_EC_PARAMS is the curve OID, CKA_EC_POINT a DER OCTET STRING; chain cert has its own ID") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE priv = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  CK_OBJECT_HANDLE pub = s.key(h, CKO_PUBLIC_KEY, "ec256");
+  const Bytes p256 = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+  CHECK(s.attr(h, pub, CKA_EC_PARAMS) == p256);
+  CHECK(s.attr(h, priv, CKA_EC_PARAMS) == p256);
+  Bytes point = s.attr(h, pub, CKA_EC_POINT);
+  REQUIRE(point.size() == 67);
+  CHECK(point[0] == 0x04);
+  CHECK(point[1] == 65);
+  CHECK(point[2] == 0x04);
+  CK_ATTRIBUTE v = {CKA_VALUE, nullptr, 0};
+  CHECK(s.f->C_GetAttributeValue(h, priv, &v, 1) == CKR_ATTRIBUTE_SENSITIVE);
+  CK_OBJECT_HANDLE ca = s.key(h, CKO_CERTIFICATE, "Test CA");
+  CHECK(s.attr(h, ca, CKA_ID) != Bytes{0x02});
+  CHECK(s.attr(h, ca, CKA_CERTIFICATE_CATEGORY) == attr_ulong(2));
+  CHECK(s.attr(h, ca, CKA_VALUE) == ec_key().desc.certificates[1]);
+}
+
+TEST_CASE("hash-and-sign mechanisms hash locally and send only the DigestInfo / digest") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE rsa_pub = s.key(h, CKO_PUBLIC_KEY, "rsa2048");
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  CK_OBJECT_HANDLE ec_pub = s.key(h, CKO_PUBLIC_KEY, "ec256");
+
+  struct Case {
+    CK_MECHANISM_TYPE mech;
+    HashAlg hash;
+  };
+  for (auto [mech, alg] : {Case{CKM_SHA1_RSA_PKCS, HashAlg::sha1}, Case{CKM_SHA224_RSA_PKCS, HashAlg::sha224},
+                           Case{CKM_SHA256_RSA_PKCS, HashAlg::sha256}, Case{CKM_SHA384_RSA_PKCS, HashAlg::sha384},
+                           Case{CKM_SHA512_RSA_PKCS, HashAlg::sha512}}) {
+    CAPTURE(mech);
+    s.state->sign_requests.clear();
+    auto sig = s.sign(h, {mech, nullptr, 0}, rsa, kData);
+    REQUIRE(sig.ok());
+    CHECK(sig->size() == 256);
+    REQUIRE(s.state->sign_requests.size() == 1);
+    const auto& [name, req] = s.state->sign_requests[0];
+    CHECK(name == "rsa2048");
+    CHECK(req.mechanism == "CKM_RSA_PKCS");
+    CHECK(req.input == digest_info(alg, hash(alg, kData)));
+    CHECK(s.verify(h, {mech, nullptr, 0}, rsa_pub, kData, *sig) == CKR_OK);
+  }
+  for (auto [mech, alg] : {Case{CKM_ECDSA_SHA1, HashAlg::sha1}, Case{CKM_ECDSA_SHA256, HashAlg::sha256},
+                           Case{CKM_ECDSA_SHA384, HashAlg::sha384}, Case{CKM_ECDSA_SHA512, HashAlg::sha512},
+                           Case{CKM_ECDSA_SHA224, HashAlg::sha224}}) {
+    CAPTURE(mech);
+    s.state->sign_requests.clear();
+    auto sig = s.sign(h, {mech, nullptr, 0}, ec, kData);
+    REQUIRE(sig.ok());
+    CHECK(sig->size() == 64);
+    const auto& req = s.state->sign_requests.at(0).second;
+    CHECK(req.mechanism == "CKM_ECDSA");
+    CHECK(req.input == hash(alg, kData));
+    CHECK(s.verify(h, {mech, nullptr, 0}, ec_pub, kData, *sig) == CKR_OK);
+  }
+  // PSS, hashed locally, params carried explicitly.
+  CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA384, CKG_MGF1_SHA256, 20};
+  s.state->sign_requests.clear();
+  auto sig = s.sign(h, {CKM_SHA384_RSA_PKCS_PSS, &pss, sizeof pss}, rsa, kData);
+  REQUIRE(sig.ok());
+  const auto& req = s.state->sign_requests.at(0).second;
+  CHECK(req.mechanism == "CKM_RSA_PKCS_PSS");
+  CHECK(req.input == hash(HashAlg::sha384, kData));
+  REQUIRE(req.pss.has_value());
+  CHECK(req.pss->hash == HashAlg::sha384);
+  CHECK(req.pss->mgf_hash == HashAlg::sha256);
+  CHECK(req.pss->salt_length == 20);
+  CHECK(s.verify(h, {CKM_SHA384_RSA_PKCS_PSS, &pss, sizeof pss}, rsa_pub, kData, *sig) == CKR_OK);
+  // Raw mechanisms pass the input through.
+  Bytes di = digest_info(HashAlg::sha256, hash(HashAlg::sha256, kData));
+  s.state->sign_requests.clear();
+  sig = s.sign(h, {CKM_RSA_PKCS, nullptr, 0}, rsa, di);
+  REQUIRE(sig.ok());
+  CHECK(s.state->sign_requests.at(0).second.input == di);
+  CHECK(s.verify(h, {CKM_SHA256_RSA_PKCS, nullptr, 0}, rsa_pub, kData, *sig) == CKR_OK);
+  CK_RSA_PKCS_PSS_PARAMS pss256 = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+  Bytes d256 = hash(HashAlg::sha256, kData);
+  sig = s.sign(h, {CKM_RSA_PKCS_PSS, &pss256, sizeof pss256}, rsa, d256);
+  REQUIRE(sig.ok());
+  CHECK(s.verify(h, {CKM_SHA256_RSA_PKCS_PSS, &pss256, sizeof pss256}, rsa_pub, kData, *sig) == CKR_OK);
+  sig = s.sign(h, {CKM_ECDSA, nullptr, 0}, ec, d256);
+  REQUIRE(sig.ok());
+  CHECK(s.verify(h, {CKM_ECDSA_SHA256, nullptr, 0}, ec_pub, kData, *sig) == CKR_OK);
+}
+
+TEST_CASE("multi-part signing equals single-part; the size query sends nothing") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE rsa_pub = s.key(h, CKO_PUBLIC_KEY, "rsa2048");
+  CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, nullptr, 0};
+  REQUIRE(s.f->C_SignInit(h, &m, rsa) == CKR_OK);
+  CHECK(s.f->C_SignInit(h, &m, rsa) == CKR_OPERATION_ACTIVE);
+  REQUIRE(s.f->C_SignUpdate(h, (CK_BYTE_PTR)kData.data(), 10) == CKR_OK);
+  REQUIRE(s.f->C_SignUpdate(h, (CK_BYTE_PTR)kData.data() + 10, kData.size() - 10) == CKR_OK);
+  CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), 1, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
+  CK_ULONG len = 0;
+  CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), 1, nullptr, &len) == CKR_OPERATION_ACTIVE);
+  REQUIRE(s.f->C_SignFinal(h, nullptr, &len) == CKR_OK);
+  CHECK(len == 256);
+  Bytes sig(255);
+  len = 255;
+  CHECK(s.f->C_SignFinal(h, sig.data(), &len) == CKR_BUFFER_TOO_SMALL);
+  CHECK(len == 256);
+  CHECK(s.state->sign_requests.empty());
+  sig.resize(len);
+  REQUIRE(s.f->C_SignFinal(h, sig.data(), &len) == CKR_OK);
+  CHECK(s.state->sign_requests.size() == 1);
+  CHECK(s.state->sign_requests[0].second.input == digest_info(HashAlg::sha256, hash(HashAlg::sha256, kData)));
+  CHECK(s.f->C_SignFinal(h, sig.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.verify(h, m, rsa_pub, kData, sig) == CKR_OK);
+
+  // Single-part, with a short buffer first: the operation survives CKR_BUFFER_TOO_SMALL.
+  REQUIRE(s.f->C_SignInit(h, &m, rsa) == CKR_OK);
+  len = 10;
+  CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == CKR_BUFFER_TOO_SMALL);
+  CHECK(len == 256);
+  REQUIRE(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == CKR_OK);
+  CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.verify(h, m, rsa_pub, kData, sig) == CKR_OK);
+}
+
+TEST_CASE("C_SignInit checks: handles, key classes, mechanisms and PSS parameters") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open(false);
+  CK_OBJECT_HANDLE rsa_pub = s.key(h, CKO_PUBLIC_KEY, "rsa2048");
+  CK_OBJECT_HANDLE cert = s.key(h, CKO_CERTIFICATE, "rsa2048");
+  CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, nullptr, 0};
+  REQUIRE(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "0", 1) == CKR_OK);
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  REQUIRE(s.f->C_Logout(h) == CKR_OK);
+  CHECK(s.f->C_SignInit(h, &m, rsa) == CKR_USER_NOT_LOGGED_IN);
+  REQUIRE(s.f->C_Login(h, CKU_USER, (CK_UTF8CHAR_PTR) "0", 1) == CKR_OK);
+
+  CHECK(s.f->C_SignInit(h, nullptr, rsa) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_SignInit(h + 100, &m, rsa) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_SignInit(h, &m, 9999) == CKR_KEY_HANDLE_INVALID);
+  CHECK(s.f->C_SignInit(h, &m, cert) == CKR_KEY_HANDLE_INVALID);
+  CHECK(s.f->C_SignInit(h, &m, rsa_pub) == CKR_KEY_FUNCTION_NOT_PERMITTED);
+  CK_MECHANISM aes = {CKM_AES_CBC, nullptr, 0};
+  CHECK(s.f->C_SignInit(h, &aes, rsa) == CKR_MECHANISM_INVALID);
+  CK_MECHANISM ecdsa = {CKM_ECDSA_SHA256, nullptr, 0};
+  CHECK(s.f->C_SignInit(h, &ecdsa, rsa) == CKR_KEY_TYPE_INCONSISTENT);
+  CHECK(s.f->C_SignInit(h, &m, ec) == CKR_KEY_TYPE_INCONSISTENT);
+  CK_MECHANISM pss = {CKM_SHA256_RSA_PKCS_PSS, nullptr, 0};
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_PARAM_INVALID);
+  CK_RSA_PKCS_PSS_PARAMS p = {CKM_SHA384, CKG_MGF1_SHA256, 32};
+  pss = {CKM_SHA256_RSA_PKCS_PSS, &p, sizeof p};
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_PARAM_INVALID);  // hashAlg ≠ mechanism hash
+  p = {CKM_SHA256, 0x999, 32};
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_PARAM_INVALID);  // unknown MGF
+  p = {CKM_SHA256, CKG_MGF1_SHA256, 300};
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_PARAM_INVALID);  // salt too long for 2048 bits
+  p = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+  pss.ulParameterLen = 3;
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_PARAM_INVALID);
+  pss.ulParameterLen = sizeof p;
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_OK);
+
+  // A key whose daemon entry does not allow PSS offers no PSS mechanism.
+  CK_ULONG len = 0;
+  CHECK(s.f->C_Sign(h + 100, nullptr, 0, nullptr, &len) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_Sign(h, nullptr, 5, nullptr, &len) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_SignUpdate(h, nullptr, 5) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_SignFinal(h, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
+  CK_SESSION_HANDLE h2 = s.open(false);
+  CHECK(s.f->C_Sign(h2, nullptr, 0, nullptr, &len) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.f->C_SignUpdate(h2, nullptr, 0) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.f->C_SignFinal(h2, nullptr, &len) == CKR_OPERATION_NOT_INITIALIZED);
+}
+
+TEST_CASE("raw mechanisms check input lengths locally") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  CK_MECHANISM raw = {CKM_RSA_PKCS, nullptr, 0};
+  auto r = s.sign(h, raw, rsa, Bytes(246));
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().ckr == CKR_DATA_LEN_RANGE);
+  CK_RSA_PKCS_PSS_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+  r = s.sign(h, {CKM_RSA_PKCS_PSS, &p, sizeof p}, rsa, Bytes(31));
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().ckr == CKR_DATA_LEN_RANGE);
+  r = s.sign(h, {CKM_ECDSA, nullptr, 0}, ec, Bytes{});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().ckr == CKR_DATA_LEN_RANGE);
+  // Longer than the curve order: truncated to the leftmost 32 bytes (X9.62), as a token does.
+  s.state->sign_requests.clear();
+  r = s.sign(h, {CKM_ECDSA, nullptr, 0}, ec, hash(HashAlg::sha512, kData));
+  REQUIRE(r.ok());
+  CHECK(s.state->sign_requests.at(0).second.input.size() == 32);
+  CHECK(s.state->sign_requests.size() == 1);
+}
+
+TEST_CASE("daemon errors map to the problem's CKR and end the operation") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  CK_MECHANISM m = {CKM_ECDSA_SHA256, nullptr, 0};
+  struct Case {
+    Error error;
+    CK_RV expect;
+  } cases[] = {
+      {Error(ErrorCode::forbidden, "not yours"), CKR_KEY_HANDLE_INVALID},
+      {Error(ErrorCode::network, "connection refused"), CKR_DEVICE_ERROR},
+      {Error(ErrorCode::token_not_present, "re-opening"), CKR_TOKEN_NOT_PRESENT},
+      {Error(ErrorCode::unavailable, "busy"), CKR_DEVICE_ERROR},
+      {Error(ErrorCode::rejected, "policy"), CKR_FUNCTION_REJECTED},
+      {relay::decode_problem(400, relay::encode_problem(Error(ErrorCode::data_len_range, "too long"))),
+       CKR_DATA_LEN_RANGE},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.error.message);
+    s.state->sign_error = c.error;
+    REQUIRE(s.f->C_SignInit(h, &m, ec) == CKR_OK);
+    Bytes sig(64);
+    CK_ULONG len = sig.size();
+    CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == c.expect);
+    CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
+  }
+}
+
+TEST_CASE("C_Verify with the public key: bad signatures, wrong lengths, multi-part") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE pub = s.key(h, CKO_PUBLIC_KEY, "rsa2048");
+  CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, nullptr, 0};
+  auto sig = s.sign(h, m, rsa, kData);
+  REQUIRE(sig.ok());
+  Bytes bad = *sig;
+  bad[10] ^= 1;
+  CHECK(s.verify(h, m, pub, kData, bad) == CKR_SIGNATURE_INVALID);
+  CHECK(s.verify(h, m, pub, kData, Bytes(sig->begin(), sig->end() - 1)) == CKR_SIGNATURE_LEN_RANGE);
+  CHECK(s.verify(h, m, rsa, kData, *sig) == CKR_KEY_FUNCTION_NOT_PERMITTED);
+  REQUIRE(s.f->C_VerifyInit(h, &m, pub) == CKR_OK);
+  CHECK(s.f->C_VerifyInit(h, &m, pub) == CKR_OPERATION_ACTIVE);
+  REQUIRE(s.f->C_VerifyUpdate(h, (CK_BYTE_PTR)kData.data(), 5) == CKR_OK);
+  REQUIRE(s.f->C_VerifyUpdate(h, (CK_BYTE_PTR)kData.data() + 5, kData.size() - 5) == CKR_OK);
+  CHECK(s.f->C_VerifyFinal(h, nullptr, 0) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_VerifyFinal(h, sig->data(), sig->size()) == CKR_OK);
+  CHECK(s.f->C_VerifyFinal(h, sig->data(), sig->size()) == CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.f->C_Verify(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig->data(), sig->size()) ==
+        CKR_OPERATION_NOT_INITIALIZED);
+  CHECK(s.state->sign_requests.size() == 1);  // verification is local
+}
+
+TEST_CASE("C_Digest: local hashing with size queries, multi-part") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open(false);
+  CK_MECHANISM m = {CKM_SHA256, nullptr, 0};
+  CK_MECHANISM bad = {CKM_SHA256_RSA_PKCS, nullptr, 0};
+  CHECK(s.f->C_DigestInit(h, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_DigestInit(h, &bad) == CKR_MECHANISM_INVALID);
+  CK_ULONG len = 0;
+  CHECK(s.f->C_Digest(h, (CK_BYTE_PTR) "abc", 3, nullptr, &len) == CKR_OPERATION_NOT_INITIALIZED);
+  REQUIRE(s.f->C_DigestInit(h, &m) == CKR_OK);
+  CHECK(s.f->C_DigestInit(h, &m) == CKR_OPERATION_ACTIVE);
+  REQUIRE(s.f->C_Digest(h, (CK_BYTE_PTR) "abc", 3, nullptr, &len) == CKR_OK);
+  CHECK(len == 32);
+  Bytes d(32);
+  len = 31;
+  CHECK(s.f->C_Digest(h, (CK_BYTE_PTR) "abc", 3, d.data(), &len) == CKR_BUFFER_TOO_SMALL);
+  len = 32;
+  REQUIRE(s.f->C_Digest(h, (CK_BYTE_PTR) "abc", 3, d.data(), &len) == CKR_OK);
+  CHECK(to_hex(d) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  REQUIRE(s.f->C_DigestInit(h, &m) == CKR_OK);
+  REQUIRE(s.f->C_DigestUpdate(h, (CK_BYTE_PTR) "a", 1) == CKR_OK);
+  REQUIRE(s.f->C_DigestUpdate(h, (CK_BYTE_PTR) "bc", 2) == CKR_OK);
+  CHECK(s.f->C_Digest(h, (CK_BYTE_PTR) "x", 1, d.data(), &len) == CKR_OPERATION_ACTIVE);
+  REQUIRE(s.f->C_DigestFinal(h, d.data(), &len) == CKR_OK);
+  CHECK(to_hex(d) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(s.f->C_DigestFinal(h, d.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
+}
+
+TEST_CASE("random, and what a read-only relay token does not do") {
+  Shim s;
+  CK_SESSION_HANDLE h = s.open();
+  Bytes r(48, 0);
+  CHECK(s.f->C_GenerateRandom(h, nullptr, 4) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GenerateRandom(h + 100, r.data(), 4) == CKR_SESSION_HANDLE_INVALID);
+  REQUIRE(s.f->C_GenerateRandom(h, r.data(), r.size()) == CKR_OK);
+  CHECK(r != Bytes(48, 0));
+  CHECK(s.f->C_SeedRandom(h, r.data(), 4) == CKR_RANDOM_SEED_NOT_SUPPORTED);
+
+  CK_MECHANISM m = {CKM_RSA_PKCS, nullptr, 0};
+  CK_OBJECT_HANDLE o;
+  CK_ULONG n = 0;
+  CHECK(s.f->C_CreateObject(h, nullptr, 0, &o) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_CopyObject(h, 1, nullptr, 0, &o) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_DestroyObject(h, 1) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_SetAttributeValue(h, 1, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_InitPIN(h, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_SetPIN(h, nullptr, 0, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_InitToken(s.slot(), nullptr, 0, nullptr) == CKR_TOKEN_WRITE_PROTECTED);
+  CHECK(s.f->C_InitToken(s.slot() + 1, nullptr, 0, nullptr) == CKR_SLOT_ID_INVALID);
+  CHECK(s.f->C_EncryptInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_DecryptInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_Encrypt(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_Decrypt(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_SignRecoverInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_VerifyRecoverInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_GenerateKeyPair(h, &m, nullptr, 0, nullptr, 0, &o, &o) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_GenerateKey(h, &m, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_WrapKey(h, &m, 1, 1, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_UnwrapKey(h, &m, 1, nullptr, 0, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_DeriveKey(h, &m, 1, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_DigestKey(h, 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_GetOperationState(h, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_SetOperationState(h, nullptr, 0, 0, 0) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_DigestEncryptUpdate(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_SignEncryptUpdate(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_GetFunctionStatus(h) == CKR_FUNCTION_NOT_PARALLEL);
+  CHECK(s.f->C_CancelFunction(h) == CKR_FUNCTION_NOT_PARALLEL);
+  CHECK(s.f->C_WaitForSlotEvent(0, nullptr, nullptr) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_EncryptInit(h + 100, &m, 1) == CKR_SESSION_HANDLE_INVALID);
+  CHECK(s.f->C_CreateObject(h + 100, nullptr, 0, &o) == CKR_SESSION_HANDLE_INVALID);
+}
+
+TEST_CASE("keys whose daemon entry allows only CKM_RSA_PKCS offer no PSS") {
+  Shim s(false);
+  auto k = rsa_key().desc;
+  k.mechanisms = {"CKM_RSA_PKCS"};
+  s.state->keys = {k};
+  REQUIRE(s.f->C_Initialize(nullptr) == CKR_OK);
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CK_RSA_PKCS_PSS_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256, 32};
+  CK_MECHANISM pss = {CKM_SHA256_RSA_PKCS_PSS, &p, sizeof p};
+  CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_INVALID);
+  CK_MECHANISM_INFO mi;
+  CHECK(s.f->C_GetMechanismInfo(s.slot(), CKM_SHA256_RSA_PKCS_PSS, &mi) == CKR_MECHANISM_INVALID);
+}
