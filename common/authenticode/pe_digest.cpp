@@ -258,10 +258,7 @@ void PeDigester::State::feed_pages(uint64_t offset, std::span<const uint8_t> dat
     const Section& job = jobs[job_idx];
     uint64_t s = std::max(offset, job.start + job_done);
     uint64_t e = std::min(end, job.start + job.size);
-    if (job.start >= end || s >= e) {
-      if (job.start + job_done >= end) return;
-      return;
-    }
+    if (s >= e) return;  // the job's next byte is beyond this chunk
     while (s < e) {
       uint64_t in_page = job_done % page_size;
       uint64_t take = std::min(e - s, page_size - in_page);

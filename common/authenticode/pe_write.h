@@ -25,7 +25,8 @@ Result<binpatch::Patch> make_pe_patch(const PeInfo& pe, std::span<const uint8_t>
 enum class EmbedMode {
   replace,  // drop any existing signature (relic pe-coff, osslsigncode sign)
   nest,     // keep the existing primary signature and attach ours as a nested signature
-            // (unsigned attribute 1.3.6.1.4.1.311.2.4.1, osslsigncode -nest / p11relay --append)
+            // (unsigned attribute 1.3.6.1.4.1.311.2.4.1, osslsigncode -nest / p11relay --append);
+            // on an unsigned file this is the same as replace
 };
 
 // Returns the signed file: `file` must be the bytes `pe` was computed from (pe.cert_table must be kept

@@ -13,7 +13,9 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -252,7 +254,7 @@ Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uin
 }
 
 Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const TimestampRequest& request,
-                                       std::span<const uint8_t> message, const TimestampOptions& options) {
+                                       const TimestampOptions& options) {
   const unsigned char* p = response.data();
   std::unique_ptr<TS_RESP, TsRespDeleter> resp(d2i_TS_RESP(nullptr, &p, static_cast<long>(response.size())));
   if (!resp || p != response.data() + response.size()) {
@@ -291,7 +293,6 @@ Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const 
     if (PKCS7_verify(token, nullptr, nullptr, nullptr, none.get(), PKCS7_NOVERIFY) != 1)
       return Error(ErrorCode::device_error, "timestamp token signature does not verify: " + openssl_error_string());
   }
-  (void)message;
   unsigned char* out = nullptr;
   int n = i2d_PKCS7(token, &out);
   if (n <= 0) return internal_error("encoding timestamp token: " + openssl_error_string());
@@ -308,7 +309,7 @@ Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const Timestam
   ASSIGN_OR_RETURN(HttpReply reply, http_post(options.url, "application/timestamp-query", req.der, options.timeout_seconds));
   if (reply.status != 200)
     return Error(ErrorCode::device_error, "timestamp server answered HTTP " + std::to_string(reply.status));
-  ASSIGN_OR_RETURN(Bytes token, check_timestamp_response(reply.body, req, message, options));
+  ASSIGN_OR_RETURN(Bytes token, check_timestamp_response(reply.body, req, options));
   return add_unsigned_attribute(signed_data, oid::kRfc3161Timestamp, token);
 }
 

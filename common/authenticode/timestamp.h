@@ -28,9 +28,12 @@ struct TimestampRequest {
 
 // TimeStampReq v1: messageImprint = {alg, hash(message)}, random 96-bit nonce, certReq true.
 Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uint8_t> message);
-// Checks a TimeStampResp against the request and returns the TimeStampToken (ContentInfo DER).
+// Checks a TimeStampResp against the request (PKIStatus granted, version, message imprint, nonce,
+// token signature; chain too when options.ca_file is set) and returns the TimeStampToken
+// (ContentInfo DER). A TSA that answers wrongly is ErrorCode::device_error (502): the upstream
+// service failed, not the caller.
 Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const TimestampRequest& request,
-                                       std::span<const uint8_t> message, const TimestampOptions& options);
+                                       const TimestampOptions& options);
 
 // Timestamps the first SignerInfo of `signed_data` and returns the SignedData with the token added.
 Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options);
