@@ -406,23 +406,42 @@ Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options,
   return d.finish();
 }
 
-uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset) {
-  // §9.6: 16-bit little-endian words, carry folded after every addition, CheckSum itself as zero.
-  uint64_t sum = 0;
-  const size_t n = file.size();
+// §9.6: 16-bit little-endian words, carry folded after every addition, the CheckSum field itself
+// as zero, an odd trailing byte zero-padded; then one more fold and the file length added.
+void PeChecksum::update(std::span<const uint8_t> data) {
+  auto byte_at = [&](size_t i) -> uint32_t {
+    uint64_t at = pos_ + i;
+    return at >= field_ && at < field_ + 4 ? 0 : data[i];
+  };
   size_t i = 0;
-  for (; i + 1 < n; i += 2) {
-    uint32_t w = file[i] | (file[i + 1] << 8);
-    if (i == checksum_offset || i == checksum_offset + 2) w = 0;
-    sum += w;
-    sum = (sum & 0xffff) + (sum >> 16);
+  if (pending_ >= 0 && !data.empty()) {
+    add(static_cast<uint32_t>(pending_) | (byte_at(0) << 8));
+    pending_ = -1;
+    i = 1;
   }
-  if (i < n) {  // odd trailing byte, zero-padded
-    if (i != checksum_offset && i != checksum_offset + 2) sum += file[i];
+  for (; i + 1 < data.size(); i += 2) {
+    uint64_t at = pos_ + i;
+    if (at + 2 > field_ && at < field_ + 4) add(byte_at(i) | (byte_at(i + 1) << 8));
+    else add(data[i] | (static_cast<uint32_t>(data[i + 1]) << 8));
+  }
+  if (i < data.size()) pending_ = static_cast<int>(byte_at(i));
+  pos_ += data.size();
+}
+
+uint32_t PeChecksum::finish() const {
+  uint64_t sum = sum_;
+  if (pending_ >= 0) {
+    sum += static_cast<uint32_t>(pending_);
     sum = (sum & 0xffff) + (sum >> 16);
   }
   sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint32_t>(sum + n);
+  return static_cast<uint32_t>(sum + pos_);
+}
+
+uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset) {
+  PeChecksum c(checksum_offset);
+  c.update(file);
+  return c.finish();
 }
 
 Result<uint64_t> pe_checksum_offset(std::span<const uint8_t> file) {

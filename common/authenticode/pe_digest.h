@@ -82,6 +82,23 @@ std::optional<HashAlg> page_hash_alg_for(HashAlg alg);
 
 // PE CheckSum (§9.6) over the whole file, with the 4 bytes at checksum_offset taken as zero.
 uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset);
+// The same, fed in chunks (used while writing a signed file).
+class PeChecksum {
+ public:
+  explicit PeChecksum(uint64_t checksum_offset) : field_(checksum_offset) {}
+  void update(std::span<const uint8_t> data);
+  uint32_t finish() const;
+
+ private:
+  void add(uint32_t word) {
+    sum_ += word;
+    sum_ = (sum_ & 0xffff) + (sum_ >> 16);
+  }
+  uint64_t field_;
+  uint64_t pos_ = 0;
+  uint64_t sum_ = 0;
+  int pending_ = -1;  // low byte of a word split across chunks
+};
 // Locates the CheckSum field through the headers and rewrites it.
 Status fix_pe_checksum(std::span<uint8_t> file);
 // Offset of the CheckSum field (validates the headers far enough to find it).

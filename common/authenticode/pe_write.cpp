@@ -3,6 +3,14 @@
 #include "common/authenticode/der.h"
 #include "common/authenticode/signed_data.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
 #include <string>
 
 namespace p11relay::authenticode {
@@ -84,6 +92,84 @@ Result<Bytes> embed_signature(std::span<const uint8_t> file, const PeInfo& pe, s
   ASSIGN_OR_RETURN(Bytes out, binpatch::apply(file, patch));
   RETURN_IF_ERROR(fix_pe_checksum(out));
   return out;
+}
+
+namespace {
+
+using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+
+Status read_exact(std::FILE* f, uint8_t* out, size_t n, const std::string& path) {
+  if (n && std::fread(out, 1, n, f) != n) return bad_request("short read from " + path);
+  return {};
+}
+
+}  // namespace
+
+Status write_signed_file(const std::string& in_path, const std::string& out_path, const PeInfo& pe,
+                         std::span<const uint8_t> signed_data, EmbedMode mode) {
+  File in(std::fopen(in_path.c_str(), "rb"), std::fclose);
+  if (!in) return bad_request("cannot open " + in_path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(::fileno(in.get()), &st) != 0 || static_cast<uint64_t>(st.st_size) != pe.file_size)
+    return bad_request(in_path + " changed since it was hashed");
+
+  Bytes to_embed(signed_data.begin(), signed_data.end());
+  if (mode == EmbedMode::nest && pe.signed_()) {
+    Bytes table(pe.cert_table_size);
+    if (std::fseek(in.get(), static_cast<long>(pe.cert_table_offset), SEEK_SET) != 0)
+      return bad_request("cannot seek in " + in_path);
+    RETURN_IF_ERROR(read_exact(in.get(), table.data(), table.size(), in_path));
+    ASSIGN_OR_RETURN(std::vector<Bytes> existing, parse_cert_table(table));
+    ASSIGN_OR_RETURN(to_embed, add_unsigned_attribute(existing[0], oid::kNestedSignature, signed_data));
+    std::rewind(in.get());
+  }
+  ASSIGN_OR_RETURN(binpatch::Patch patch, make_pe_patch(pe, to_embed));
+
+  const std::string tmp = out_path + ".p11relay-tmp";
+  File out(std::fopen(tmp.c_str(), "wb+"), std::fclose);
+  if (!out) return bad_request("cannot create " + tmp + ": " + std::strerror(errno));
+  auto fail = [&](Error e) -> Status {
+    out.reset();
+    std::remove(tmp.c_str());
+    return e;
+  };
+  PeChecksum sum(pe.checksum_offset);
+  auto emit = [&](std::span<const uint8_t> d) -> bool {
+    sum.update(d);
+    return d.empty() || std::fwrite(d.data(), 1, d.size(), out.get()) == d.size();
+  };
+  Bytes buf(1024 * 1024);
+  uint64_t cur = 0;
+  auto copy_until = [&](uint64_t end) -> bool {
+    while (cur < end) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - cur));
+      if (std::fread(buf.data(), 1, n, in.get()) != n || !emit(std::span(buf.data(), n))) return false;
+      cur += n;
+    }
+    return true;
+  };
+  for (const auto& r : patch.records) {  // make_pe_patch's records are sorted and disjoint
+    if (!copy_until(r.offset) || !emit(r.data)) return fail(bad_request("I/O error writing " + tmp));
+    if (r.old_size && std::fseek(in.get(), static_cast<long>(r.offset + r.old_size), SEEK_SET) != 0)
+      return fail(bad_request("cannot seek in " + in_path));
+    cur = r.offset + r.old_size;
+  }
+  if (!copy_until(pe.file_size)) return fail(bad_request("I/O error writing " + tmp));
+  // §9.6: the checksum is the last thing written, at its place in the headers.
+  uint32_t c = sum.finish();
+  uint8_t le[4] = {static_cast<uint8_t>(c), static_cast<uint8_t>(c >> 8), static_cast<uint8_t>(c >> 16),
+                   static_cast<uint8_t>(c >> 24)};
+  if (std::fseek(out.get(), static_cast<long>(pe.checksum_offset), SEEK_SET) != 0 ||
+      std::fwrite(le, 1, 4, out.get()) != 4 || std::fflush(out.get()) != 0 || ::fsync(::fileno(out.get())) != 0)
+    return fail(bad_request("I/O error writing " + tmp));
+  ::fchmod(::fileno(out.get()), st.st_mode & 07777);
+  out.reset();
+  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
+    std::string why = std::strerror(errno);
+    std::remove(tmp.c_str());
+    return bad_request("cannot rename " + tmp + " to " + out_path + ": " + why);
+  }
+  return {};
 }
 
 }  // namespace p11relay::authenticode

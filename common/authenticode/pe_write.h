@@ -8,6 +8,7 @@
 #include "common/error.h"
 
 #include <span>
+#include <string>
 #include <vector>
 
 namespace p11relay::authenticode {
@@ -33,5 +34,11 @@ enum class EmbedMode {
 // for nest). The PE checksum is fixed.
 Result<Bytes> embed_signature(std::span<const uint8_t> file, const PeInfo& pe, std::span<const uint8_t> signed_data,
                               EmbedMode mode = EmbedMode::replace);
+
+// Streaming form of embed_signature for large files (the CLI): copies in_path to out_path with the
+// §9.5 patch applied and the checksum fixed, never holding the file in memory. Writes a temporary
+// file beside out_path and renames it, so in_path == out_path signs in place safely.
+Status write_signed_file(const std::string& in_path, const std::string& out_path, const PeInfo& pe,
+                         std::span<const uint8_t> signed_data, EmbedMode mode = EmbedMode::replace);
 
 }  // namespace p11relay::authenticode

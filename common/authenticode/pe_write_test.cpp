@@ -7,6 +7,8 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
+
 using namespace p11relay;
 using namespace p11relay::authenticode;
 using namespace p11relay::authenticode::testing;
@@ -224,4 +226,46 @@ TEST_CASE("re-sign and nest onto a signature made by osslsigncode") {
   auto tv = osslsigncode_verify(dir.file("twice.exe"), both);
   CHECK_MESSAGE(tv.exit_code == 0, tv.output);
   CHECK(tv.output.find("Number of verified signatures: 3") != std::string::npos);
+}
+
+TEST_CASE("write_signed_file streams the same bytes as embed_signature, also in place") {
+  TempDir dir;
+  std::string exe = build_mingw_pe(dir, 32);
+  if (exe.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  TestKey key = make_test_key(KeyType::rsa, dir, "stream signer");
+  Bytes unaligned = read_file(exe);
+  unaligned.resize(unaligned.size() + 5, 0x33);  // EOF not 8-aligned, odd length for the checksum
+  write_file(dir.file("in.exe"), unaligned);
+  for (EmbedMode mode : {EmbedMode::replace, EmbedMode::nest}) {
+    for (int round = 0; round < 2; ++round) {
+      std::string in = dir.file("in.exe");
+      auto info = pe_digest_file(in);
+      REQUIRE(info.ok());
+      X509* chain[] = {key.cert.get()};
+      auto sd = build_signed_data(*info, chain, {}, software_signer(key.key.get()));
+      REQUIRE(sd.ok());
+      Bytes before = read_file(in);
+      auto expect = embed_signature(before, *info, *sd, mode);
+      REQUIRE(expect.ok());
+      REQUIRE(write_signed_file(in, dir.file("out.exe"), *info, *sd, mode).ok());
+      CHECK(read_file(dir.file("out.exe")) == *expect);
+      REQUIRE(write_signed_file(in, in, *info, *sd, mode).ok());  // in place; next round re-signs it
+      CHECK(read_file(in) == *expect);
+    }
+  }
+  auto info = pe_digest_file(dir.file("in.exe"));
+  REQUIRE(info.ok());
+  CHECK(pe_checksum(read_file(dir.file("in.exe")), info->checksum_offset) == info->stored_checksum);
+  auto rep = verify_pe(read_file(dir.file("in.exe")));
+  REQUIRE(rep.ok());
+  CHECK(rep->signatures.size() == 3);  // replace, replace, then nest twice onto the last one
+  // Stale PeInfo (file changed since hashing) is refused.
+  Bytes other = read_file(exe);
+  write_file(dir.file("other.exe"), other);
+  auto sd = build_signed_data(*info, std::array<X509*, 1>{key.cert.get()}, {}, software_signer(key.key.get()));
+  REQUIRE(sd.ok());
+  CHECK_FALSE(write_signed_file(dir.file("other.exe"), dir.file("x.exe"), *info, *sd).ok());
 }
