@@ -168,6 +168,12 @@ Status PeDigester::State::try_parse() {
             return bad_request("SectionAlignment is out of range for page hashes");
           if (header_size < info.cert_dir_offset + 8 || header_size > section_align)
             return bad_request("SizeOfHeaders is out of range for page hashes");
+          // Section pages hash raw bytes; a section over the CheckSum or certificate directory
+          // would get page hashes that signing itself invalidates (found by fuzz_pe).
+          for (const auto& sec : sections)
+            if (sec.start < info.cert_dir_offset + 8)
+              return bad_request("section " + std::to_string(sec.index + 1) +
+                                 " overlaps the PE headers; cannot compute page hashes");
           page_size = section_align;
           info.page_hash_alg = pha;
           // Every section's last page is zero-padded to a full page. With up to 65535 one-byte

@@ -285,6 +285,30 @@ TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
   CHECK(r.error().message.find("too many small sections") != std::string::npos);
 }
 
+TEST_CASE("page hashes refuse a section over the headers (fuzz_pe regression)") {
+  // fuzz_pe found a file whose section 3 started inside the optional header: its section page hash
+  // covered the CheckSum/certificate directory, so embedding the signature changed it and the
+  // signed file could never verify. The image digest is unaffected (those bytes are excluded).
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 64);
+  if (p.empty()) {
+    MESSAGE("skipped: no mingw compiler");
+    return;
+  }
+  Bytes f = read_file(p);
+  const uint32_t pe_off = rd32(f, 0x3c);
+  const uint16_t opt_size = static_cast<uint16_t>(f[pe_off + 20] | (f[pe_off + 21] << 8));
+  const size_t sect0 = pe_off + 24 + opt_size;
+  wr32(f, sect0 + 20, 0);  // section 1 PointerToRawData = 0: its data covers all headers
+  wr32(f, sect0 + 16, 512);
+  REQUIRE(pe_digest(f).ok());
+  PeDigestOptions opt;
+  opt.page_hashes = true;
+  auto r = pe_digest(f, opt);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("section 1 overlaps the PE headers") != std::string::npos);
+}
+
 TEST_CASE("pe_digest_file: missing file is an error") {
   auto r = pe_digest_file("/nonexistent/p11relay.exe");
   REQUIRE_FALSE(r.ok());

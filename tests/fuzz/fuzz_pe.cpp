@@ -35,6 +35,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         whole->cert_table != streamed->cert_table)
       std::abort();
     (void)pe_checksum(file, whole->checksum_offset);
+    // Embedding a signature must not change the image digest or page hashes (§9.2: checksum,
+    // directory entry and table are excluded, the 8-byte padding was already hashed).
+    static const uint8_t kFakeSignedData[] = {0x30, 0x03, 0x02, 0x01, 0x01};
+    auto out = embed_signature(file, *whole, kFakeSignedData, EmbedMode::replace);
+    if (out.ok()) {
+      auto again = pe_digest(*out, opt);
+      if (!again.ok() || again->image_digest != whole->image_digest || again->page_hashes != whole->page_hashes)
+        std::abort();
+    }
     if (whole->signed_()) {
       auto sigs = parse_cert_table(whole->cert_table);
       if (sigs.ok())
