@@ -74,6 +74,9 @@ TEST_CASE("sign real PEs (mingw-built and Debian DLLs): osslsigncode verifies, d
         CHECK(v.current_digest == to_hex(s.info.image_digest));
         CHECK(v.calculated_digest == to_hex(s.info.image_digest));
         CHECK(v.page_hash_checked == ph);
+        CHECK(v.output.find("Text description: p11relay test") != std::string::npos);
+        CHECK(v.output.find("URL description: https://example.com/p11relay") != std::string::npos);
+        CHECK(v.output.find("Microsoft Individual Code Signing purpose") != std::string::npos);
         CHECK_FALSE(v.page_hash_mismatch);
         // Checksum correct, and our own verifier agrees.
         auto info2 = pe_digest(s.file);
