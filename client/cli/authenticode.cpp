@@ -1,0 +1,300 @@
+// `p11relay sign` (Authenticode on the client: the file is hashed here, only the digest of the signed
+// attributes goes to the daemon) and `p11relay verify`.
+//
+// Memory: the input is mmap'ed (page cache, not a heap copy) and hashed in one forward pass; the
+// output is written to a temp file beside the destination from the mapping plus the few patched
+// bytes, checksummed through a shared mapping of that temp file and renamed into place.
+#include "client/cli/cli.h"
+
+#include "common/authenticode/der.h"
+#include "common/authenticode/pe_digest.h"
+#include "common/authenticode/pe_write.h"
+#include "common/authenticode/signed_data.h"
+#include "common/authenticode/timestamp.h"
+#include "common/authenticode/verify.h"
+#include "common/x509.h"
+
+#include <openssl/x509_vfy.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+namespace p11relay::cli {
+namespace fs = std::filesystem;
+namespace ac = p11relay::authenticode;
+
+namespace {
+
+constexpr size_t kChunk = 4u << 20;
+
+struct SignOptions {
+  std::string key, file, output, digest = "sha256", timestamp_url, tsa_cafile, description, url;
+  bool page_hashes = false, append = false, signing_time = false;
+  int timestamp_timeout = 30;
+};
+
+Status write_all(int fd, std::span<const uint8_t> data, const std::string& what) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, std::min<size_t>(data.size() - off, kChunk));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return internal_error(what + ": write: " + std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+// Applies `patch` to the mapped input while writing `tmp`, then fixes the checksum in place.
+Status write_signed(std::span<const uint8_t> in, const ac::binpatch::Patch& patch, const std::string& tmp, int fd) {
+  auto records = patch.records;
+  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
+  uint64_t pos = 0;
+  for (const auto& r : records) {
+    if (r.offset < pos || r.offset + r.old_size > in.size()) return internal_error("inconsistent signature patch");
+    RETURN_IF_ERROR(write_all(fd, in.subspan(pos, r.offset - pos), tmp));
+    RETURN_IF_ERROR(write_all(fd, r.data, tmp));
+    pos = r.offset + r.old_size;
+  }
+  RETURN_IF_ERROR(write_all(fd, in.subspan(pos), tmp));
+  ASSIGN_OR_RETURN(MappedFile out, MappedFile::open(tmp, true));
+  RETURN_IF_ERROR(ac::fix_pe_checksum(out.mutable_data()));
+  return {};
+}
+
+Status run_sign(const Globals& g, const SignOptions& o) {
+  auto alg = hash_by_name(o.digest);
+  if (!alg || *alg == HashAlg::md5 || *alg == HashAlg::sha224)
+    return bad_request("--digest must be sha1, sha256, sha384 or sha512");
+  if (o.page_hashes && !ac::page_hash_alg_for(*alg))
+    return bad_request("page hashes exist only with sha1 and sha256 signatures");
+  if (!o.timestamp_url.empty() && o.timestamp_url.rfind("http://", 0) != 0)
+    return bad_request("--timestamp-url must be an http:// URL (RFC 3161 TSAs speak plain HTTP)");
+  const std::string output = o.output.empty() ? o.file : o.output;
+
+  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
+  struct stat before {};
+  if (fstat(in.fd(), &before) != 0) return internal_error(o.file + ": " + std::strerror(errno));
+
+  // Talk to the daemon first: a wrong key name should not cost a pass over a 2 GB file.
+  ASSIGN_OR_RETURN(auto c, connect(g));
+  ASSIGN_OR_RETURN(auto key, find_key(*c, o.key));
+  ASSIGN_OR_RETURN(auto chain, key_chain(key));
+  std::vector<X509*> chain_ptrs;
+  for (auto& x : chain) chain_ptrs.push_back(x.get());
+
+  ac::PeDigestOptions po;
+  po.alg = *alg;
+  po.page_hashes = o.page_hashes;
+  po.keep_cert_table = o.append;
+  ac::PeDigester digester(po);
+  auto data = in.data();
+  {
+    Progress progress("hashing " + fs::path(o.file).filename().string(), data.size());
+    for (size_t off = 0; off < data.size(); off += kChunk) {
+      Status s = digester.update(data.subspan(off, std::min(kChunk, data.size() - off)));
+      if (!s.ok()) return bad_request(o.file + ": " + s.error().message);
+      progress.update(off + std::min(kChunk, data.size() - off));
+    }
+  }
+  auto pe_r = digester.finish();
+  if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
+  ac::PeInfo pe = std::move(pe_r).value();
+
+  const std::string filename = fs::path(o.file).filename().string();
+  ac::RawSigner signer = [&](HashAlg a, std::span<const uint8_t> digest) -> Result<Bytes> {
+    ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, a, digest, "", filename));
+    if (sig.mechanism == "CKM_ECDSA") return ac::ecdsa_raw_to_der(sig.signature);
+    return std::move(sig.signature);
+  };
+  ac::SignOptions so;
+  so.description = o.description;
+  so.url = o.url;
+  so.signing_time = o.signing_time;
+  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(pe, chain_ptrs, so, signer));
+  if (!o.timestamp_url.empty()) {
+    ac::TimestampOptions to;
+    to.url = o.timestamp_url;
+    to.timeout_seconds = o.timestamp_timeout;
+    to.ca_file = o.tsa_cafile;
+    auto ts = ac::add_timestamp(sd, to);
+    if (!ts.ok()) return Error(ErrorCode::network, "timestamp from " + o.timestamp_url + " failed: " + ts.error().message);
+    sd = std::move(ts).value();
+  }
+  Bytes to_embed = sd;
+  if (o.append && pe.signed_()) {
+    ASSIGN_OR_RETURN(std::vector<Bytes> existing, ac::parse_cert_table(pe.cert_table));
+    if (existing.empty()) return bad_request(o.file + ": the existing certificate table holds no signature");
+    ASSIGN_OR_RETURN(to_embed, ac::add_unsigned_attribute(existing[0], ac::oid::kNestedSignature, sd));
+  }
+  ASSIGN_OR_RETURN(ac::binpatch::Patch patch, ac::make_pe_patch(pe, to_embed));
+
+  // Temp file beside the destination, then rename (in place by default).
+  fs::path out_path(output);
+  std::string dir = out_path.parent_path().empty() ? "." : out_path.parent_path().string();
+  std::string tmpl = dir + "/." + out_path.filename().string() + ".p11relay.XXXXXX";
+  std::vector<char> name(tmpl.begin(), tmpl.end());
+  name.push_back('\0');
+  int fd = mkstemp(name.data());
+  if (fd < 0) return bad_request(dir + ": cannot create the output: " + std::strerror(errno));
+  std::string tmp(name.data());
+  Status s = write_signed(data, patch, tmp, fd);
+  struct stat after {};
+  if (s.ok() && (fstat(in.fd(), &after) != 0 || after.st_size != before.st_size ||
+                 after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec))
+    s = bad_request(o.file + ": the file changed while it was being signed");
+  if (s.ok() && fchmod(fd, before.st_mode & 07777) != 0) s = internal_error(tmp + ": chmod: " + std::strerror(errno));
+  if (s.ok() && fsync(fd) != 0) s = internal_error(tmp + ": fsync: " + std::strerror(errno));
+  if (::close(fd) != 0 && s.ok()) s = internal_error(tmp + ": close: " + std::strerror(errno));
+  if (s.ok() && ::rename(tmp.c_str(), output.c_str()) != 0)
+    s = bad_request(output + ": cannot write it: " + std::strerror(errno));
+  if (!s.ok()) {
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  std::cerr << "signed " << output << " with key '" << key.name << "' (" << hash_info(*alg).name
+            << (o.page_hashes ? ", page hashes" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
+            << (o.append && pe.signed_() ? ", nested" : "") << ")\n";
+  return {};
+}
+
+// --- verify -------------------------------------------------------------------------------------
+
+struct VerifyOptions {
+  std::string file, cafile;
+};
+
+// Every ContentInfo(SignedData) in the file: the primary ones from the table, then nested ones.
+Status collect_signed_data(std::span<const uint8_t> sd, std::vector<Bytes>& out, int depth) {
+  if (depth > 8) return bad_request("signatures nested too deeply");
+  out.emplace_back(sd.begin(), sd.end());
+  ASSIGN_OR_RETURN(ac::SignedDataView v, ac::parse_signed_data(sd));
+  if (v.signers.empty() || v.signers[0].unauth_attrs.empty()) return {};
+  ASSIGN_OR_RETURN(auto attrs, ac::parse_attributes(v.signers[0].unauth_attrs));
+  const Bytes nested = ac::der::oid_content(ac::oid::kNestedSignature);
+  for (const auto& a : attrs)
+    if (ac::der::equal(a.oid, nested))
+      for (auto val : a.values) RETURN_IF_ERROR(collect_signed_data(val, out, depth + 1));
+  return {};
+}
+
+Status check_chain(std::span<const uint8_t> file, const std::string& cafile) {
+  ac::PeDigestOptions po;
+  ac::PeDigester d(po);
+  for (size_t off = 0; off < file.size(); off += kChunk) RETURN_IF_ERROR(d.update(file.subspan(off, std::min(kChunk, file.size() - off))));
+  ASSIGN_OR_RETURN(ac::PeInfo pe, d.finish());
+  ASSIGN_OR_RETURN(std::vector<Bytes> table, ac::parse_cert_table(pe.cert_table));
+  std::vector<Bytes> all;
+  for (const auto& t : table) RETURN_IF_ERROR(collect_signed_data(t, all, 0));
+  X509_STORE_ptr store(X509_STORE_new());
+  if (!store || X509_STORE_load_file(store.get(), cafile.c_str()) != 1)
+    return bad_request(cafile + ": cannot load CA certificates: " + openssl_error_string());
+  X509_STORE_set_flags(store.get(), X509_V_FLAG_PARTIAL_CHAIN);
+  int n = 0;
+  for (const auto& sd : all) {
+    ASSIGN_OR_RETURN(ac::SignedDataView v, ac::parse_signed_data(sd));
+    if (v.signers.empty()) return bad_request("signature " + std::to_string(n) + " has no signer");
+    X509_stack_ptr untrusted(sk_X509_new_null());
+    X509* leaf = nullptr;
+    for (auto der : v.certificates) {
+      ASSIGN_OR_RETURN(X509_ptr cert, parse_certificate_der(der));
+      X509_NAME* iss = X509_get_issuer_name(cert.get());
+      unsigned char* p = nullptr;
+      int len = i2d_X509_NAME(iss, &p);
+      Bytes issuer_der(p, p + std::max(len, 0));
+      OPENSSL_free(p);
+      p = nullptr;
+      len = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert.get()), &p);
+      Bytes serial_der(p, p + std::max(len, 0));
+      OPENSSL_free(p);
+      if (!leaf && ac::der::equal(issuer_der, v.signers[0].issuer) && ac::der::equal(serial_der, v.signers[0].serial))
+        leaf = cert.get();
+      sk_X509_push(untrusted.get(), cert.release());
+    }
+    if (!leaf) return bad_request("signature " + std::to_string(n) + ": the signing certificate is not in the signature");
+    X509_STORE_CTX_ptr ctx(X509_STORE_CTX_new());
+    if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), leaf, untrusted.get()) != 1)
+      return internal_error("X509_STORE_CTX_init: " + openssl_error_string());
+    if (X509_verify_cert(ctx.get()) != 1) {
+      int err = X509_STORE_CTX_get_error(ctx.get());
+      openssl_error_string();
+      return Error(ErrorCode::internal, "signature " + std::to_string(n) + ": signer " +
+                                            name_rfc2253(X509_get_subject_name(leaf)) + " is not trusted by " + cafile +
+                                            ": " + X509_verify_cert_error_string(err));
+    }
+    ++n;
+  }
+  return {};
+}
+
+Status run_verify(const VerifyOptions& o) {
+  ASSIGN_OR_RETURN(MappedFile m, MappedFile::open(o.file));
+  auto report = ac::verify_pe(m.data());
+  if (!report.ok()) return Error(ErrorCode::internal, o.file + ": signature check FAILED: " + report.error().message);
+  for (const auto& s : report->signatures) {
+    std::cout << (s.nesting == 0 ? "signature (primary)" : "signature (nested " + std::to_string(s.nesting) + ")")
+              << ": OK\n"
+              << "  signer:      " << s.signer_subject << "\n"
+              << "  issuer:      " << s.signer_issuer << "\n"
+              << "  digest:      " << hash_info(s.alg).name << " " << to_hex(s.image_digest) << "\n"
+              << "  page hashes: " << (s.page_hashes ? "yes (checked)" : "no") << "\n"
+              << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "0x%08x", report->stored_checksum);
+  std::cout << "checksum:      " << buf;
+  if (report->stored_checksum == report->computed_checksum)
+    std::cout << " (correct)\n";
+  else {
+    std::snprintf(buf, sizeof buf, "0x%08x", report->computed_checksum);
+    std::cout << " (WARNING: the file's checksum should be " << buf << ")\n";
+  }
+  if (!o.cafile.empty()) {
+    Status s = check_chain(m.data(), o.cafile);
+    if (!s.ok()) return Error(ErrorCode::internal, s.error().message);
+    std::cout << "chain:         trusted by " << o.cafile << "\n";
+  }
+  return {};
+}
+
+}  // namespace
+
+void add_authenticode(CLI::App& app, Globals& g) {
+  {
+    auto o = std::make_shared<SignOptions>();
+    auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi); the file stays here, "
+                                           "only a digest is sent");
+    cmd->add_option("-k,--key", o->key, "key name (see list-keys)")->required();
+    cmd->add_option("-f,--file", o->file, "PE file to sign")->required()->check(CLI::ExistingFile);
+    cmd->add_option("-o,--output", o->output, "signed file (default: replace --file, via a temp file + rename)");
+    cmd->add_option("--digest", o->digest, "sha256 (default), sha1, sha384 or sha512")->capture_default_str();
+    cmd->add_option("--timestamp-url", o->timestamp_url, "RFC 3161 time-stamping authority, e.g. http://timestamp.digicert.com");
+    cmd->add_option("--timestamp-cafile", o->tsa_cafile, "verify the TSA's certificate chain against these CA certificates")
+        ->check(CLI::ExistingFile);
+    cmd->add_option("--timestamp-timeout", o->timestamp_timeout, "seconds to wait for the TSA")->capture_default_str();
+    cmd->add_option("--description", o->description, "program name shown by Windows (SpcSpOpusInfo)");
+    cmd->add_option("--url", o->url, "program URL (SpcSpOpusInfo moreInfo)");
+    cmd->add_flag("--page-hashes", o->page_hashes, "add page hashes (SpcPeImagePageHashes; sha1/sha256 only)");
+    cmd->add_flag("--append", o->append, "keep the existing signature and add this one as a nested signature");
+    cmd->add_flag("--signing-time", o->signing_time, "add the signing-time attribute");
+    cmd->callback([&g, o] { g.run = [&g, o] { return run_sign(g, *o); }; });
+  }
+  {
+    auto o = std::make_shared<VerifyOptions>();
+    auto* cmd = app.add_subcommand("verify", "check a PE file's Authenticode signature(s) against the file");
+    cmd->add_option("-f,--file", o->file, "signed PE file")->required()->check(CLI::ExistingFile);
+    cmd->add_option("--cafile", o->cafile, "also require the signer's chain to lead to one of these certificates")
+        ->check(CLI::ExistingFile);
+    cmd->callback([o, &g] { g.run = [o] { return run_verify(*o); }; });
+  }
+}
+
+}  // namespace p11relay::cli

@@ -1,0 +1,314 @@
+// Shared pieces of the p11relay CLI (see cli.h).
+#include "client/cli/cli.h"
+
+#include "common/authenticode/signed_data.h"
+#include "common/digest.h"
+#include "common/x509.h"
+
+#include <openssl/rsa.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+namespace p11relay::cli {
+namespace fs = std::filesystem;
+
+std::string trim(std::string s) {
+  auto sp = [](unsigned char c) { return std::isspace(c) != 0; };
+  while (!s.empty() && sp(static_cast<unsigned char>(s.back()))) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && sp(static_cast<unsigned char>(s[i]))) ++i;
+  return s.substr(i);
+}
+
+int exit_code_for(const Error& e) {
+  switch (e.code) {
+    case ErrorCode::config:
+    case ErrorCode::bad_request:
+      return kExitUsage;
+    case ErrorCode::network:
+    case ErrorCode::unavailable:
+    case ErrorCode::token_not_present:
+    case ErrorCode::timeout:
+      return kExitUnreachable;
+    case ErrorCode::forbidden:
+    case ErrorCode::unauthenticated:
+    case ErrorCode::mechanism_invalid:
+    case ErrorCode::mechanism_param:
+    case ErrorCode::key_usage:
+    case ErrorCode::rejected:
+    case ErrorCode::quota:
+    case ErrorCode::canceled:
+    case ErrorCode::not_found:
+      return kExitRefused;
+    default:
+      return kExitFailure;
+  }
+}
+
+std::string describe(const Error& e) {
+  std::string m;
+  for (char c : e.message) {
+    if (c == '\n' || c == '\r') {
+      if (!m.empty() && m.back() != ' ') m += "; ";
+    } else {
+      m += c;
+    }
+  }
+  m = trim(m);
+  if (m.empty()) m = error_code_name(e.code);
+  switch (e.code) {
+    case ErrorCode::network:
+      return "cannot reach the daemon: " + m;
+    case ErrorCode::unauthenticated:
+      return "the daemon does not accept this client's certificate (run `p11relay register` and add the "
+             "fingerprint under `clients:` in p11relayd.yml): " + m;
+    case ErrorCode::unavailable:
+    case ErrorCode::token_not_present:
+    case ErrorCode::timeout:
+      return "the daemon's token is not available: " + m;
+    default:
+      return m;
+  }
+}
+
+Result<client::Config> load_config(const Globals& g) { return client::load_config(g.config_path); }
+
+Result<std::unique_ptr<client::Client>> connect(const Globals& g) {
+  ASSIGN_OR_RETURN(client::Config cfg, load_config(g));
+  return client::Client::create(cfg);
+}
+
+Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name) {
+  ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> keys, c.list_keys());
+  for (auto& k : keys)
+    if (k.name == name) return std::move(k);
+  std::string names;
+  for (const auto& k : keys) names += (names.empty() ? "" : ", ") + k.name;
+  return Error(ErrorCode::forbidden, "key '" + name + "' does not exist or this client may not use it (keys available: " +
+                                         (names.empty() ? "none" : names) + ")");
+}
+
+Result<std::vector<X509_ptr>> key_chain(const relay::KeyDescription& k) {
+  std::vector<X509_ptr> chain;
+  for (const auto& der : k.certificates) {
+    ASSIGN_OR_RETURN(X509_ptr c, parse_certificate_der(der));
+    chain.push_back(std::move(c));
+  }
+  if (chain.empty()) return Error(ErrorCode::key_usage, "key '" + k.name + "' has no certificate on the daemon");
+  return chain;
+}
+
+namespace {
+bool has_mechanism(const relay::KeyDescription& k, const std::string& ckm) {
+  return std::find(k.mechanisms.begin(), k.mechanisms.end(), ckm) != k.mechanisms.end();
+}
+}  // namespace
+
+Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescription& key, HashAlg alg,
+                                    std::span<const uint8_t> digest, std::string mechanism,
+                                    const std::string& filename) {
+  if (digest.size() != hash_info(alg).size)
+    return bad_request("the digest has " + std::to_string(digest.size()) + " bytes; " + hash_info(alg).name +
+                       " needs " + std::to_string(hash_info(alg).size));
+  if (mechanism.empty()) mechanism = key.key.type == KeyType::rsa ? "pkcs1" : "ecdsa";
+  relay::SignRequest req;
+  req.filename = filename;
+  req.digest_alg = alg;
+  if (mechanism == "pkcs1") {
+    if (key.key.type != KeyType::rsa) return bad_request("key '" + key.name + "' is not an RSA key: use --mechanism ecdsa");
+    req.mechanism = "CKM_RSA_PKCS";
+    req.input = digest_info(alg, digest);
+  } else if (mechanism == "pss") {
+    if (key.key.type != KeyType::rsa) return bad_request("key '" + key.name + "' is not an RSA key: use --mechanism ecdsa");
+    req.mechanism = "CKM_RSA_PKCS_PSS";
+    req.input.assign(digest.begin(), digest.end());
+    relay::PssParams p;
+    p.hash = alg;
+    p.mgf_hash = alg;
+    p.salt_length = hash_info(alg).size;
+    req.pss = p;
+  } else if (mechanism == "ecdsa") {
+    if (key.key.type != KeyType::ec) return bad_request("key '" + key.name + "' is not an EC key: use --mechanism pkcs1 or pss");
+    req.mechanism = "CKM_ECDSA";
+    req.input.assign(digest.begin(), digest.end());
+  } else {
+    return bad_request("unknown mechanism '" + mechanism + "' (use pkcs1, pss or ecdsa)");
+  }
+  if (!key.mechanisms.empty() && !has_mechanism(key, req.mechanism))
+    return Error(ErrorCode::mechanism_invalid, "key '" + key.name + "' does not offer " + req.mechanism);
+  ASSIGN_OR_RETURN(Bytes sig, c.sign(key.name, req));
+  return DigestSignature{req.mechanism, std::move(sig)};
+}
+
+Status verify_digest_signature(const relay::KeyDescription& key, HashAlg alg, std::span<const uint8_t> digest,
+                               const std::string& ckm, std::span<const uint8_t> signature) {
+  ASSIGN_OR_RETURN(EVP_PKEY_ptr pub, parse_spki(key.spki));
+  EVP_PKEY_CTX_ptr ctx(EVP_PKEY_CTX_new(pub.get(), nullptr));
+  if (!ctx || EVP_PKEY_verify_init(ctx.get()) <= 0) return internal_error("verify init: " + openssl_error_string());
+  Bytes sig(signature.begin(), signature.end());
+  if (ckm == "CKM_ECDSA") {
+    ASSIGN_OR_RETURN(sig, authenticode::ecdsa_raw_to_der(signature));
+  } else if (ckm == "CKM_RSA_PKCS") {
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_signature_md(ctx.get(), evp_md(alg)) <= 0)
+      return internal_error("verify setup: " + openssl_error_string());
+  } else if (ckm == "CKM_RSA_PKCS_PSS") {
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PSS_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_signature_md(ctx.get(), evp_md(alg)) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx.get(), evp_md(alg)) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), static_cast<int>(hash_info(alg).size)) <= 0)
+      return internal_error("verify setup: " + openssl_error_string());
+  } else {
+    return internal_error("cannot verify " + ckm);
+  }
+  int r = EVP_PKEY_verify(ctx.get(), sig.data(), sig.size(), digest.data(), digest.size());
+  if (r != 1) {
+    openssl_error_string();
+    return Error(ErrorCode::device_error, "the signature returned for key '" + key.name +
+                                              "' does not verify with the key's public key");
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+Result<MappedFile> MappedFile::open(const std::string& path, bool writable) {
+  MappedFile m;
+  m.fd_ = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (m.fd_ < 0) return bad_request(path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (fstat(m.fd_, &st) != 0) return bad_request(path + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) return bad_request(path + ": not a regular file");
+  m.size_ = static_cast<size_t>(st.st_size);
+  if (m.size_ > 0) {
+    void* a = mmap(nullptr, m.size_, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, m.fd_, 0);
+    if (a == MAP_FAILED) return internal_error(path + ": mmap: " + std::strerror(errno));
+    m.addr_ = a;
+    madvise(a, m.size_, MADV_SEQUENTIAL);
+  }
+  return m;
+}
+
+MappedFile::MappedFile(MappedFile&& o) noexcept : addr_(o.addr_), size_(o.size_), fd_(o.fd_) {
+  o.addr_ = nullptr;
+  o.size_ = 0;
+  o.fd_ = -1;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  if (this != &o) {
+    this->~MappedFile();
+    new (this) MappedFile(std::move(o));
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (addr_) munmap(addr_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<Bytes> read_file(const std::string& path, size_t max) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return bad_request(path + ": " + std::strerror(errno));
+  Bytes out;
+  uint8_t buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      return bad_request(path + ": " + std::strerror(e));
+    }
+    if (n == 0) break;
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > max) {
+      ::close(fd);
+      return bad_request(path + ": file too large");
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+namespace {
+Status write_all(int fd, std::span<const uint8_t> data, const std::string& what) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return internal_error(what + ": " + std::strerror(errno));
+    }
+    off += static_cast<size_t>(n);
+  }
+  return {};
+}
+}  // namespace
+
+Status write_file_atomic(const std::string& path, std::span<const uint8_t> data, unsigned mode) {
+  fs::path p(path);
+  std::string dir = p.parent_path().empty() ? "." : p.parent_path().string();
+  std::string tmpl = dir + "/." + p.filename().string() + ".XXXXXX";
+  std::vector<char> name(tmpl.begin(), tmpl.end());
+  name.push_back('\0');
+  int fd = mkstemp(name.data());
+  if (fd < 0) return bad_request(dir + ": cannot create a file: " + std::strerror(errno));
+  std::string tmp(name.data());
+  Status s = write_all(fd, data, tmp);
+  if (s.ok() && fchmod(fd, mode) != 0) s = internal_error(tmp + ": chmod: " + std::strerror(errno));
+  if (s.ok() && fsync(fd) != 0) s = internal_error(tmp + ": fsync: " + std::strerror(errno));
+  if (::close(fd) != 0 && s.ok()) s = internal_error(tmp + ": close: " + std::strerror(errno));
+  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) s = internal_error(path + ": rename: " + std::strerror(errno));
+  if (!s.ok()) ::unlink(tmp.c_str());
+  return s;
+}
+
+Status write_stdout(std::span<const uint8_t> data) {
+  Status s = write_all(1, data, "stdout");
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Progress
+
+Progress::Progress(std::string label, uint64_t total, uint64_t threshold)
+    : label_(std::move(label)), total_(total), enabled_(total > threshold && isatty(2) == 1) {}
+
+Progress::~Progress() { finish(); }
+
+void Progress::update(uint64_t done) {
+  if (!enabled_ || total_ == 0) return;
+  int pct = static_cast<int>(std::min<uint64_t>(100, done * 100 / total_));
+  if (pct == last_) return;
+  last_ = pct;
+  constexpr int kWidth = 30;
+  int fill = pct * kWidth / 100;
+  std::string bar(static_cast<size_t>(fill), '#');
+  bar.append(static_cast<size_t>(kWidth - fill), '.');
+  std::fprintf(stderr, "\r%s [%s] %3d%% %llu/%llu MiB", label_.c_str(), bar.c_str(), pct,
+               static_cast<unsigned long long>(done >> 20), static_cast<unsigned long long>(total_ >> 20));
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (enabled_ && last_ >= 0) {
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+  }
+  enabled_ = false;
+}
+
+}  // namespace p11relay::cli

@@ -1,0 +1,104 @@
+// Shared pieces of the p11relay CLI: global options, the command registry, error reporting, files.
+#pragma once
+
+#include "client/client.h"
+#include "common/bytes.h"
+#include "common/error.h"
+#include "common/openssl_ptr.h"
+#include "common/relay_api.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace p11relay::cli {
+
+// Exit codes (docs/cli.md): 0 success, 1 failure (bad signature, verification mismatch, local error),
+// 2 usage or configuration error, 3 daemon unreachable / unavailable, 4 refused by the daemon
+// (unknown key, client not registered, mechanism not allowed).
+inline constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitUnreachable = 3, kExitRefused = 4;
+
+struct Globals {
+  std::string config_path;  // -c/--config
+  bool verbose = false;
+  std::function<Status()> run;  // set by the chosen subcommand's callback
+};
+
+// One function per command group; each adds its subcommands to `app`.
+void add_register(CLI::App& app, Globals& g);
+void add_key_commands(CLI::App& app, Globals& g);  // list-keys, get-key, health
+void add_sign_digest(CLI::App& app, Globals& g);
+void add_authenticode(CLI::App& app, Globals& g);  // sign, verify
+void add_doctor(CLI::App& app, Globals& g);
+
+int exit_code_for(const Error& e);
+// One line, no secrets: newlines folded, and a hint for network errors.
+std::string describe(const Error& e);
+
+// Config + client for commands that talk to the daemon.
+Result<client::Config> load_config(const Globals& g);
+Result<std::unique_ptr<client::Client>> connect(const Globals& g);
+
+// The key named `name` among those this client may use (clear error when absent).
+Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name);
+Result<std::vector<X509_ptr>> key_chain(const relay::KeyDescription& k);
+
+// Signs a digest through the daemon. mechanism: "pkcs1", "pss", "ecdsa" (empty: RSA→pkcs1, EC→ecdsa).
+// Returns the signature as the token produced it (ECDSA: r||s).
+struct DigestSignature {
+  std::string mechanism;  // CKM_ name used
+  Bytes signature;
+};
+Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescription& key, HashAlg alg,
+                                    std::span<const uint8_t> digest, std::string mechanism,
+                                    const std::string& filename = {});
+// Checks a signature over a digest against the key's public key (SPKI), locally with OpenSSL.
+Status verify_digest_signature(const relay::KeyDescription& key, HashAlg alg, std::span<const uint8_t> digest,
+                               const std::string& ckm, std::span<const uint8_t> signature);
+
+// A read-only mapping of a whole file (empty files map to an empty span).
+class MappedFile {
+ public:
+  static Result<MappedFile> open(const std::string& path, bool writable = false);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  ~MappedFile();
+  std::span<const uint8_t> data() const { return {static_cast<const uint8_t*>(addr_), size_}; }
+  std::span<uint8_t> mutable_data() { return {static_cast<uint8_t*>(addr_), size_}; }
+  int fd() const { return fd_; }
+
+ private:
+  void* addr_ = nullptr;
+  size_t size_ = 0;
+  int fd_ = -1;
+};
+
+Result<Bytes> read_file(const std::string& path, size_t max = 64 * 1024 * 1024);
+// Writes `data` to `path` atomically (temp file in the same directory + rename), with `mode`.
+Status write_file_atomic(const std::string& path, std::span<const uint8_t> data, unsigned mode = 0644);
+Status write_stdout(std::span<const uint8_t> data);
+
+// Progress bar on stderr (only when stderr is a terminal and total > threshold).
+class Progress {
+ public:
+  Progress(std::string label, uint64_t total, uint64_t threshold = 4u << 20);
+  ~Progress();
+  void update(uint64_t done);
+  void finish();
+
+ private:
+  std::string label_;
+  uint64_t total_;
+  bool enabled_;
+  int last_ = -1;
+};
+
+std::string trim(std::string s);
+
+}  // namespace p11relay::cli

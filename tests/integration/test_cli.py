@@ -1,0 +1,530 @@
+#!/usr/bin/python3
+"""The p11relay CLI end to end: a real p11relayd in front of a SoftHSMv2 token, reached over real mutual TLS.
+
+Independent checks: the openssl CLI (fingerprints, signature verification), osslsigncode (Authenticode
+verification, and signing the same file directly with the SoftHSM key through the pkcs11 engine).
+"""
+import glob
+import hashlib
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+import harness
+from harness import Daemon, make_state, openssl_verify, ecdsa_raw_to_der, free_port, run
+
+CLI = harness.CLI
+HERE = Path(__file__).resolve().parent
+TSA_SCRIPT = HERE.parent.parent / "common" / "authenticode" / "test" / "tsa_server.py"
+OSSLSIGNCODE = shutil.which("osslsigncode")
+PKCS11_ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+KEYS = {"rsa2048", "ec256", "ec384", "rsapss"}
+
+
+def write_client_config(path: Path, url: str, st, client=None) -> Path:
+    c = client or st.client
+    path.write_text("remote:\n"
+                    f"  url: {url}\n"
+                    f"  certfile: {c.certfile}\n"
+                    f"  keyfile: {c.keyfile}\n"
+                    f"  cacert: {st.ca_cert}\n"
+                    "  retries: 1\n")
+    return path
+
+
+def spki_sha256_by_openssl(certfile: Path) -> str:
+    """openssl x509 -pubkey | openssl pkey -pubin -outform DER | sha256sum"""
+    pem = run(["openssl", "x509", "-in", str(certfile), "-pubkey", "-noout"]).stdout
+    der = run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+class CliTest(unittest.TestCase):
+    """A daemon per class; the CLI runs with its own HOME so no real config is ever read."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-cli-"))
+        cls.st = make_state(cls.tmp)
+        cls.daemon = Daemon(cls.st).start()
+        cls.config = write_client_config(cls.tmp / "client.yml", cls.daemon.url, cls.st)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+        if os.environ.get("P11RELAY_KEEP_TMP"):
+            print("kept", cls.tmp, file=sys.stderr)
+        else:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def env(self, **extra):
+        e = dict(os.environ)
+        e.pop("P11RELAY_CONFIG", None)
+        e["HOME"] = str(self.tmp / "home")
+        e.pop("XDG_CONFIG_HOME", None)
+        e.update(extra)
+        return e
+
+    def cli(self, *args, config=None, check=True, env=None, input=None, timeout=300):
+        cmd = [CLI]
+        if config is not False:
+            cmd += ["-c", str(config or self.config)]
+        cmd += [str(a) for a in args]
+        p = subprocess.run(cmd, env=env or self.env(), input=input, capture_output=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout.decode(errors='replace')}\n"
+                                 f"{p.stderr.decode(errors='replace')}")
+        return p
+
+    def assert_one_line_error(self, p, code, *needles):
+        self.assertEqual(p.returncode, code, p.stderr)
+        err = p.stderr.decode()
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("p11relay: "), err)
+        for n in needles:
+            self.assertIn(n, err)
+
+
+class Basics(CliTest):
+    def test_help_on_every_command(self):
+        for cmd in ([], ["register"], ["list-keys"], ["get-key"], ["health"], ["sign-digest"], ["sign"], ["verify"],
+                    ["doctor"]):
+            p = self.cli(*cmd, "--help", config=False)
+            self.assertIn(b"Usage", p.stdout + p.stderr, cmd)
+
+    def test_no_command_and_bad_option_are_usage_errors(self):
+        p = self.cli(config=False, check=False)
+        self.assertEqual(p.returncode, 2)
+        p = self.cli("list-keys", "--bogus", check=False)
+        self.assertEqual(p.returncode, 2)
+
+    def test_missing_config_names_the_places_looked_at(self):
+        p = self.cli("list-keys", config=False, check=False)
+        self.assert_one_line_error(p, 2, "P11RELAY_CONFIG", "client.yml")
+        # P11RELAY_CONFIG is honoured
+        p = self.cli("list-keys", config=False, env=self.env(P11RELAY_CONFIG=str(self.config)))
+        self.assertEqual(set(p.stdout.decode().split()), KEYS)
+
+    def test_list_keys(self):
+        p = self.cli("list-keys")
+        self.assertEqual(sorted(p.stdout.decode().splitlines()), sorted(KEYS))
+        self.assertNotIn(b"otherrole", p.stdout)
+        p = self.cli("list-keys", "--long")
+        out = p.stdout.decode()
+        block = out[out.index("rsa2048\n"):]
+        self.assertIn("RSA 2048", block)
+        self.assertIn("CKM_RSA_PKCS", block)
+        self.assertIn("p11relay-demo", block)
+        self.assertIn("P-384", out)
+
+    def test_get_key_prints_the_pem_chain(self):
+        for k in ("rsa2048", "ec256"):
+            p = self.cli("get-key", k)
+            got = run(["openssl", "x509", "-outform", "DER"], input=p.stdout).stdout
+            want = run(["openssl", "x509", "-outform", "DER", "-in", str(self.st.keys[k].certfile)]).stdout
+            self.assertEqual(got, want, k)
+
+    def test_unknown_key_is_one_clear_line(self):
+        p = self.cli("get-key", "nope", check=False)
+        self.assert_one_line_error(p, 4, "key 'nope'")
+        p = self.cli("sign-digest", "--key", "otherrole", "--hex", "00" * 32, "--format", "hex", check=False)
+        self.assert_one_line_error(p, 4, "key 'otherrole'")
+
+    def test_health(self):
+        p = self.cli("health")
+        self.assertIn(b": OK", p.stdout)
+
+    def test_daemon_down_is_one_clear_line(self):
+        cfg = write_client_config(self.tmp / "down.yml", f"https://127.0.0.1:{free_port()}/", self.st)
+        for args in (["list-keys"], ["sign-digest", "--key", "rsa2048", "--hex", "00" * 32, "--format", "hex"]):
+            t0 = time.monotonic()
+            p = self.cli(*args, config=cfg, check=False)
+            self.assert_one_line_error(p, 3, "cannot reach the daemon", "connect")
+            self.assertLess(time.monotonic() - t0, 30)
+        p = self.cli("health", config=cfg, check=False)
+        self.assertEqual(p.returncode, 3)
+
+    def test_doctor_passes_and_explains_a_dead_daemon(self):
+        p = self.cli("doctor")
+        out = p.stdout.decode()
+        self.assertIn("all checks passed", out)
+        for k in KEYS:
+            self.assertIn(f"test signature with key {k}", out)
+        cfg = write_client_config(self.tmp / "down2.yml", f"https://127.0.0.1:{free_port()}/", self.st)
+        p = self.cli("doctor", config=cfg, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"is p11relayd running", p.stdout)
+
+    def test_doctor_explains_an_unregistered_client(self):
+        stranger = self.st.make_client("doctor-stranger")
+        cfg = write_client_config(self.tmp / "stranger.yml", self.daemon.url, self.st, client=stranger)
+        p = self.cli("doctor", config=cfg, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(stranger.fingerprint.encode(), p.stdout)
+        self.assertIn(b"clients:", p.stdout)
+        p = self.cli("list-keys", config=cfg, check=False)
+        self.assert_one_line_error(p, 4, "p11relay register")
+
+
+class SignDigest(CliTest):
+    def sign(self, key, digest: bytes, *extra, alg="sha256"):
+        out = self.tmp / f"sig-{key}-{alg}.bin"
+        self.cli("sign-digest", "--key", key, "--digest-alg", alg, "--hex", digest.hex(), "--out", out, *extra)
+        return out.read_bytes()
+
+    def test_rsa_pkcs1(self):
+        d = hashlib.sha256(b"rsa pkcs1").digest()
+        sig = self.sign("rsa2048", d)
+        self.assertEqual(len(sig), 256)
+        self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, d, sig, self.tmp))
+        self.assertFalse(openssl_verify(self.st.keys["rsa2048"].certfile, hashlib.sha256(b"x").digest(), sig, self.tmp))
+
+    def test_rsa_pkcs1_sha512_from_binary_file(self):
+        d = hashlib.sha512(b"rsa pkcs1 512").digest()
+        f = self.tmp / "d512.bin"
+        f.write_bytes(d)
+        p = self.cli("sign-digest", "--key", "rsa2048", "--digest-alg", "sha512", "--in", f, "--format", "base64")
+        import base64
+        sig = base64.b64decode(p.stdout)
+        self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, d, sig, self.tmp, hash_name="sha512"))
+
+    def test_rsa_pss(self):
+        for key in ("rsapss", "rsa2048"):
+            d = hashlib.sha256(b"pss " + key.encode()).digest()
+            sig = self.sign(key, d, "--mechanism", "pss")
+            self.assertTrue(openssl_verify(self.st.keys[key].certfile, d, sig, self.tmp, pss_salt=32), key)
+
+    def test_ecdsa_raw_and_der(self):
+        d = hashlib.sha256(b"ecdsa").digest()
+        raw = self.sign("ec256", d)
+        self.assertEqual(len(raw), 64)  # r||s as PKCS#11 returns it
+        self.assertTrue(openssl_verify(self.st.keys["ec256"].certfile, d, ecdsa_raw_to_der(raw), self.tmp))
+        der = self.sign("ec256", d, "--format", "der")
+        self.assertEqual(der[0], 0x30)
+        self.assertTrue(openssl_verify(self.st.keys["ec256"].certfile, d, der, self.tmp))
+
+    def test_ecdsa_p384_sha384(self):
+        d = hashlib.sha384(b"ecdsa 384").digest()
+        raw = self.sign("ec384", d, alg="sha384")
+        self.assertEqual(len(raw), 96)
+        self.assertTrue(openssl_verify(self.st.keys["ec384"].certfile, d, ecdsa_raw_to_der(raw), self.tmp,
+                                       hash_name="sha384"))
+
+    def test_data_is_hashed_locally(self):
+        f = self.tmp / "payload.bin"
+        f.write_bytes(os.urandom(100000))
+        out = self.tmp / "payload.sig"
+        self.cli("sign-digest", "--key", "rsa2048", "--data", f, "--out", out)
+        d = hashlib.sha256(f.read_bytes()).digest()
+        self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, d, out.read_bytes(), self.tmp))
+
+    def test_bad_inputs(self):
+        p = self.cli("sign-digest", "--key", "rsa2048", "--hex", "abcd", "--format", "hex", check=False)
+        self.assert_one_line_error(p, 2, "bytes")
+        p = self.cli("sign-digest", "--key", "ec256", "--hex", "00" * 32, "--mechanism", "pss", "--format", "hex",
+                     check=False)
+        self.assert_one_line_error(p, 2, "not an RSA key")
+        p = self.cli("sign-digest", "--key", "rsa2048", "--format", "hex", check=False)
+        self.assertEqual(p.returncode, 2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Authenticode
+
+def mingw_pe(tmp: Path, bits: int):
+    cc = shutil.which("i686-w64-mingw32-gcc" if bits == 32 else "x86_64-w64-mingw32-gcc")
+    if not cc:
+        return None
+    src = tmp / "tiny.c"
+    src.write_text('#include <stdio.h>\nstatic const char big[20000] = "hello";\n'
+                   'int main(int argc, char** argv) { (void)argv; printf("%s %d\\n", big + argc, argc); return 0; }\n')
+    out = tmp / f"tiny{bits}.exe"
+    if subprocess.run([cc, "-O1", "-s", "-o", str(out), str(src)], capture_output=True).returncode != 0:
+        return None
+    return out
+
+
+def system_dlls():
+    """Real PE DLLs from Debian's mingw-w64 packages: one 32-bit and one 64-bit of each kind found."""
+    picks = []
+    for pattern in ("/usr/lib/gcc/x86_64-w64-mingw32/*/libstdc++-6.dll", "/usr/lib/gcc/i686-w64-mingw32/*/libstdc++-6.dll",
+                    "/usr/x86_64-w64-mingw32/lib/libwinpthread-1.dll", "/usr/i686-w64-mingw32/lib/libwinpthread-1.dll",
+                    "/usr/lib/gcc/x86_64-w64-mingw32/*/libgcc_s_seh-1.dll"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            picks.append(Path(found[0]))
+    return picks
+
+
+def pe_is_plus(path: Path) -> bool:
+    b = path.read_bytes()[:4096]
+    off = int.from_bytes(b[0x3c:0x40], "little")
+    return int.from_bytes(b[off + 24:off + 26], "little") == 0x20b
+
+
+class Tsa:
+    """tsa_server.py (the Authenticode library's test TSA) with a fresh TSA certificate."""
+
+    def __init__(self, tmp: Path):
+        d = tmp / "tsa"
+        d.mkdir(exist_ok=True)
+        (d / "tsa.cnf").write_text(
+            "[ tsa ]\ndefault_tsa = tsa_config1\n[ tsa_config1 ]\n"
+            f"dir = {d}\nserial = $dir/serial\ncrypto_device = builtin\n"
+            "signer_cert = $dir/tsa.crt\ncerts = $dir/tsa.crt\nsigner_key = $dir/tsa.key\n"
+            "signer_digest = sha256\ndefault_policy = 1.2.3.4.1\n"
+            "digests = sha1, sha256, sha384, sha512\naccuracy = secs:1\nordering = yes\n"
+            "tsa_name = no\ness_cert_id_chain = no\ness_cert_id_alg = sha256\n")
+        (d / "serial").write_text("01\n")
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=p11relay CLI test TSA",
+             "-addext", "extendedKeyUsage=critical,timeStamping", "-addext", "keyUsage=critical,digitalSignature",
+             "-keyout", str(d / "tsa.key"), "-out", str(d / "tsa.crt")])
+        self.ca = d / "tsa.crt"
+        self.proc = subprocess.Popen([sys.executable, str(TSA_SCRIPT), str(d)], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+@unittest.skipUnless(OSSLSIGNCODE, "osslsigncode not installed")
+class Authenticode(CliTest):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.pe = cls.tmp / "pe"
+        cls.pe.mkdir()
+        cls.files = {}
+        for bits in (32, 64):
+            f = mingw_pe(cls.pe, bits)
+            if f:
+                cls.files[f"tiny{bits}"] = f
+        for dll in system_dlls():
+            dst = cls.pe / (dll.parent.parent.name.split("-")[0] + "-" + dll.name)
+            shutil.copyfile(dll, dst)
+            cls.files[dst.stem] = dst
+
+    def osslverify(self, path: Path, key="rsa2048", tsa_ca=None, check=True):
+        cmd = [OSSLSIGNCODE, "verify", "-in", str(path), "-CAfile", str(self.st.keys[key].certfile)]
+        if tsa_ca:
+            cmd += ["-TSA-CAfile", str(tsa_ca)]
+        p = subprocess.run(cmd, capture_output=True, timeout=120)
+        out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+        if check:
+            self.assertEqual(p.returncode, 0, out)
+            self.assertIn("Signature verification: ok", out)
+            cur = re.search(r"Current message digest\s*:\s*([0-9A-Fa-f]+)", out)
+            calc = re.search(r"Calculated message digest\s*:\s*([0-9A-Fa-f]+)", out)
+            self.assertTrue(cur and calc, out)
+            self.assertEqual(cur.group(1).lower(), calc.group(1).lower(), out)
+        return p.returncode, out
+
+    @staticmethod
+    def digest_of(out: str) -> str:
+        return re.search(r"Current message digest\s*:\s*([0-9A-Fa-f]+)", out).group(1).lower()
+
+    def p11verify(self, path: Path, key="rsa2048"):
+        p = self.cli("verify", "--file", path, "--cafile", self.st.keys[key].certfile, config=False)
+        return p.stdout.decode()
+
+    def test_sign_pe32_and_pe32plus_with_and_without_page_hashes(self):
+        self.assertTrue(self.files, "no PE files (mingw-w64 not installed?)")
+        kinds = set()
+        for name, f in self.files.items():
+            kinds.add(pe_is_plus(f))
+            before = hashlib.sha256(f.read_bytes()).digest()
+            for key, extra in (("rsa2048", []), ("rsa2048", ["--page-hashes"]), ("ec256", [])):
+                with self.subTest(file=name, key=key, extra=extra):
+                    out = self.tmp / f"{name}-{key}{'-ph' if extra else ''}.signed"
+                    self.cli("sign", "--key", key, "--file", f, "--output", out, *extra,
+                             "--description", "p11relay test", "--url", "https://example.org/")
+                    _, text = self.osslverify(out, key)
+                    if extra:
+                        self.assertIn("Page hash", text)
+                    self.assertIn("Number of verified signatures: 1", text)
+                    v = self.p11verify(out, key)
+                    self.assertIn("CN=" + key, v)
+                    self.assertIn("digest:      sha256", v)
+                    self.assertIn("(correct)", v)
+                    self.assertIn("yes (checked)" if extra else "page hashes: no", v)
+                    self.assertIn(self.digest_of(text), v)
+                    self.assertEqual(hashlib.sha256(f.read_bytes()).digest(), before, "the input was modified")
+        self.assertEqual(kinds, {False, True}, "want both PE32 and PE32+")
+
+    def test_sha1_and_sha384_digests(self):
+        f = next(iter(self.files.values()))
+        for alg in ("sha1", "sha384"):
+            out = self.tmp / f"digest-{alg}.signed"
+            self.cli("sign", "--key", "rsa2048", "--file", f, "--output", out, "--digest", alg)
+            _, text = self.osslverify(out)
+            self.assertIn(f"digest:      {alg}", self.p11verify(out))
+
+    def test_timestamp_from_local_tsa(self):
+        tsa = Tsa(self.tmp)
+        try:
+            for name in ("tiny32", "tiny64"):
+                if name not in self.files:
+                    continue
+                out = self.tmp / f"{name}-ts.exe"
+                self.cli("sign", "--key", "rsa2048", "--file", self.files[name], "--output", out,
+                         "--timestamp-url", tsa.url, "--timestamp-cafile", tsa.ca)
+                _, text = self.osslverify(out, tsa_ca=tsa.ca)
+                self.assertIn("Timestamp", text)
+                self.assertIn("timestamp:   yes", self.p11verify(out))
+            # a TSA that fails is an error and writes nothing
+            out = self.tmp / "ts-fail.exe"
+            p = self.cli("sign", "--key", "rsa2048", "--file", next(iter(self.files.values())), "--output", out,
+                         "--timestamp-url", tsa.url + "fail", check=False)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(b"timestamp", p.stderr)
+            self.assertFalse(out.exists())
+        finally:
+            tsa.stop()
+
+    def test_resign_in_place_and_append(self):
+        f = self.tmp / "resign.exe"
+        shutil.copyfile(next(iter(self.files.values())), f)
+        os.chmod(f, 0o750)
+        self.cli("sign", "--key", "rsa2048", "--file", f)  # in place
+        self.osslverify(f)
+        self.assertEqual(stat.S_IMODE(f.stat().st_mode), 0o750)
+        first = f.read_bytes()
+        # re-sign replaces the signature
+        self.cli("sign", "--key", "ec256", "--file", f)
+        _, text = self.osslverify(f, "ec256")
+        self.assertIn("Number of verified signatures: 1", text)
+        v = self.p11verify(f, "ec256")
+        self.assertIn("CN=ec256", v)
+        self.assertNotIn("nested", v)
+        self.assertLess(abs(len(f.read_bytes()) - len(first)), 2048)
+        # --append nests a second signature
+        out = self.tmp / "nested.exe"
+        self.cli("sign", "--key", "rsa2048", "--file", f, "--output", out, "--append")
+        both = self.tmp / "both-ca.pem"
+        both.write_text(self.st.keys["rsa2048"].certfile.read_text() + self.st.keys["ec256"].certfile.read_text())
+        p = subprocess.run([OSSLSIGNCODE, "verify", "-in", str(out), "-CAfile", str(both)], capture_output=True)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        v = self.cli("verify", "--file", out, config=False).stdout.decode()
+        self.assertIn("signature (nested 1): OK", v)
+        self.assertIn("CN=ec256", v)
+        self.assertIn("CN=rsa2048", v)
+        self.assertIn(b"Number of verified signatures: 2", p.stdout + p.stderr)
+        # no temp files left behind
+        self.assertEqual([x for x in os.listdir(self.tmp) if ".p11relay." in x], [])
+
+    def test_same_digest_as_osslsigncode_with_the_token_key(self):
+        for name in ("tiny32", "tiny64"):
+            if name not in self.files:
+                continue
+            src = self.files[name]
+            ours = self.tmp / f"{name}-ours.exe"
+            theirs = self.tmp / f"{name}-ossl.exe"
+            self.cli("sign", "--key", "rsa2048", "--file", src, "--output", ours)
+            uri = (f"pkcs11:token={self.st.token_label};object=rsa2048;type=private;pin-value={self.st.user_pin}")
+            env = self.st.env()
+            p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
+                                "-key", uri, "-certs", str(self.st.keys["rsa2048"].certfile), "-h", "sha256",
+                                "-in", str(src), "-out", str(theirs)], env=env, capture_output=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
+            _, a = self.osslverify(ours)
+            _, b = self.osslverify(theirs)
+            self.assertEqual(self.digest_of(a), self.digest_of(b))
+            # and p11relay verify accepts osslsigncode's signature
+            self.assertIn("CN=rsa2048", self.p11verify(theirs))
+
+    def test_tampered_file_fails_both_verifiers(self):
+        f = self.files.get("tiny64") or next(iter(self.files.values()))
+        out = self.tmp / "tamper.exe"
+        self.cli("sign", "--key", "rsa2048", "--file", f, "--output", out)
+        b = bytearray(out.read_bytes())
+        b[0x400 + 100] ^= 0xFF  # inside the first section
+        out.write_bytes(bytes(b))
+        p = self.cli("verify", "--file", out, config=False, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"FAILED", p.stderr)
+        rc, _ = self.osslverify(out, check=False)
+        self.assertNotEqual(rc, 0)
+
+    def test_errors_write_nothing(self):
+        f = next(iter(self.files.values()))
+        out = self.tmp / "nokey.exe"
+        p = self.cli("sign", "--key", "nope", "--file", f, "--output", out, check=False)
+        self.assert_one_line_error(p, 4, "key 'nope'")
+        self.assertFalse(out.exists())
+        notpe = self.tmp / "notpe.exe"
+        notpe.write_bytes(b"MZ" + os.urandom(300))
+        p = self.cli("sign", "--key", "rsa2048", "--file", notpe, "--output", out, check=False)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertFalse(out.exists())
+        p = self.cli("verify", "--file", f, config=False, check=False)  # unsigned
+        self.assertEqual(p.returncode, 1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# register
+
+class Register(CliTest):
+    def test_register_then_the_daemon_accepts_the_client_once_its_fingerprint_is_configured(self):
+        d = self.tmp / "reg"
+        cfg = d / "client.yml"
+        p = self.cli("register", "--dir", d, "--url", self.daemon.url, "--cacert", self.st.ca_cert,
+                     "--nickname", "ci-runner", config=cfg)
+        out = p.stdout.decode()
+        fp = re.search(r"^fingerprint: ([0-9a-f]{64})$", out, re.M).group(1)
+        self.assertEqual(fp, spki_sha256_by_openssl(d / "client.pem"))
+        self.assertIn(f"  {fp}:\n    nickname: ci-runner\n    roles: [signers]\n", out)
+        self.assertEqual(stat.S_IMODE((d / "client.key").stat().st_mode), 0o600)
+        self.assertNotIn(b"PRIVATE KEY", p.stdout + p.stderr)
+        key_pem = (d / "client.key").read_text()
+        self.assertIn("PRIVATE KEY", key_pem)
+        run(["openssl", "pkey", "-in", str(d / "client.key"), "-noout"])
+        cert_text = run(["openssl", "x509", "-in", str(d / "client.pem"), "-noout", "-text"]).stdout.decode()
+        self.assertIn("prime256v1", cert_text)
+
+        # idempotent: a second run keeps the key (same fingerprint)
+        p2 = self.cli("register", "--dir", d, config=cfg)
+        self.assertIn(fp, p2.stdout.decode())
+
+        # not yet known to the daemon: refused with a hint
+        p = self.cli("list-keys", config=cfg, check=False)
+        self.assert_one_line_error(p, 4, "p11relay register")
+
+        # paste the snippet into p11relayd.yml (as an operator would) and restart
+        conf = self.st.daemon_config()
+        conf["clients"][fp] = {"nickname": "ci-runner", "roles": ["signers"]}
+        self.st.write_config(config=conf)
+        self.daemon.restart()
+        p = self.cli("list-keys", config=cfg)
+        self.assertEqual(set(p.stdout.decode().split()), KEYS)
+        dg = hashlib.sha256(b"registered").digest()
+        sig = self.tmp / "reg.sig"
+        self.cli("sign-digest", "--key", "ec256", "--hex", dg.hex(), "--format", "der", "--out", sig, config=cfg)
+        self.assertTrue(openssl_verify(self.st.keys["ec256"].certfile, dg, sig.read_bytes(), self.tmp))
+
+        # --force makes a new key: a new fingerprint the daemon does not know
+        p3 = self.cli("register", "--dir", d, "--force", config=cfg)
+        fp3 = re.search(r"^fingerprint: ([0-9a-f]{64})$", p3.stdout.decode(), re.M).group(1)
+        self.assertNotEqual(fp3, fp)
+        self.assertEqual(fp3, spki_sha256_by_openssl(d / "client.pem"))
+
+    def test_register_without_url_writes_only_the_key(self):
+        d = self.tmp / "home" / ".config" / "p11relay"
+        p = self.cli("register", config=False)
+        self.assertTrue((d / "client.key").exists())
+        self.assertIn(b"not written", p.stdout)
+        self.assertFalse((d / "client.yml").exists())
+
+
+if __name__ == "__main__":
+    harness.main()
