@@ -270,6 +270,22 @@ def pe_is_plus(path: Path) -> bool:
     return int.from_bytes(b[off + 24:off + 26], "little") == 0x20b
 
 
+def pe_checksum_ok(path: Path) -> bool:
+    """Independent PE CheckSum (16-bit end-around-carry sum of the file with the field as zero, plus the length)."""
+    import array
+    data = bytearray(path.read_bytes())
+    off = int.from_bytes(data[0x3c:0x40], "little") + 88
+    stored = int.from_bytes(data[off:off + 4], "little")
+    data[off:off + 4] = bytes(4)
+    n = len(data)
+    if n % 2:
+        data += b"\0"
+    total = sum(array.array("H", bytes(data)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return stored == total + n
+
+
 class Tsa:
     """tsa_server.py (the Authenticode library's test TSA) with a fresh TSA certificate."""
 
@@ -357,6 +373,7 @@ class Authenticode(CliTest):
                     self.assertIn("CN=" + key, v)
                     self.assertIn("digest:      sha256", v)
                     self.assertIn("(correct)", v)
+                    self.assertTrue(pe_checksum_ok(out), "PE checksum")
                     self.assertIn("yes (checked)" if extra else "page hashes: no", v)
                     self.assertIn(self.digest_of(text), v)
                     self.assertEqual(hashlib.sha256(f.read_bytes()).digest(), before, "the input was modified")
@@ -440,6 +457,9 @@ class Authenticode(CliTest):
             _, a = self.osslverify(ours)
             _, b = self.osslverify(theirs)
             self.assertEqual(self.digest_of(a), self.digest_of(b))
+            # the Python checksum agrees with osslsigncode's, and with ours
+            self.assertTrue(pe_checksum_ok(theirs))
+            self.assertTrue(pe_checksum_ok(ours))
             # and p11relay verify accepts osslsigncode's signature
             self.assertIn("CN=rsa2048", self.p11verify(theirs))
 
@@ -455,6 +475,30 @@ class Authenticode(CliTest):
         self.assertIn(b"FAILED", p.stderr)
         rc, _ = self.osslverify(out, check=False)
         self.assertNotEqual(rc, 0)
+        # a valid signature by a signer the given CA file does not trust
+        good = self.tmp / "untrusted.exe"
+        self.cli("sign", "--key", "ec256", "--file", f, "--output", good)
+        self.cli("verify", "--file", good, config=False)
+        p = self.cli("verify", "--file", good, "--cafile", self.st.keys["rsa2048"].certfile, config=False, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"not trusted", p.stderr)
+
+    def test_progress_bar_only_on_a_terminal_and_trailing_data(self):
+        big = self.tmp / "big.exe"
+        with open(big, "wb") as w:
+            w.write(next(iter(self.files.values())).read_bytes())
+            w.write(os.urandom(1 << 20) * 6)  # 6 MiB of trailing data (hashed as part of the image)
+        out = self.tmp / "big-signed.exe"
+        p = self.cli("sign", "--key", "ec256", "--file", big, "--output", out)
+        self.assertNotIn(b"hashing", p.stderr)
+        self.osslverify(out, "ec256")
+        if shutil.which("script"):
+            out2 = self.tmp / "big-signed-tty.exe"
+            cmd = f"{CLI} -c {self.config} sign --key ec256 --file {big} --output {out2}"
+            p = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, env=self.env(), timeout=300)
+            self.assertEqual(p.returncode, 0, p.stdout)
+            self.assertIn(b"100% 6/6 MiB", p.stdout)
+            self.osslverify(out2, "ec256")
 
     def test_errors_write_nothing(self):
         f = next(iter(self.files.values()))
