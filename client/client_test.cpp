@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -164,6 +165,13 @@ struct TestServer {
   }
 
   void serve(int fd) {
+    // The server side is not under test: keep its own writes to closed sockets from raising SIGPIPE
+    // (a thread-directed signal, blocked in this thread only), so the process-wide default stays armed
+    // for the client code running on the test's thread.
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     timeval tv{0, 100 * 1000};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     SSL* ssl = SSL_new(ctx);
