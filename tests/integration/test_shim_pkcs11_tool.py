@@ -93,6 +93,16 @@ class PkcsToolTest(ShimTest):
         self.assertNotIn("Pin-Marker-7319", self.shim_log())
         self.assertNotIn("Pin-Marker-7319", self.daemon.log())
 
+    def test_broken_config_is_a_clear_error_not_a_crash(self):
+        bad = self.tmp / "bad.yml"
+        bad.write_text(self.client_config.read_text().replace("remote:\n", "remote:\n  colour: blue\n", 1))
+        p = self.pkcs11_tool("-L", check=False, env=dict(self.env, P11RELAY_CONFIG=str(bad)))
+        self.assertNotEqual(p.returncode, 0)
+        err = p.stderr.decode()
+        self.assertIn("CKR_GENERAL_ERROR", err)
+        self.assertIn(f"{bad}:2: unknown key 'colour' in 'remote'", err)
+        self.assertNotIn(b"p11relay-pkcs11", p.stdout)  # never on stdout
+
 
 if __name__ == "__main__":
     main()
