@@ -1,9 +1,9 @@
 // `p11relay sign` (Authenticode on the client: the file is hashed here, only the digest of the signed
 // attributes goes to the daemon) and `p11relay verify`.
 //
-// Memory: the input is mmap'ed (page cache, not a heap copy) and hashed in one forward pass; the
-// output is written to a temp file beside the destination from the mapping plus the few patched
-// bytes, checksummed through a shared mapping of that temp file and renamed into place.
+// Memory: the input is read in 1 MiB chunks and hashed in one forward pass (pe_digest_file); the
+// output is streamed to a temp file beside the destination with the checksum computed on the way and
+// renamed into place (write_signed_file). A 2 GB file is never held in memory.
 #include "client/cli/cli.h"
 
 #include "common/authenticode/der.h"
@@ -40,36 +40,6 @@ struct SignOptions {
   int timestamp_timeout = 30;
 };
 
-Status write_all(int fd, std::span<const uint8_t> data, const std::string& what) {
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, std::min<size_t>(data.size() - off, kChunk));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return internal_error(what + ": write: " + std::strerror(errno));
-    }
-    off += static_cast<size_t>(n);
-  }
-  return {};
-}
-
-// Applies `patch` to the mapped input while writing `tmp`, then fixes the checksum in place.
-Status write_signed(std::span<const uint8_t> in, const ac::binpatch::Patch& patch, const std::string& tmp, int fd) {
-  auto records = patch.records;
-  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.offset < b.offset; });
-  uint64_t pos = 0;
-  for (const auto& r : records) {
-    if (r.offset < pos || r.offset + r.old_size > in.size()) return internal_error("inconsistent signature patch");
-    RETURN_IF_ERROR(write_all(fd, in.subspan(pos, r.offset - pos), tmp));
-    RETURN_IF_ERROR(write_all(fd, r.data, tmp));
-    pos = r.offset + r.old_size;
-  }
-  RETURN_IF_ERROR(write_all(fd, in.subspan(pos), tmp));
-  ASSIGN_OR_RETURN(MappedFile out, MappedFile::open(tmp, true));
-  RETURN_IF_ERROR(ac::fix_pe_checksum(out.mutable_data()));
-  return {};
-}
-
 Status run_sign(const Globals& g, const SignOptions& o) {
   auto alg = hash_by_name(o.digest);
   if (!alg || *alg == HashAlg::md5 || *alg == HashAlg::sha224)
@@ -80,9 +50,8 @@ Status run_sign(const Globals& g, const SignOptions& o) {
     return bad_request("--timestamp-url must be an http:// URL (RFC 3161 TSAs speak plain HTTP)");
   const std::string output = o.output.empty() ? o.file : o.output;
 
-  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
   struct stat before {};
-  if (fstat(in.fd(), &before) != 0) return internal_error(o.file + ": " + std::strerror(errno));
+  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
 
   // Talk to the daemon first: a wrong key name should not cost a pass over a 2 GB file.
   ASSIGN_OR_RETURN(auto c, connect(g));
@@ -94,18 +63,12 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   ac::PeDigestOptions po;
   po.alg = *alg;
   po.page_hashes = o.page_hashes;
-  po.keep_cert_table = o.append;
-  ac::PeDigester digester(po);
-  auto data = in.data();
+  po.keep_cert_table = false;  // write_signed_file reads an existing table from the file to nest
+  Result<ac::PeInfo> pe_r = internal_error("not hashed");
   {
-    Progress progress("hashing " + fs::path(o.file).filename().string(), data.size());
-    for (size_t off = 0; off < data.size(); off += kChunk) {
-      Status s = digester.update(data.subspan(off, std::min(kChunk, data.size() - off)));
-      if (!s.ok()) return bad_request(o.file + ": " + s.error().message);
-      progress.update(off + std::min(kChunk, data.size() - off));
-    }
+    Progress progress("hashing " + fs::path(o.file).filename().string(), static_cast<uint64_t>(before.st_size));
+    pe_r = ac::pe_digest_file(o.file, po, [&](uint64_t done) { progress.update(done); });
   }
-  auto pe_r = digester.finish();
   if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
   ac::PeInfo pe = std::move(pe_r).value();
 
@@ -129,37 +92,13 @@ Status run_sign(const Globals& g, const SignOptions& o) {
     if (!ts.ok()) return Error(ErrorCode::network, "timestamp from " + o.timestamp_url + " failed: " + ts.error().message);
     sd = std::move(ts).value();
   }
-  Bytes to_embed = sd;
-  if (o.append && pe.signed_()) {
-    ASSIGN_OR_RETURN(std::vector<Bytes> existing, ac::parse_cert_table(pe.cert_table));
-    if (existing.empty()) return bad_request(o.file + ": the existing certificate table holds no signature");
-    ASSIGN_OR_RETURN(to_embed, ac::add_unsigned_attribute(existing[0], ac::oid::kNestedSignature, sd));
-  }
-  ASSIGN_OR_RETURN(ac::binpatch::Patch patch, ac::make_pe_patch(pe, to_embed));
-
-  // Temp file beside the destination, then rename (in place by default).
-  fs::path out_path(output);
-  std::string dir = out_path.parent_path().empty() ? "." : out_path.parent_path().string();
-  std::string tmpl = dir + "/." + out_path.filename().string() + ".p11relay.XXXXXX";
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  int fd = mkstemp(name.data());
-  if (fd < 0) return bad_request(dir + ": cannot create the output: " + std::strerror(errno));
-  std::string tmp(name.data());
-  Status s = write_signed(data, patch, tmp, fd);
-  struct stat after {};
-  if (s.ok() && (fstat(in.fd(), &after) != 0 || after.st_size != before.st_size ||
-                 after.st_mtim.tv_sec != before.st_mtim.tv_sec || after.st_mtim.tv_nsec != before.st_mtim.tv_nsec))
-    s = bad_request(o.file + ": the file changed while it was being signed");
-  if (s.ok() && fchmod(fd, before.st_mode & 07777) != 0) s = internal_error(tmp + ": chmod: " + std::strerror(errno));
-  if (s.ok() && fsync(fd) != 0) s = internal_error(tmp + ": fsync: " + std::strerror(errno));
-  if (::close(fd) != 0 && s.ok()) s = internal_error(tmp + ": close: " + std::strerror(errno));
-  if (s.ok() && ::rename(tmp.c_str(), output.c_str()) != 0)
-    s = bad_request(output + ": cannot write it: " + std::strerror(errno));
-  if (!s.ok()) {
-    ::unlink(tmp.c_str());
-    return s;
-  }
+  // The file must still be the one that was hashed.
+  struct stat now {};
+  if (stat(o.file.c_str(), &now) != 0 || now.st_size != before.st_size || now.st_mtim.tv_sec != before.st_mtim.tv_sec ||
+      now.st_mtim.tv_nsec != before.st_mtim.tv_nsec)
+    return bad_request(o.file + ": the file changed while it was being signed");
+  // Streams input -> temp file beside the output (patch applied, checksum computed on the way) -> rename.
+  RETURN_IF_ERROR(ac::write_signed_file(o.file, output, pe, sd, o.append ? ac::EmbedMode::nest : ac::EmbedMode::replace));
   std::cerr << "signed " << output << " with key '" << key.name << "' (" << hash_info(*alg).name
             << (o.page_hashes ? ", page hashes" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
             << (o.append && pe.signed_() ? ", nested" : "") << ")\n";
