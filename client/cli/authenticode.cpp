@@ -71,10 +71,16 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   }
   if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
   ac::PeInfo pe = std::move(pe_r).value();
+  if (g.verbose)
+    std::cerr << "image digest: " << hash_info(*alg).name << " " << to_hex(pe.image_digest)
+              << (pe.pe32plus ? " (PE32+)" : " (PE32)") << "\n";
 
   const std::string filename = fs::path(o.file).filename().string();
   ac::RawSigner signer = [&](HashAlg a, std::span<const uint8_t> digest) -> Result<Bytes> {
     ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, a, digest, "", filename));
+    if (g.verbose)
+      std::cerr << "signed-attributes digest " << to_hex(digest) << " signed by '" << key.name << "' with "
+                << sig.mechanism << "\n";
     if (sig.mechanism == "CKM_ECDSA") return ac::ecdsa_raw_to_der(sig.signature);
     return std::move(sig.signature);
   };

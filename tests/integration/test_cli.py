@@ -381,11 +381,15 @@ class Authenticode(CliTest):
 
     def test_sha1_and_sha384_digests(self):
         f = next(iter(self.files.values()))
-        for alg in ("sha1", "sha384"):
-            out = self.tmp / f"digest-{alg}.signed"
-            self.cli("sign", "--key", "rsa2048", "--file", f, "--output", out, "--digest", alg)
-            _, text = self.osslverify(out)
-            self.assertIn(f"digest:      {alg}", self.p11verify(out))
+        for alg, key in (("sha1", "rsa2048"), ("sha384", "rsa2048"), ("sha384", "ec384"), ("sha512", "ec256")):
+            out = self.tmp / f"digest-{alg}-{key}.signed"
+            p = self.cli("-v", "sign", "--key", key, "--file", f, "--output", out, "--digest", alg, "--signing-time")
+            self.assertIn(f"image digest: {alg} ".encode(), p.stderr)
+            _, text = self.osslverify(out, key)
+            self.assertIn("Signing time", text)
+            v = self.p11verify(out, key)
+            self.assertIn(f"digest:      {alg}", v)
+            self.assertIn(f"CN={key}", v)
 
     def test_timestamp_from_local_tsa(self):
         tsa = Tsa(self.tmp)
