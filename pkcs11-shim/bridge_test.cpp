@@ -9,7 +9,9 @@
 #include <doctest/doctest.h>
 #include <openssl/rsa.h>
 
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 using namespace p11relay;
 using namespace p11relay::shim;
@@ -773,4 +775,32 @@ TEST_CASE("keys whose daemon entry allows only CKM_RSA_PKCS offer no PSS") {
   CHECK(s.f->C_SignInit(h, &pss, rsa) == CKR_MECHANISM_INVALID);
   CK_MECHANISM_INFO mi;
   CHECK(s.f->C_GetMechanismInfo(s.slot(), CKM_SHA256_RSA_PKCS_PSS, &mi) == CKR_MECHANISM_INVALID);
+}
+
+TEST_CASE("8 threads sign concurrently, each in its own session, while others open and close sessions") {
+  Shim s;
+  CK_SESSION_HANDLE login = s.open();
+  CK_OBJECT_HANDLE ec = s.key(login, CKO_PRIVATE_KEY, "ec256");
+  CK_OBJECT_HANDLE pub = s.key(login, CKO_PUBLIC_KEY, "ec256");
+  std::atomic<int> ok{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      CK_SESSION_HANDLE h = 0;
+      if (s.f->C_OpenSession(s.slot(), CKF_SERIAL_SESSION, nullptr, nullptr, &h) != CKR_OK) {
+        bad += 50;
+        return;
+      }
+      for (int i = 0; i < 50; ++i) {
+        Bytes msg = to_bytes("thread " + std::to_string(t) + " message " + std::to_string(i));
+        auto sig = s.sign(h, {CKM_ECDSA_SHA256, nullptr, 0}, ec, msg);
+        if (sig.ok() && s.verify(h, {CKM_ECDSA_SHA256, nullptr, 0}, pub, msg, *sig) == CKR_OK) ++ok;
+        else ++bad;
+      }
+      s.f->C_CloseSession(h);
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(ok == 400);
+  CHECK(bad == 0);
 }
