@@ -38,8 +38,8 @@ using std::chrono::milliseconds;
 
 constexpr size_t kMaxIdlePerUrl = 32;
 constexpr auto kMaxIdleAge = std::chrono::seconds(30);
-constexpr int kBackoffBaseMs = 250;
-constexpr int kBackoffCapMs = 4000;
+constexpr int kBackoffBaseMs = 500;  // retries=3 waits 0.5 + 1 + 2 s (jittered 50..100 %): covers a daemon restart
+constexpr int kBackoffCapMs = 8000;
 constexpr int kRetryAfterCapMs = 30000;
 
 // ---------------------------------------------------------------------------------------------

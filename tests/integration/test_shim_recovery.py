@@ -27,9 +27,13 @@ class RecoveryTest(ShimTest):
         return p.returncode, out, err
 
     def test_daemon_restart_between_signinit_and_sign(self):
+        # With the default retry budget (retries: 3).
+        cfg = write_client_config(self.tmp / "client-default-retries.yml", self.st, [self.daemon.url],
+                                  extra_remote={"retries": 3})
+        env = dict(self.env, P11RELAY_CONFIG=str(cfg))
         for key, mech in (("rsa2048", "SHA256_RSA_PKCS"), ("ec256", "ECDSA_SHA256")):
             with self.subTest(key=key):
-                rc, out, err = self.restart_between_init_and_sign(key, mech, self.daemon.restart)
+                rc, out, err = self.restart_between_init_and_sign(key, mech, self.daemon.restart, env=env)
                 self.assertEqual(rc, 0, err.decode() + self.shim_log()[-2000:])
                 self.assertIn(b"OK", out)
 
