@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 using namespace p11relay;
 using namespace p11relay::client;
@@ -143,4 +144,22 @@ TEST_CASE("config search order: P11RELAY_CONFIG, XDG_CONFIG_HOME, then /etc") {
   CHECK(c.error().message.find("nope.yml") != std::string::npos);
   unsetenv("P11RELAY_CONFIG");
   unsetenv("XDG_CONFIG_HOME");
+}
+
+TEST_CASE("the sample config/client.yml parses") {
+  const char* root = std::getenv("P11RELAY_SOURCE_ROOT");
+  if (!root) return;  // run outside meson test
+  std::ifstream in(std::string(root) + "/config/client.yml");
+  REQUIRE(in);
+  std::stringstream text;
+  text << in.rdbuf();
+  TempDir d;
+  fs::create_directories(d.path / "tls");
+  for (const char* f : {"tls/client.pem", "tls/client.key", "tls/ca.pem"}) d.write(f, "x");
+  auto c = parse_config(text.str(), (d.path / "client.yml").string());
+  REQUIRE_MESSAGE(c.ok(), c.error().message);
+  CHECK(c->urls.size() == 1);
+  CHECK(c->retries == 3);
+  CHECK(c->key_cache_seconds == 60);
+  CHECK(c->cacert == (d.path / "tls/ca.pem").string());
 }
