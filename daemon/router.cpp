@@ -197,6 +197,18 @@ RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
     }
     alg = *h;
   }
+  if (!ref->served) {
+    // The token is being re-opened: temporary (relic clients retry 503s, possibly on a sibling).
+    d.response = text_response(503, "token not available\n", true);
+    d.response->set("Retry-After", "1");
+    return d;
+  }
+  // Every signer served here is an X.509 signer (§2.6 step 9).
+  if (ref->served->chain.empty()) {
+    d.response = relic_problem(400, std::string(kRelicBase) + "certificate-not-defined",
+                               "No certificate of type \"x509\" is defined for this key");
+    return d;
+  }
   SignerContext sctx{svc, ctx, *ref, key, alg, std::move(*query)};
   auto consumer = signer->second(sctx);
   if (!consumer.ok()) {
@@ -307,7 +319,9 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   auto job = validate_sign(*ref->served, *req, deadline, digest_name);
   if (!job.ok()) co_return relay_problem(job.error());
   auto t0 = Clock::now();
-  auto sig = co_await token_sign(ref->token, std::move(job).value());
+  SignJob sign_job = std::move(job).value();
+  std::shared_ptr<Token> token = ref->token;
+  auto sig = co_await token_sign(token, sign_job);
   if (!sig.ok()) {
     spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,
                  sig.error().message);

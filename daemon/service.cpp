@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <ctime>
+#include <future>
 
 namespace p11relay::daemon {
 
@@ -50,9 +51,9 @@ struct SignWait {
 
 }  // namespace
 
-asio::awaitable<Result<Bytes>> token_sign(std::shared_ptr<Token> token, SignJob job) {
+asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job) {
   auto ex = co_await asio::this_coro::executor;
-  auto init = [token, ex](auto handler, SignJob job) {
+  auto init = [token, ex](auto handler, SignJob job) {  // job copied: the caller's stays untouched
     using H = decltype(handler);
     auto wait = std::make_shared<SignWait<H>>(std::move(handler), ex);
     wait->timer.expires_at(job.deadline);
@@ -65,7 +66,17 @@ asio::awaitable<Result<Bytes>> token_sign(std::shared_ptr<Token> token, SignJob 
     });
   };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Bytes>)>(
-      init, asio::use_awaitable, std::move(job));
+      init, asio::use_awaitable, job);
+}
+
+Result<Bytes> token_sign_blocking(Token& token, SignJob job) {
+  auto promise = std::make_shared<std::promise<Result<Bytes>>>();
+  auto future = promise->get_future();
+  auto deadline = job.deadline;
+  token.sign(std::move(job), [promise](Result<Bytes> r) { promise->set_value(std::move(r)); });
+  if (future.wait_until(deadline) != std::future_status::ready)
+    return Error(ErrorCode::timeout, "the token did not answer in time");
+  return future.get();
 }
 
 namespace {

@@ -64,6 +64,8 @@ struct Service {
   std::string hostname;
   std::map<std::string, SignerFactory> signers;        // relic sigtype → factory
   std::map<std::string, std::string> signer_aliases;   // alias → sigtype
+  // For work that blocks (a library call that waits on a token): keeps the io threads free.
+  std::unique_ptr<asio::thread_pool> blocking = std::make_unique<asio::thread_pool>(2);
 
   // Key config + served key for a name (alias resolved), if the caller may use it.
   struct KeyRef {
@@ -87,7 +89,28 @@ struct SignerContext {
 
 // Awaits a signature from a token, giving up at `deadline` with a 504 (the token job is then
 // dropped if it has not started). Runs the completion on the caller's executor.
-asio::awaitable<Result<Bytes>> token_sign(std::shared_ptr<Token> token, SignJob job);
+asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job);
+
+// Synchronous signing from a non-io thread (library callbacks such as authenticode::RawSigner):
+// queues on the token and waits, at most until job.deadline.
+Result<Bytes> token_sign_blocking(Token& token, SignJob job);
+
+template <typename T>
+asio::awaitable<std::optional<T>> call_in_pool(std::function<T()> fn) {
+  co_return std::optional<T>(fn());
+}
+
+// Runs fn() on the blocking pool and resumes the caller on its own executor with the result.
+// Written without temporaries inside co_await expressions and without capturing lambda coroutines:
+// GCC 12 destroys such objects twice (GCC bugs 99576, 100611).
+template <typename T>
+asio::awaitable<T> run_blocking(Service& svc, const std::function<T()>& fn) {
+  asio::awaitable<std::optional<T>> job = call_in_pool<T>(fn);
+  auto pool = svc.blocking->get_executor();
+  // co_spawn's completion needs a default-constructible value: T travels in an optional.
+  std::optional<T> out = co_await asio::co_spawn(pool, std::move(job), asio::use_awaitable);
+  co_return std::move(*out);
+}
 
 // Audit + log line for a finished signature; fails (500) if the audit record cannot be written.
 Status record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name,

@@ -2,9 +2,8 @@
 
 namespace p11relay::daemon {
 
-void register_signers(Service& svc) {
-  // pe-coff (server-side Authenticode) registers here once common/authenticode lands.
-  (void)svc;
-}
+void register_pecoff(Service& svc);
+
+void register_signers(Service& svc) { register_pecoff(svc); }
 
 }  // namespace p11relay::daemon

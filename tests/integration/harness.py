@@ -31,7 +31,7 @@ SOURCE_ROOT = HERE.parent.parent
 BUILD = Path(os.environ.get("P11RELAY_BUILD", SOURCE_ROOT / "build")).resolve()
 DAEMON = os.environ.get("P11RELAYD", str(BUILD / "daemon" / "p11relayd"))
 SHIM = os.environ.get("P11RELAY_SHIM", str(BUILD / "pkcs11-shim" / "p11relay-pkcs11.so"))
-CLI = os.environ.get("P11RELAY_CLI", str(BUILD / "client" / "p11relay"))
+CLI = os.environ.get("P11RELAY_CLI", str(BUILD / "client" / "cli" / "p11relay"))
 # Provisioned templates are cached per build tree: a copy takes milliseconds, a new RSA key a second.
 TEMPLATE_ROOT = Path(os.environ.get("P11RELAY_TEMPLATE_DIR", BUILD / "tests" / "template-cache"))
 

@@ -1,0 +1,100 @@
+"""A test driver that speaks relic's client protocol (relic-protocol.md §5.2, §7, §9.5, §9.6): GET /directory,
+POST /sign with the PE as a chunked (optionally compressed) body, apply the binpatch, fix the PE checksum."""
+from __future__ import annotations
+
+import gzip
+import struct
+import urllib.parse
+import zlib
+
+import harness
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def snappy_framed_uncompressed(data: bytes) -> bytes:
+    """x-snappy-framed with uncompressed chunks (type 0x01): what a snappy writer emits for incompressible data."""
+    out = b"\xff\x06\x00\x00sNaPpY"
+    for off in range(0, len(data), 65536):
+        chunk = data[off:off + 65536]
+        c = crc32c(chunk)
+        masked = (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+        body = struct.pack("<I", masked) + chunk
+        out += b"\x01" + struct.pack("<I", len(body))[:3] + body
+    return out
+
+
+def apply_binpatch(original: bytes, patch: bytes) -> bytes:
+    version, count = struct.unpack(">II", patch[:8])
+    assert version == 1, version
+    records = [struct.unpack(">qII", patch[8 + 16 * i: 24 + 16 * i]) for i in range(count)]
+    blobs = patch[8 + 16 * count:]
+    out, pos, boff = bytearray(), 0, 0
+    for offset, old, new in records:
+        assert offset >= pos, "overlapping records"
+        out += original[pos:offset]
+        out += blobs[boff:boff + new]
+        boff += new
+        pos = offset + old
+    out += original[pos:]
+    return bytes(out)
+
+
+def fix_checksum(data: bytes) -> bytes:
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    off = pe + 88
+    buf = bytearray(data)
+    buf[off:off + 4] = b"\0\0\0\0"
+    total = 0
+    padded = bytes(buf) + (b"\0" if len(buf) % 2 else b"")
+    for (word,) in struct.iter_unpack("<H", padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total + len(data)) & 0xFFFFFFFF
+    struct.pack_into("<I", buf, off, total)
+    return bytes(buf)
+
+
+def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe", digest="SHA-256",
+            page_hashes=False, description=None, url=None, encoding=None, client=None):
+    """Returns (status, headers, body, signed_file_or_None)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "pe-coff"}
+    if page_hashes:
+        q["page-hashes"] = "true"
+    if description:
+        q["description"] = description
+    if url:
+        q["desc-url"] = url
+    query = urllib.parse.urlencode(sorted(q.items()))
+    headers = {"User-Agent": "relic/8.2.0", "Accept-Encoding": "x-snappy-framed, gzip"}
+    body = pe
+    if encoding == "gzip":
+        body = gzip.compress(pe)
+        headers["Content-Encoding"] = "gzip"
+    elif encoding == "x-snappy-framed":
+        body = snappy_framed_uncompressed(pe)
+        headers["Content-Encoding"] = "x-snappy-framed"
+    conn = daemon.connect(client)
+    try:
+        # relic streams the upload with unknown length: chunked on HTTP/1.1
+        def chunks():
+            for i in range(0, len(body), 32768):
+                yield body[i:i + 32768]
+        conn.request("POST", "/sign?" + query, body=chunks(), headers=headers, encode_chunked=True)
+        r = conn.getresponse()
+        data = r.read()
+        h = {k.lower(): v for k, v in r.getheaders()}
+    finally:
+        conn.close()
+    signed = None
+    if r.status == 200 and h.get("content-type") == "application/x-binary-patch":
+        signed = fix_checksum(apply_binpatch(pe, data))
+    return r.status, h, data, signed
