@@ -38,6 +38,17 @@ ClientIdentity Authenticator::identify(X509* leaf, STACK_OF(X509) * intermediate
   id.fingerprint = spki_fingerprint(leaf);
   id.subject = name_oneline(X509_get_subject_name(leaf));
   if (auto it = config_->clients.find(id.fingerprint); it != config_->clients.end() && it->second.certificate.empty()) {
+    // A pinned certificate outside its validity period is not recognised (401), although its key is
+    // listed: the TLS layer lets expired / not-yet-valid certificates through on purpose so that this
+    // is a clean HTTP answer rather than a handshake alert (server.cpp verify_callback). Found by
+    // tests/integration/test_faults.py (issue 6): an expired client certificate used to be accepted.
+    const ASN1_TIME* nb = X509_get0_notBefore(leaf);
+    const ASN1_TIME* na = X509_get0_notAfter(leaf);
+    if (!nb || !na || X509_cmp_current_time(nb) >= 0 || X509_cmp_current_time(na) <= 0) {
+      spdlog::warn("client certificate {} ({}) refused: outside its validity period", id.subject,
+                   id.fingerprint.substr(0, 12));
+      return id;
+    }
     id.client = &it->second;
     return id;
   }
