@@ -70,6 +70,17 @@ TEST_CASE("oversized headers give 431, body over the limit 413, garbage 400") {
   }
 }
 
+TEST_CASE("NUL, CR or LF in a header value is 400 (fuzz_http finding)") {
+  using namespace std::string_view_literals;
+  for (auto raw : {"GET / HTTP/1.1\r\nHost:\0@\r\n\r\n"sv, "GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n"sv,
+                   "GET / HTTP/1.1\r\nX-A: a\rInjected: 1\r\n\r\n"sv}) {
+    RequestParser p;
+    feed_all(p, raw);
+    CHECK(p.state() == ParseState::error);
+    CHECK(p.error_status() == 400);
+  }
+}
+
 TEST_CASE("body sink receives the body instead of the buffer") {
   RequestParser p;
   std::string got;
