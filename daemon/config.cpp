@@ -136,6 +136,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
                                  "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics"}));
     RETURN_IF_ERROR(l.get(sn, "listen", s.listen, w));
     RETURN_IF_ERROR(l.get(sn, "listenhttp", s.listenhttp, w));
+    RETURN_IF_ERROR(l.get(sn, "listenmetrics", s.listenmetrics, w));
     RETURN_IF_ERROR(l.get(sn, "certfile", s.certfile, w));
     RETURN_IF_ERROR(l.get(sn, "keyfile", s.keyfile, w));
     RETURN_IF_ERROR(l.get_list(sn, "siblings", s.siblings, w));
@@ -160,7 +161,11 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
     }
   }
-  if (s.listen.empty() && s.listenhttp.empty()) s.listen = ":6300";
+  if (!s.listenhttp.empty())
+    return l.err(root["server"]["listenhttp"],
+                 "server.listenhttp is not supported: p11relayd serves only mutual TLS (use server.listenmetrics for "
+                 "plaintext /health and /metrics)");
+  if (s.listen.empty()) s.listen = ":6300";
   if (s.moduledirs.empty()) s.moduledirs = default_module_dirs();
   if (!s.listen.empty()) {
     if (s.certfile.empty() || s.keyfile.empty())
@@ -350,6 +355,7 @@ std::string dump_redacted(const Config& c) {
   const auto& s = c.server;
   out << YAML::Key << "listen" << YAML::Value << s.listen;
   if (!s.listenhttp.empty()) out << YAML::Key << "listenhttp" << YAML::Value << s.listenhttp;
+  if (!s.listenmetrics.empty()) out << YAML::Key << "listenmetrics" << YAML::Value << s.listenmetrics;
   out << YAML::Key << "certfile" << YAML::Value << s.certfile << YAML::Key << "keyfile" << YAML::Value << s.keyfile;
   out << YAML::Key << "siblings" << YAML::Value << YAML::Flow << s.siblings;
   out << YAML::Key << "disabled" << YAML::Value << s.disabled;

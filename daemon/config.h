@@ -15,7 +15,8 @@ namespace p11relay::daemon {
 
 struct ServerConfig {
   std::string listen;      // host:port (TLS); default 127.0.0.1:6300... relic's ":6300"
-  std::string listenhttp;  // optional plaintext listener (health/metrics behind a proxy)
+  std::string listenhttp;     // accepted for relic compatibility; not served (use listenmetrics)
+  std::string listenmetrics;  // optional plaintext listener for GET /metrics and GET /health
   std::string certfile, keyfile;
   std::vector<std::string> siblings;
   bool disabled = false;

@@ -123,6 +123,14 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     std::cerr << "p11relayd: " << port.error().message << "\n";
     return 2;
   }
+  if (!svc.config.server.listenmetrics.empty()) {
+    auto mport = server.listen_metrics(svc.config.server.listenmetrics);
+    if (!mport.ok()) {
+      std::cerr << "p11relayd: " << mport.error().message << "\n";
+      return 2;
+    }
+    spdlog::info("metrics on http://{}/metrics (port {})", svc.config.server.listenmetrics, *mport);
+  }
   server.start();
   asio::co_spawn(io, health_loop(svc), asio::detached);
 

@@ -325,10 +325,11 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   if (!sig.ok()) {
     spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,
                  sig.error().message);
+    svc.metrics.signature(ref->served->name, ctx.identity.name(), error_code_name(sig.error().code), 0);
     co_return relay_problem(sig.error());
   }
   nlohmann::json extra;
-  extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0;
   auto st = record_signature(svc, ctx, name, *ref->served, req->mechanism, digest_name, req->filename, extra);
   if (!st.ok()) co_return relay_problem(Error(ErrorCode::internal, "audit record could not be written"));
   co_return json_response(200, relay::encode_sign_response(*sig));

@@ -3,6 +3,7 @@
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
 #include "daemon/compress.h"
+#include "daemon/router.h"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <openssl/err.h>
@@ -139,10 +140,7 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
 
 Server::Server(asio::io_context& io, Service& service, Router& router) : io_(io), svc_(service), router_(router) {}
 
-Result<unsigned short> Server::listen_tls(const std::string& address) {
-  if (!tls_) {
-    ASSIGN_OR_RETURN(tls_, make_server_tls(svc_.config.server));
-  }
+Result<std::unique_ptr<tcp::acceptor>> Server::bind(const std::string& address, const char* what) {
   std::string host = "0.0.0.0", port = address;
   if (auto colon = address.rfind(':'); colon != std::string::npos) {
     host = address.substr(0, colon);
@@ -153,26 +151,100 @@ Result<unsigned short> Server::listen_tls(const std::string& address) {
   std::error_code ec;
   tcp::resolver resolver(io_);
   auto results = resolver.resolve(host, port, asio::ip::resolver_base::passive | asio::ip::resolver_base::numeric_service, ec);
-  if (ec || results.empty()) return config_error("server.listen '" + address + "': cannot resolve: " + ec.message());
+  if (ec || results.empty())
+    return config_error(std::string(what) + " '" + address + "': cannot resolve: " + ec.message());
   tcp::endpoint ep = results.begin()->endpoint();
   auto acc = std::make_unique<tcp::acceptor>(io_);
   acc->open(ep.protocol(), ec);
   if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) acc->bind(ep, ec);
   if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) return config_error("server.listen '" + address + "': " + ec.message());
+  if (ec) return config_error(std::string(what) + " '" + address + "': " + ec.message());
+  return acc;
+}
+
+Result<unsigned short> Server::listen_tls(const std::string& address) {
+  if (!tls_) {
+    ASSIGN_OR_RETURN(tls_, make_server_tls(svc_.config.server));
+  }
+  ASSIGN_OR_RETURN(auto acc, bind(address, "server.listen"));
   unsigned short bound = acc->local_endpoint().port();
   acceptors_.push_back(std::move(acc));
   return bound;
 }
 
+Result<unsigned short> Server::listen_metrics(const std::string& address) {
+  ASSIGN_OR_RETURN(metrics_acceptor_, bind(address, "server.listenmetrics"));
+  return metrics_acceptor_->local_endpoint().port();
+}
+
 void Server::start() {
   for (auto& acc : acceptors_)
     asio::co_spawn(io_, accept_loop(*acc), asio::detached);
+  if (metrics_acceptor_) asio::co_spawn(io_, metrics_accept_loop(), asio::detached);
+}
+
+asio::awaitable<void> Server::metrics_accept_loop() {
+  while (!stopping_) {
+    auto [ec, socket] = co_await metrics_acceptor_->async_accept(asio::make_strand(io_), use_nothrow);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || stopping_) break;
+      continue;
+    }
+    auto ex = socket.get_executor();
+    asio::co_spawn(ex, serve_metrics(std::move(socket)), asio::detached);
+  }
+}
+
+// One request per connection, GET /metrics or GET /health, 5 s to send it.
+asio::awaitable<void> Server::serve_metrics(tcp::socket socket) {
+  asio::steady_timer timer(socket.get_executor(), std::chrono::seconds(5));
+  timer.async_wait([&socket](std::error_code ec) {
+    if (!ec) {
+      std::error_code ignored;
+      socket.close(ignored);
+    }
+  });
+  http::RequestParser parser(http::Limits{8192, 0});
+  std::array<char, 4096> buf;
+  std::string pending;
+  while (parser.state() == http::ParseState::need_more) {
+    auto [ec, n] = co_await socket.async_read_some(asio::buffer(buf), use_nothrow);
+    if (ec || n == 0) co_return;
+    pending.append(buf.data(), n);
+    pending.erase(0, parser.feed(pending));
+  }
+  http::Response resp;
+  if (parser.state() == http::ParseState::error) {
+    resp = text_response(parser.error_status(), parser.error_message() + "\n", true);
+  } else if (parser.request().method != "GET") {
+    resp.status = 405;
+  } else if (parser.request().path == "/metrics") {
+    std::vector<Metrics::TokenGauge> gauges;
+    for (const auto& [name, t] : svc_.tokens) gauges.push_back({name, t->state() == TokenState::ready, t->queue_depth()});
+    resp = text_response(200, svc_.metrics.render(gauges));
+    resp.set("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+  } else if (parser.request().path == "/health") {
+    ClientIdentity nobody;
+    RequestContext ctx{parser.request(), nobody, "", false, Clock::now()};
+    resp = router_.route(ctx).response.value_or(relic_unhandled());
+  } else {
+    resp = text_response(404, "404 page not found\n", true);
+  }
+  resp.keep_alive = false;
+  std::string out = http::serialize(resp);
+  co_await asio::async_write(socket, asio::buffer(out), use_nothrow);
+  timer.cancel();
+  std::error_code ec;
+  socket.shutdown(tcp::socket::shutdown_both, ec);
 }
 
 void Server::stop() {
   stopping_ = true;
+  if (metrics_acceptor_) {
+    std::error_code ec;
+    metrics_acceptor_->close(ec);
+  }
   for (auto& acc : acceptors_) {
     std::error_code ec;
     acc->close(ec);
@@ -219,6 +291,11 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   }
   socket.set_option(tcp::no_delay(true), ec);
 
+  svc_.metrics.connection_opened();
+  struct Gauge {
+    Metrics& m;
+    ~Gauge() { m.connection_closed(); }
+  } gauge{svc_.metrics};
   auto conn = std::make_shared<Conn>(tls_stream(std::move(socket), *tls_));
   conn->set_deadline(std::chrono::seconds(sc.handshaketimeout));
   asio::co_spawn(conn->stream.get_executor(), watchdog(conn), asio::detached);
@@ -229,6 +306,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
 
   auto [hec] = co_await conn->stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
   if (hec) {
+    svc_.metrics.handshake_failure();
     spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : hec.message());
     ERR_clear_error();
     co_return;
@@ -407,6 +485,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_at).count() / 1000.0;
     spdlog::debug("{} {} {} {} {} {:.2f}ms", peer_ip, identity.has_certificate ? identity.name() : "-", req.method,
                   req.path, resp.status, ms);
+    svc_.metrics.request(req.path.rfind("/v1/", 0) == 0 ? "relay" : "relic", resp.status);
     if (!co_await write(resp)) co_return;
     if (!resp.keep_alive) {
       if (parser.state() != http::ParseState::message_complete) co_await linger();

@@ -21,6 +21,8 @@ class Server {
   Server(asio::io_context& io, Service& service, Router& router);
   // Binds the TLS listener (server.listen). Returns the bound port (useful with port 0).
   Result<unsigned short> listen_tls(const std::string& address);
+  // Plaintext listener for GET /metrics and GET /health only (server.listenmetrics).
+  Result<unsigned short> listen_metrics(const std::string& address);
   void start();
   void stop();
   size_t connections() const { return connections_.load(); }
@@ -28,12 +30,16 @@ class Server {
  private:
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
   asio::awaitable<void> serve(asio::ip::tcp::socket socket);
+  asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
+  asio::awaitable<void> metrics_accept_loop();
+  Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what);
 
   asio::io_context& io_;
   Service& svc_;
   Router& router_;
   std::shared_ptr<asio::ssl::context> tls_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
+  std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor_;
   std::atomic<size_t> connections_{0};
   std::atomic<bool> stopping_{false};
 };

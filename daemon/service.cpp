@@ -122,6 +122,10 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
       return st;
     }
   }
+  double seconds = rec.contains("perf.elapsed.ms") && rec["perf.elapsed.ms"].is_number()
+                       ? rec["perf.elapsed.ms"].get<double>() / 1000.0
+                       : 0.0;
+  svc.metrics.signature(key.name, ctx.identity.name(), "ok", seconds);
   spdlog::info("signed: key={} client={} op={} digest={} file={}", key.name, ctx.identity.name(), operation,
                digest_name, filename);
   return {};

@@ -5,6 +5,7 @@
 #include "daemon/audit.h"
 #include "daemon/auth.h"
 #include "daemon/config.h"
+#include "daemon/metrics.h"
 #include "daemon/token.h"
 
 #include <asio.hpp>
@@ -61,6 +62,7 @@ struct Service {
   std::map<std::string, std::shared_ptr<Token>> tokens;  // by config token name
   std::unique_ptr<AuditLog> audit;
   Health health;
+  Metrics metrics;
   std::string hostname;
   std::map<std::string, SignerFactory> signers;        // relic sigtype → factory
   std::map<std::string, std::string> signer_aliases;   // alias → sigtype

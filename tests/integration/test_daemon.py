@@ -238,6 +238,33 @@ class Timeouts(DaemonTest):
         self.assertIn(b"Protocol  : TLSv1.2", new.stdout)
 
 
+class Metrics(DaemonTest):
+    metrics_port = harness.free_port()
+    config_overrides = {"server": {"listenmetrics": f"127.0.0.1:{metrics_port}"}}
+
+    def scrape(self, path="/metrics"):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+
+    def test_metrics_count_requests_signatures_and_token_state(self):
+        for i in range(3):
+            st, _, _ = self.daemon.sign("ec256", "CKM_ECDSA", hashlib.sha256(bytes([i])).digest())
+            self.assertEqual(st, 200)
+        self.daemon.sign("nope", "CKM_ECDSA", bytes(32))
+        status, text = self.scrape()
+        self.assertEqual(status, 200)
+        self.assertIn('p11relay_signatures_total{key="ec256",client="demo",outcome="ok"} 3', text)
+        self.assertIn('p11relay_requests_total{api="relay",status="403"} 1', text)
+        self.assertIn('p11relay_token_up{token="demo"} 1', text)
+        self.assertIn('p11relay_sign_duration_seconds_count{key="ec256"} 3', text)
+        # plaintext health for load balancers; nothing else is served there
+        self.assertEqual(self.scrape("/health"), (200, "OK\r\n"))
+        self.assertEqual(self.scrape("/list_keys")[0], 404)
+
+
 class Configuration(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
