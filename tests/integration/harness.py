@@ -168,13 +168,18 @@ class DaemonTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
-        if os.environ.get("P11RELAY_KEEP_TMP"):
-            print("kept", cls.tmp, file=sys.stderr)
-        else:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+        remove_tmp(cls.tmp)
 
     def problem(self, body: bytes) -> dict:
         return json.loads(body.decode())
+
+
+def remove_tmp(tmp: Path) -> None:
+    """Deletes a test's temp dir, unless P11RELAY_KEEP_TMP asks to keep it for a post-mortem."""
+    if os.environ.get("P11RELAY_KEEP_TMP"):
+        print("kept", tmp, file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def deep_update(d: dict, u: dict) -> dict:

@@ -61,10 +61,7 @@ class ShimTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
-        if os.environ.get("P11RELAY_KEEP_TMP"):
-            print("kept", cls.tmp, file=sys.stderr)
-        else:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.remove_tmp(cls.tmp)
 
     def cert(self, label: str) -> Path:
         return Path(self.st.keys[label].certfile)

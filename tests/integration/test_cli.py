@@ -60,10 +60,7 @@ class CliTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
-        if os.environ.get("P11RELAY_KEEP_TMP"):
-            print("kept", cls.tmp, file=sys.stderr)
-        else:
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.remove_tmp(cls.tmp)
 
     def env(self, **extra):
         e = dict(os.environ)
