@@ -18,12 +18,15 @@
 // Each thread signs W warm-up signatures (not counted), all threads wait at a barrier, then N signatures are
 // shared among the threads (an atomic counter). Output: one JSON line on stdout, e.g.
 //   {"name":"direct","mech":"ECDSA","threads":1,"ops":2000,"errors":0,"seconds":0.15,
-//    "ops_per_s":13300.0,"p50_us":72.1,"p99_us":110.3,"mean_us":75.0}
+//    "ops_per_s":13300.0,"p50_us":72.1,"p99_us":110.3,"mean_us":75.0,"cpu_us_per_op":74.0}
+// cpu_us_per_op: this process's CPU time (user+system, all threads) over the timed phase ÷ signatures —
+// unlike ops/s it hardly moves with the machine's load (bench/run adds the server process's CPU).
 // Exit status: 0 if every signature succeeded, 1 if any failed, 2 on a setup error.
 // There are no timed assertions: the numbers are for bench/run to compare, not to judge.
 #include <p11-kit/pkcs11.h>
 
 #include <dlfcn.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
@@ -102,6 +105,13 @@ std::string padded(const std::string& s) {  // CK_TOKEN_INFO.label: 32 bytes, bl
   std::string r = s.substr(0, 32);
   r.resize(32, ' ');
   return r;
+}
+
+double cpu_seconds() {  // user + system CPU of the whole process (every thread)
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 double percentile(const std::vector<double>& sorted, double p) {
@@ -203,7 +213,11 @@ int main(int argc, char** argv) {
   std::atomic<int> setup_failed{0};
   std::vector<std::vector<double>> lat(static_cast<size_t>(o.threads));
   Clock::time_point t0{};
-  std::barrier start(o.threads, [&]() noexcept { t0 = Clock::now(); });
+  double cpu0 = 0;
+  std::barrier start(o.threads, [&]() noexcept {
+    cpu0 = cpu_seconds();
+    t0 = Clock::now();
+  });
   std::vector<Clock::time_point> t_end(static_cast<size_t>(o.threads));
   CK_RV first_error = CKR_OK;
   std::atomic<bool> first_error_set{false};
@@ -250,6 +264,7 @@ int main(int argc, char** argv) {
   }
   for (auto& th : threads) th.join();
   auto t1 = *std::max_element(t_end.begin(), t_end.end());
+  double cpu = cpu_seconds() - cpu0;
 
   std::vector<double> all;
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
@@ -264,10 +279,10 @@ int main(int argc, char** argv) {
   f->C_Finalize(nullptr);
 
   std::printf("{\"name\":\"%s\",\"mech\":\"%s\",\"threads\":%d,\"ops\":%zu,\"errors\":%ld,\"seconds\":%.4f,"
-              "\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f}\n",
+              "\"ops_per_s\":%.1f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"mean_us\":%.1f,\"cpu_us_per_op\":%.1f}\n",
               o.name.c_str(), o.mech.c_str(), o.threads, all.size(), errors.load(), secs,
               secs > 0 ? static_cast<double>(all.size()) / secs : 0.0, percentile(all, 0.50), percentile(all, 0.99),
-              mean);
+              mean, all.empty() ? 0.0 : cpu * 1e6 / static_cast<double>(all.size()));
   std::fflush(stdout);
   if (errors.load() != 0)
     std::fprintf(stderr, "p11bench: %ld signature(s) failed, first CKR 0x%08lx\n", errors.load(),
