@@ -37,7 +37,20 @@ KEYS = provision.DEFAULT_KEYS  # rsa2048 (01), ec256 (02)
 SHA256_DI = bytes.fromhex("3031300d060960864801650304020105000420")
 
 # Everything the secrets scenario (10) greps, collected by the other scenarios.
-SEEN = {"states": [], "logs": [], "bodies": [], "cmdlines": []}
+SEEN = {"states": [], "logs": [], "bodies": [], "cmdlines": [], "needles": {}}
+
+
+def collect_secrets(st) -> None:
+    """The PINs and every line of every TLS private key of a state (read now: state dirs are removed)."""
+    n = SEEN["needles"]
+    n[f"user PIN of {st.state_dir}"] = st.user_pin.encode()
+    n[f"SO PIN of {st.state_dir}"] = st.so_pin.encode()
+    for f in [st.server_key, st.ca_key] + [c.keyfile for c in st.clients.values()]:
+        if Path(f).exists():
+            body = [ln for ln in Path(f).read_bytes().splitlines() if ln and not ln.startswith(b"-----")]
+            for i, ln in enumerate(body):
+                if len(ln) >= 40:
+                    n[f"{f} line {i}"] = ln
 
 
 def measure(name: str, value) -> None:
@@ -161,6 +174,8 @@ class FaultsBase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        if hasattr(cls, "st"):
+            collect_secrets(cls.st)
         if hasattr(cls, "daemon"):
             cls.daemon.stop()
             # keep the log for the secrets scenario
@@ -199,6 +214,7 @@ class FaultsBase(unittest.TestCase):
                      "--pin", pin, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "ec2", "--id", "10"],
                     env=env)
         cls.second_pin = pin
+        SEEN["needles"]["PIN of the second token"] = pin.encode()
         with open(cls.st.pinfile, "a") as f:
             f.write(f'second: "{pin}"\n')
         os.chmod(cls.st.pinfile, 0o600)
@@ -630,6 +646,7 @@ class HostileHttp(FaultsBase):
         cases = {
             "bare CR in a value": b"GET /list_keys HTTP/1.1\r\nHost: x\r\nX-A: a\rInjected: 1\r\n\r\n",
             "NUL in a value": b"GET /list_keys HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+            "NUL leading a value (fuzz_http finding)": b"GET /list_keys HTTP/1.1\r\nHost:\x00@\r\n\r\n",
             "smuggling: CL and TE": (b"POST /v1/keys/ec256/sign HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
                                      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
             "two Content-Lengths": (b"POST /v1/keys/ec256/sign HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
@@ -761,18 +778,10 @@ class ZSecrets(unittest.TestCase):
         if not SEEN["states"]:
             self.skipTest("no scenario ran")
         snapshot_cmdlines()
-        needles = {}
-        for st in SEEN["states"]:
-            needles[f"user PIN of {st.state_dir}"] = st.user_pin.encode()
-            needles[f"SO PIN of {st.state_dir}"] = st.so_pin.encode()
-            for f in [st.server_key, st.ca_key] + [c.keyfile for c in st.clients.values()]:
-                if Path(f).exists():
-                    pem = Path(f).read_bytes()
-                    body = [ln for ln in pem.splitlines() if ln and not ln.startswith(b"-----")]
-                    needles[f"{f} (PEM)"] = b"PRIVATE KEY-----"
-                    for i, ln in enumerate(body):
-                        if len(ln) >= 40:
-                            needles[f"{f} line {i}"] = ln
+        keep = Path(tempfile.gettempdir()) / f"p11relay-faults-logs-{os.getpid()}"
+        if not os.environ.get("P11RELAY_KEEP_TMP"):
+            self.addCleanup(shutil.rmtree, keep, True)
+        needles = dict(SEEN["needles"])
         needles["a PEM private key header"] = b"PRIVATE KEY-----"
         haystacks = {}
         for p in SEEN["logs"]:
@@ -786,6 +795,7 @@ class ZSecrets(unittest.TestCase):
         measure("10.secrets scan", f"{len(needles)} needles in {len(haystacks)} logs/audit files/bodies/cmdlines: "
                                    f"{len(found)} found")
         self.assertEqual(found, [])
+        self.assertGreater(len(needles), 4 * len(SEEN["states"]))  # PINs and key lines really were collected
 
 
 if __name__ == "__main__":
