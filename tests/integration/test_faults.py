@@ -234,6 +234,18 @@ class FaultsBase(unittest.TestCase):
         SEEN["bodies"].append(log.encode())
         return max([float(x) for x in re.findall(r" ok in ([0-9.]+) ms", log)] or [0.0])
 
+    def wait_shim_progress(self, n: int, timeout: float = 30) -> int:
+        """Waits until the shim has logged n signatures (so a fault lands mid-run on fast machines too)."""
+        log = self.tmp / "shim.log"
+        deadline = time.monotonic() + timeout
+        done = 0
+        while time.monotonic() < deadline:
+            done = log.read_text(errors="replace").count(" ok in ") if log.exists() else 0
+            if done >= n:
+                break
+            time.sleep(0.02)
+        return done
+
     def have_shim(self) -> bool:
         return Path(SHIM).exists() and Path(DRIVER).exists()
 
@@ -308,7 +320,9 @@ class TokenRemoved(FaultsBase):
                                    env=self.shim_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         logins0 = self.login_count()
         relay.start()
-        time.sleep(0.7)
+        time.sleep(0.3)
+        if drv:
+            measure("1.shim signatures before the removal", self.wait_shim_progress(200))
         t_removed = time.monotonic()
         shim_running = drv is not None and drv.poll() is None
         self.set_faults(removed=1)
@@ -394,7 +408,9 @@ class KillRestart(FaultsBase):
                                    env=self.shim_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for r in relays:
             r.start()
-        time.sleep(1.0)
+        time.sleep(0.3)
+        if drv:
+            measure("2.shim signatures before the kill", self.wait_shim_progress(300))
         snapshot_cmdlines()
         t_kill = time.monotonic()
         shim_running = drv is not None and drv.poll() is None
