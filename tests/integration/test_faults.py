@@ -368,6 +368,36 @@ class TokenRemoved(FaultsBase):
             self.assertTrue(shim_running, "the shim run ended before the removal: make it longer")
             measure("1.shim slowest signature (outage absorbed by its retries) (ms)", self.shim_max_ms())
 
+    def test_1c_outage_beyond_the_shim_retry_budget_is_a_clean_error_then_recovers(self):
+        if not self.have_shim():
+            self.skipTest("shim not built")
+        env = self.shim_env(retries=1)
+        log = self.tmp / "shim.log"
+        before = log.read_text(errors="replace").count(" ok in ") if log.exists() else 0
+        drv = subprocess.Popen([DRIVER, SHIM, "any-pin", "ec256", "ECDSA_SHA256", "loop", "1500"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.wait_shim_progress(before + 100)
+        self.set_faults(removed=1)
+        time.sleep(3.0)
+        self.set_faults()
+        t_back = time.monotonic()
+        out, err = drv.communicate(timeout=180)
+        tail = log.read_text(errors="replace").splitlines()
+        signs = [ln for ln in tail if "sign key=ec256" in ln]
+        codes = set(re.findall(r"failed: 0x([0-9a-f]{8})", err.decode()))
+        m = re.search(rb"DONE (\d+) signatures, (\d+) failures", out)
+        measure("1c.shim (retries: 1) 3 s removal", f"{m.group(2).decode() if m else '?'} of 1500 failed, codes "
+                                                     f"{sorted(codes)}, run ended {time.monotonic() - t_back:.1f} s "
+                                                     f"after re-insertion")
+        self.assertIsNotNone(m, out + err)
+        failures = int(m.group(2))
+        self.assertGreaterEqual(failures, 1)
+        self.assertLess(failures, 50)
+        self.assertEqual(len(re.findall(r"failed: 0x", err.decode())), failures, err.decode()[-1000:])
+        self.assertTrue(codes <= {"00000030", "000000e0", "00000032"}, err.decode()[-1000:])  # DEVICE_ERROR etc.
+        self.assertIn("ok in", signs[-1])  # the same process signs again after re-insertion
+        self.assertTrue(self.alive())
+
     def test_1b_device_errors_and_invalid_sessions_recover(self):
         v = RsaVerifier(self.st.keys["rsa2048"].certfile)
         for fault, n in (("device_error_signs", 3), ("session_invalid_signs", 2)):
