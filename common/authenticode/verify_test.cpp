@@ -63,6 +63,8 @@ TEST_CASE("verify_pe: accepts osslsigncode's signatures, rejects tampering") {
       Bytes t = *signed_file;
       size_t base = info->new_table_offset() + 8;
       std::fill(t.begin() + static_cast<ptrdiff_t>(base + cut), t.end(), 0);
+      // An ECDSA signature may end in zero bytes (1 in 256): then nothing was truncated.
+      if (t == *signed_file) continue;
       auto r = verify_pe(t);
       CHECK_FALSE(r.ok());
     }
