@@ -102,10 +102,9 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
   rec["sig.type"] = operation;
   if (!digest_name.empty()) rec["sig.hash"] = digest_name;
   if (!key.chain.empty()) {
-    X509* leaf = key.chain[0].get();
-    rec["sig.x509.subject"] = name_rfc2253(X509_get_subject_name(leaf));
-    rec["sig.x509.issuer"] = name_rfc2253(X509_get_issuer_name(leaf));
-    rec["sig.x509.fingerprint"] = to_hex(hash(HashAlg::sha1, x509_der(leaf)));
+    rec["sig.x509.subject"] = key.leaf_subject;
+    rec["sig.x509.issuer"] = key.leaf_issuer;
+    rec["sig.x509.fingerprint"] = key.leaf_sha1;
   }
   rec["client.ip"] = ctx.peer_ip;
   rec["client.name"] = ctx.identity.name();

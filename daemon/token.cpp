@@ -378,6 +378,12 @@ Status Token::open_locked() {
     d.key = *info;
     d.spki = spki_der(sk->public_key.get());
     for (const auto& c : sk->chain) d.certificates.push_back(x509_der(c.get()));
+    if (!sk->chain.empty()) {
+      X509* leaf = sk->chain[0].get();
+      sk->leaf_subject = name_rfc2253(X509_get_subject_name(leaf));
+      sk->leaf_issuer = name_rfc2253(X509_get_issuer_name(leaf));
+      sk->leaf_sha1 = to_hex(hash(HashAlg::sha1, d.certificates[0]));
+    }
     if (info->type == KeyType::rsa) {
       for (CK_MECHANISM_TYPE m : {CKM_RSA_PKCS, CKM_RSA_PKCS_PSS})
         if (token_has(m)) sk->mechanisms.push_back(m);

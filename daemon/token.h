@@ -36,6 +36,8 @@ struct ServedKey {
   relay::KeyDescription description;  // name, token info, id, label, key info, spki, certs, mechanisms
   EVP_PKEY_ptr public_key;
   std::vector<X509_ptr> chain;  // leaf first (may be empty when no certificate is known)
+  // Audit fields of the leaf, computed once at load (not per signature).
+  std::string leaf_subject, leaf_issuer, leaf_sha1;
   std::vector<CK_MECHANISM_TYPE> mechanisms;
 };
 

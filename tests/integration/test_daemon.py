@@ -166,6 +166,11 @@ class RelayApi(DaemonTest):
         self.assertEqual(last["sig.type"], "CKM_ECDSA")
         self.assertEqual(last["sig.hash"], "SHA-256")
         self.assertEqual(last["outcome"], "ok")
+        # relic's certificate fields: SHA-1 of the whole signing certificate, RFC 2253 names
+        der = ssl.PEM_cert_to_DER_cert(self.st.keys["ec256"].certfile.read_text())
+        self.assertEqual(last["sig.x509.fingerprint"], hashlib.sha1(der).hexdigest())
+        self.assertIn("CN=ec256", last["sig.x509.subject"].split(","))
+        self.assertIn("sig.x509.issuer", last)
         p = harness.run([harness.DAEMON, "audit-verify", str(self.st.audit_file)])
         self.assertIn(b"chain intact", p.stdout)
 
