@@ -1,5 +1,7 @@
 #include "common/authenticode/pe_digest.h"
 
+#include <bit>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -414,6 +416,27 @@ Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options,
 
 // §9.6: 16-bit little-endian words, carry folded after every addition, the CheckSum field itself
 // as zero, an odd trailing byte zero-padded; then one more fold and the file length added.
+namespace {
+// Ones' complement sum of n/2 little-endian 16-bit words (n even), folded to 16 bits. Carries are
+// deferred (RFC 1071 §2): 32-bit halves of 64-bit loads are summed and folded once at the end, which
+// gives the same value as folding after every word (2^16 ≡ 1 mod 0xffff) — several times faster.
+uint32_t sum_words(const uint8_t* p, size_t n) {
+  uint64_t acc = 0;
+  size_t k = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    // Each step adds < 2^33: no overflow below 2^31 steps (16 GiB), far above any PE (4 GiB).
+    for (; k + 8 <= n; k += 8) {
+      uint64_t v;
+      std::memcpy(&v, p + k, 8);
+      acc += (v & 0xffffffffu) + (v >> 32);
+    }
+  }
+  for (; k + 2 <= n; k += 2) acc += p[k] | (static_cast<uint32_t>(p[k + 1]) << 8);
+  while (acc >> 16) acc = (acc & 0xffff) + (acc >> 16);
+  return static_cast<uint32_t>(acc);
+}
+}  // namespace
+
 void PeChecksum::update(std::span<const uint8_t> data) {
   auto byte_at = [&](size_t i) -> uint32_t {
     uint64_t at = pos_ + i;
@@ -425,10 +448,19 @@ void PeChecksum::update(std::span<const uint8_t> data) {
     pending_ = -1;
     i = 1;
   }
-  for (; i + 1 < data.size(); i += 2) {
+  const size_t even_end = i + ((data.size() - i) & ~size_t{1});
+  while (i < even_end) {
     uint64_t at = pos_ + i;
-    if (at + 2 > field_ && at < field_ + 4) add(byte_at(i) | (byte_at(i + 1) << 8));
-    else add(data[i] | (static_cast<uint32_t>(data[i + 1]) << 8));
+    if (at + 2 > field_ && at < field_ + 4) {  // a word overlapping the CheckSum field: those bytes count as 0
+      add(byte_at(i) | (byte_at(i + 1) << 8));
+      i += 2;
+      continue;
+    }
+    // The run of whole words up to the field (or the end) in one go.
+    size_t n = even_end - i;
+    if (at < field_) n = static_cast<size_t>(std::min<uint64_t>(n, (field_ - at) & ~uint64_t{1}));
+    add(sum_words(data.data() + i, n));
+    i += n;
   }
   if (i < data.size()) pending_ = static_cast<int>(byte_at(i));
   pos_ += data.size();
