@@ -2,6 +2,7 @@
 // only here, and every YAML exception is caught here: a broken file is a message naming the file, the
 // line and the key, never an exception escaping into a PKCS#11 application.
 #include "client/client.h"
+#include "common/yaml_error.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -29,13 +30,7 @@ struct Loader {
   std::string file;
   std::string dir;
 
-  Error err(const YAML::Node& n, const std::string& what) const {
-    std::ostringstream o;
-    o << file;
-    if (n.IsDefined() && n.Mark().line >= 0) o << ":" << n.Mark().line + 1;
-    o << ": " << what;
-    return config_error(o.str());
-  }
+  Error err(const YAML::Node& n, const std::string& what) const { return yaml_error(file, n, what); }
 
   // Keys are matched case-insensitively (relic's Go YAML accepts "serverFingerprint" style too).
   Status only_keys(const YAML::Node& map, const std::string& where, const std::set<std::string>& allowed) const {

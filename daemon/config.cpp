@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "common/yaml_error.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -8,7 +9,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
-#include <sstream>
 
 namespace p11relay::daemon {
 namespace fs = std::filesystem;
@@ -19,13 +19,7 @@ namespace {
 struct Loader {
   std::string file;
 
-  Error err(const YAML::Node& n, const std::string& what) const {
-    std::ostringstream o;
-    o << file;
-    if (n.IsDefined() && n.Mark().line >= 0) o << ":" << n.Mark().line + 1;
-    o << ": " << what;
-    return config_error(o.str());
-  }
+  Error err(const YAML::Node& n, const std::string& what) const { return yaml_error(file, n, what); }
 
   Status only_keys(const YAML::Node& map, const std::string& where, const std::set<std::string>& allowed) const {
     if (!map.IsMap()) return err(map, where + " must be a mapping");
