@@ -327,7 +327,13 @@ class TokenRemoved(FaultsBase):
         shim_running = drv is not None and drv.poll() is None
         self.set_faults(removed=1)
         snapshot_cmdlines()
-        time.sleep(1.0)
+        # Keep the token out for 1 s, and until the relay loop has actually met the outage (up to 6 s):
+        # on a loaded machine its thread may not get to send a request within the first second.
+        seen_by = time.monotonic() + 6
+        while time.monotonic() < seen_by:
+            if time.monotonic() - t_removed >= 1.0 and any(t > t_removed and s != 200 for t, s, _, _ in relay.events):
+                break
+            time.sleep(0.05)
         t_back = time.monotonic()
         self.set_faults()
         deadline = time.monotonic() + 20
