@@ -8,6 +8,8 @@
 //     threads T N        T threads, each with its own session, N signatures each
 //     fork               sign in the parent, fork, sign in the child with the parent's session and a new one
 //     bench T SECONDS    C_SignInit + C_Sign in T threads for SECONDS; prints ops/s and p50 (ms)
+//     load T SECONDS     as bench, but every signature (over a distinct message) is verified and the JSON
+//                        line adds p99 and max (ms); the first failure stops only its own thread
 // Every signature is verified with C_Verify against the public key object. Exit status 0 = all good.
 #include <p11-kit/pkcs11.h>
 
@@ -188,7 +190,7 @@ int cmd_fork() {
   return (WIFEXITED(status) && WEXITSTATUS(status) == 0 && parent_ok) ? 0 : 1;
 }
 
-int cmd_bench(int threads, double seconds) {
+int cmd_bench(int threads, double seconds, bool verify) {
   std::atomic<long> total{0};
   std::atomic<int> failed{0};
   std::vector<std::vector<double>> lat(threads);
@@ -202,9 +204,10 @@ int cmd_bench(int threads, double seconds) {
         return;
       }
       std::string msg = "benchmark message";
-      while (std::chrono::steady_clock::now() < end) {
+      for (long i = 0; std::chrono::steady_clock::now() < end; ++i) {
+        if (verify) msg = "load thread " + std::to_string(t) + " message " + std::to_string(i);
         auto t0 = std::chrono::steady_clock::now();
-        if (sign_once(k.h, k.priv, k.pub, msg, false) != CKR_OK) {
+        if (sign_once(k.h, k.priv, k.pub, msg, verify) != CKR_OK) {
           ++failed;
           return;
         }
@@ -217,9 +220,11 @@ int cmd_bench(int threads, double seconds) {
   std::vector<double> all;
   for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
   std::sort(all.begin(), all.end());
-  double p50 = all.empty() ? 0 : all[all.size() / 2];
-  std::printf("{\"ops\": %ld, \"ops_per_s\": %.1f, \"p50_ms\": %.3f, \"failed\": %d}\n", total.load(),
-              total.load() / seconds, p50, failed.load());
+  auto pct = [&](double q) { return all.empty() ? 0 : all[std::min(all.size() - 1, size_t(q * all.size()))]; };
+  std::printf("{\"ops\": %ld, \"ops_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, "
+              "\"failed\": %d}\n",
+              total.load(), total.load() / seconds, pct(0.5), pct(0.99), all.empty() ? 0 : all.back(),
+              failed.load());
   return failed ? 1 : 0;
 }
 
@@ -266,7 +271,8 @@ int main(int argc, char** argv) {
   else if (cmd == "loop" && argc > 6) rc = cmd_loop(std::atoi(argv[6]));
   else if (cmd == "threads" && argc > 7) rc = cmd_threads(std::atoi(argv[6]), std::atoi(argv[7]));
   else if (cmd == "fork") rc = cmd_fork();
-  else if (cmd == "bench" && argc > 7) rc = cmd_bench(std::atoi(argv[6]), std::atof(argv[7]));
+  else if (cmd == "bench" && argc > 7) rc = cmd_bench(std::atoi(argv[6]), std::atof(argv[7]), false);
+  else if (cmd == "load" && argc > 7) rc = cmd_bench(std::atoi(argv[6]), std::atof(argv[7]), true);
   else std::fprintf(stderr, "unknown command %s\n", cmd.c_str());
   f->C_Finalize(nullptr);
   return rc;
