@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "common/pkcs11_uri.h"
 #include "common/yaml_error.h"
 
 #include <yaml-cpp/yaml.h>
@@ -100,6 +101,80 @@ Status load_pinfile(Config& c) {
   return {};
 }
 
+// A `uri:` value (RFC 7512), limited to the path attributes in `supported`. PINs in URIs are refused:
+// secrets stay in the pinfile, whose owner and mode are checked.
+Result<Pkcs11Uri> config_uri(const Loader& l, const YAML::Node& node, const std::string& what,
+                             const std::set<std::string>& supported) {
+  std::string text;
+  RETURN_IF_ERROR(l.get(node, "uri", text, what));
+  YAML::Node at = node["uri"];
+  auto u = parse_pkcs11_uri(text);
+  if (!u.ok()) return l.err(at, what + ".uri: " + u.error().message);
+  if (u->query.count("pin-value") || u->query.count("pin-source"))
+    return l.err(at, what + ".uri: a PIN cannot be given in the URI (pin-value, pin-source): put it in the pinfile");
+  if (!u->query.empty())
+    return l.err(at, what + ".uri: query attribute '" + u->query.begin()->first +
+                         "' is not supported (the module is tokens.T.provider)");
+  std::string list;
+  for (const auto& s : supported) list += (list.empty() ? "" : ", ") + s;
+  for (const auto& [name, value] : u->path)
+    if (!supported.count(name))
+      return l.err(at, what + ".uri: attribute '" + name + "' is not supported here (supported: " + list + ")");
+  return u;
+}
+
+// tokens.T.uri: "pkcs11:token=LABEL;serial=…;manufacturer=…;model=…", instead of label/serial.
+Status token_uri(const Loader& l, const YAML::Node& n, const std::string& w, TokenConfig& t) {
+  if (!n["uri"].IsDefined()) return {};
+  if (!t.label.empty() || !t.serial.empty()) return l.err(n["uri"], w + ": give either uri or label/serial, not both");
+  ASSIGN_OR_RETURN(auto u, config_uri(l, n, w, {"token", "serial", "manufacturer", "model"}));
+  for (auto [attr, field] : {std::pair{"token", &t.label}, {"serial", &t.serial}, {"manufacturer", &t.manufacturer},
+                             {"model", &t.model}})
+    if (const std::string* v = u.attr(attr)) *field = *v;
+  return {};
+}
+
+// Whether a key URI's token attributes could name this token: none contradicts its selection.
+bool uri_fits_token(const Pkcs11Uri& u, const TokenConfig& t) {
+  for (auto [attr, field] : {std::pair{"token", &t.label}, {"serial", &t.serial}, {"manufacturer", &t.manufacturer},
+                             {"model", &t.model}}) {
+    const std::string* v = u.attr(attr);
+    if (v && !field->empty() && *v != *field) return false;
+  }
+  return true;
+}
+
+// keys.K.uri: "pkcs11:object=LABEL;id=%01;type=private", instead of label/id. A full URI as
+// `p11tool --list-privkeys` prints it also names the token: then keys.K.token may be left out when
+// exactly one configured token fits, and must fit when given.
+Status key_uri(const Loader& l, const YAML::Node& n, const std::string& w, const Config& c, KeyConfig& k) {
+  if (!n["uri"].IsDefined()) return {};
+  if (!k.label.empty() || k.has_id) return l.err(n["uri"], w + ": give either uri or label/id, not both");
+  ASSIGN_OR_RETURN(auto u, config_uri(l, n, w, {"object", "id", "type", "token", "serial", "manufacturer", "model"}));
+  if (const std::string* type = u.attr("type"); type && *type != "private")
+    return l.err(n["uri"], w + ".uri: type=" + *type + " cannot be served (only type=private keys sign)");
+  if (const std::string* v = u.attr("object")) k.label = *v;
+  if (const std::string* v = u.attr("id")) {
+    k.id = to_bytes(*v);
+    k.has_id = true;
+  }
+  if (!u.attr("token") && !u.attr("serial") && !u.attr("manufacturer") && !u.attr("model")) return {};
+  if (!k.token.empty()) {
+    auto it = c.tokens.find(k.token);
+    if (it != c.tokens.end() && !uri_fits_token(u, it->second))
+      return l.err(n["uri"], w + ".uri names a token that does not match tokens." + k.token);
+    return {};
+  }
+  std::vector<std::string> fits;
+  for (const auto& [name, t] : c.tokens)
+    if (uri_fits_token(u, t)) fits.push_back(name);
+  if (fits.size() != 1)
+    return l.err(n["uri"], w + ".uri fits " + std::to_string(fits.size()) +
+                               " configured tokens: set keys." + k.name + ".token");
+  k.token = fits.front();
+  return {};
+}
+
 Result<Config> load(const std::string& path, bool check_secrets) {
   Config c;
   c.path = path;
@@ -182,12 +257,13 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       t.name = kv.first.as<std::string>();
       const std::string w = "tokens." + t.name;
       const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"type", "provider", "label", "serial", "pin", "user", "numworkers",
+      RETURN_IF_ERROR(l.only_keys(n, w, {"type", "provider", "label", "serial", "uri", "pin", "user", "numworkers",
                                          "queuesize", "timeout", "retries", "ratelimit", "rateburst"}));
       RETURN_IF_ERROR(l.get(n, "type", t.type, w));
       RETURN_IF_ERROR(l.get(n, "provider", t.provider, w));
       RETURN_IF_ERROR(l.get(n, "label", t.label, w));
       RETURN_IF_ERROR(l.get(n, "serial", t.serial, w));
+      RETURN_IF_ERROR(token_uri(l, n, w, t));
       if (n["pin"].IsDefined() && !n["pin"].IsNull()) {
         std::string pin;
         RETURN_IF_ERROR(l.get(n, "pin", pin, w));
@@ -200,7 +276,8 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       RETURN_IF_ERROR(l.get(n, "retries", t.retries, w));
       if (t.type != "pkcs11") return l.err(n["type"], w + ".type '" + t.type + "' is not supported (only pkcs11)");
       if (t.provider.empty()) return l.err(n, w + ".provider (the PKCS#11 module path) is required");
-      if (t.label.empty() && t.serial.empty()) return l.err(n, w + " needs a label or a serial to select the token");
+      if (t.label.empty() && t.serial.empty())
+        return l.err(n, w + " needs a label or a serial (or a uri with token= or serial=) to select the token");
       if (t.numworkers < 1 || t.numworkers > 64) return l.err(n["numworkers"], w + ".numworkers must be 1..64");
       if (t.queuesize < 1) return l.err(n["queuesize"], w + ".queuesize must be > 0");
       if (t.timeout < 1) return l.err(n["timeout"], w + ".timeout must be > 0");
@@ -216,7 +293,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       k.name = kv.first.as<std::string>();
       const std::string w = "keys." + k.name;
       const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "x509certificate", "pgpcertificate",
+      RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "uri", "x509certificate", "pgpcertificate",
                                          "roles", "hide", "timestamp", "timestamper"}));
       RETURN_IF_ERROR(l.get(n, "token", k.token, w));
       RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
@@ -229,13 +306,15 @@ Result<Config> load(const std::string& path, bool check_secrets) {
         k.id = *b;
         k.has_id = true;
       }
+      RETURN_IF_ERROR(key_uri(l, n, w, c, k));
       RETURN_IF_ERROR(l.get(n, "x509certificate", k.x509certificate, w));
       RETURN_IF_ERROR(l.get_list(n, "roles", k.roles, w));
       RETURN_IF_ERROR(l.get(n, "hide", k.hide, w));
       if (k.alias.empty()) {
         if (k.token.empty()) return l.err(n, w + ".token is required");
         if (!c.tokens.count(k.token)) return l.err(n["token"], w + ".token names unknown token '" + k.token + "'");
-        if (k.label.empty() && !k.has_id) return l.err(n, w + " needs a label or an id to find the key on the token");
+        if (k.label.empty() && !k.has_id)
+          return l.err(n, w + " needs a label or an id (or a uri with object= or id=) to find the key on the token");
       }
       if (!k.x509certificate.empty()) {
         k.x509certificate = resolve(c.dir, k.x509certificate);
@@ -372,6 +451,8 @@ std::string dump_redacted(const Config& c) {
     out << YAML::Key << "provider" << YAML::Value << t.provider;
     if (!t.label.empty()) out << YAML::Key << "label" << YAML::Value << t.label;
     if (!t.serial.empty()) out << YAML::Key << "serial" << YAML::Value << t.serial;
+    if (!t.manufacturer.empty()) out << YAML::Key << "manufacturer" << YAML::Value << t.manufacturer;
+    if (!t.model.empty()) out << YAML::Key << "model" << YAML::Value << t.model;
     out << YAML::Key << "pin" << YAML::Value << (t.pin ? "<redacted>" : "<none>");
     out << YAML::Key << "numworkers" << YAML::Value << t.numworkers;
     out << YAML::Key << "queuesize" << YAML::Value << t.queuesize;

@@ -37,6 +37,7 @@ struct TokenConfig {
   std::string type = "pkcs11";
   std::string provider;  // module path
   std::string label, serial;
+  std::string manufacturer, model;  // narrow the match further (from tokens.T.uri only)
   std::optional<std::string> pin;  // never logged
   unsigned long user = 1;          // CKU_USER
   int numworkers = 1;              // sessions/threads on this token

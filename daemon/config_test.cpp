@@ -116,3 +116,65 @@ TEST_CASE("vendor modules only from admin-owned allow-listed directories") {
   CHECK(writable.error().message.find("writable") != std::string::npos);
   CHECK_FALSE(check_module_path("/usr/lib/does-not-exist.so", default_module_dirs()).ok());
 }
+
+TEST_CASE("tokens and keys selected by RFC 7512 pkcs11: URIs") {
+  TempDir d;
+  d.write("c.pem", "x");
+  d.write("k.pem", "x");
+  auto config = [&](const std::string& token, const std::string& key) {
+    return std::string("server:\n  listen: 127.0.0.1:0\n  certfile: c.pem\n  keyfile: k.pem\n") +
+           "tokens:\n  t:\n    provider: " + kModule + "\n" + token + "keys:\n  k1:\n" + key + "    roles: [r]\n";
+  };
+  auto c = load_config(d.write(
+      "ok.yml", config("    uri: \"pkcs11:token=Code%20Signing;serial=1a2b;manufacturer=SoftHSM%20project;model=m\"\n",
+                       "    token: t\n    uri: \"pkcs11:object=rsa%2Dkey;id=%01%ff;type=private\"\n")));
+  REQUIRE_MESSAGE(c.ok(), c.error().message);
+  const auto& t = c->tokens.at("t");
+  CHECK(t.label == "Code Signing");
+  CHECK(t.serial == "1a2b");
+  CHECK(t.manufacturer == "SoftHSM project");
+  CHECK(t.model == "m");
+  CHECK(c->keys.at("k1").label == "rsa-key");
+  CHECK(c->keys.at("k1").id == p11relay::Bytes{0x01, 0xff});
+  CHECK(c->keys.at("k1").has_id);
+
+  // A full key URI (as p11tool prints it) finds its token when keys.K.token is left out.
+  auto full = load_config(d.write("full.yml", config("    label: Code Signing\n",
+                                                     "    uri: \"pkcs11:token=Code%20Signing;object=rsa;type=private\"\n")));
+  REQUIRE_MESSAGE(full.ok(), full.error().message);
+  CHECK(full->keys.at("k1").token == "t");
+
+  auto error_of = [&](const std::string& name, const std::string& token, const std::string& key) {
+    auto r = load_config(d.write(name, config(token, key)));
+    REQUIRE_FALSE(r.ok());
+    return r.error().message;
+  };
+  const std::string label = "    label: x\n", key = "    token: t\n    label: a\n";
+  CHECK(error_of("e1.yml", "    uri: \"pkcs11:token=x;colour=red\"\n", key)
+            .find("e1.yml:8: tokens.t.uri: pkcs11 URI: unknown path attribute 'colour'") != std::string::npos);
+  CHECK(error_of("e2.yml", "    uri: \"pkcs11:object=a\"\n", key)
+            .find("e2.yml:8: tokens.t.uri: attribute 'object' is not supported here") != std::string::npos);
+  std::string pin = error_of("e3.yml", "    uri: \"pkcs11:token=x?pin-value=123456\"\n", key);
+  CHECK(pin.find("e3.yml:8: tokens.t.uri: a PIN cannot be given in the URI") != std::string::npos);
+  CHECK(pin.find("123456") == std::string::npos);
+  CHECK(error_of("e4.yml", "    uri: \"pkcs11:token=x?pin-source=file:/p\"\n", key).find("put it in the pinfile") !=
+        std::string::npos);
+  CHECK(error_of("e5.yml", "    uri: \"pkcs11:token=x?module-path=/tmp/m.so\"\n", key)
+            .find("query attribute 'module-path' is not supported") != std::string::npos);
+  CHECK(error_of("e6.yml", "    uri: \"pkcs11:token=x\"\n    label: x\n", key).find("either uri or label/serial") !=
+        std::string::npos);
+  CHECK(error_of("e7.yml", "    uri: \"pkcs11:model=m\"\n", key).find("needs a label or a serial") != std::string::npos);
+  CHECK(error_of("e8.yml", label, "    token: t\n    uri: \"pkcs11:object=a;type=cert\"\n")
+            .find("e8.yml:12: keys.k1.uri: type=cert cannot be served") != std::string::npos);
+  CHECK(error_of("e9.yml", label, "    token: t\n    uri: \"pkcs11:object=a\"\n    label: a\n")
+            .find("either uri or label/id") != std::string::npos);
+  CHECK(error_of("e10.yml", label, "    token: t\n    uri: \"pkcs11:token=other;object=a\"\n")
+            .find("does not match tokens.t") != std::string::npos);
+  CHECK(error_of("e11.yml", label, "    uri: \"pkcs11:token=other;object=a\"\n")
+            .find("fits 0 configured tokens: set keys.k1.token") != std::string::npos);
+  CHECK(error_of("e12.yml", label, "    token: t\n    uri: \"pkcs11:object=a;slot-id=1\"\n")
+            .find("attribute 'slot-id' is not supported here") != std::string::npos);
+  CHECK(error_of("e13.yml", label, "    token: t\n    uri: \"pkcs11:object=a b\"\n").find("(%20)") != std::string::npos);
+  CHECK(error_of("e14.yml", label, "    token: t\n    uri: \"pkcs11:type=private\"\n")
+            .find("needs a label or an id") != std::string::npos);
+}

@@ -209,6 +209,8 @@ Status Token::open_locked() {
     if (!t || !t->initialized) continue;
     if (!config_.label.empty() && config_.label != (t->label ? t->label : "")) continue;
     if (!config_.serial.empty() && config_.serial != (t->serialnr ? t->serialnr : "")) continue;
+    if (!config_.manufacturer.empty() && config_.manufacturer != (t->manufacturer ? t->manufacturer : "")) continue;
+    if (!config_.model.empty() && config_.model != (t->model ? t->model : "")) continue;
     slot = &slots[i];
     break;
   }

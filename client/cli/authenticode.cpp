@@ -217,7 +217,7 @@ void add_authenticode(CLI::App& app, Globals& g) {
     auto o = std::make_shared<SignOptions>();
     auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi); the file stays here, "
                                            "only a digest is sent");
-    cmd->add_option("-k,--key", o->key, "key name (see list-keys)")->required();
+    cmd->add_option("-k,--key", o->key, "key name (see list-keys) or pkcs11: URI")->required();
     cmd->add_option("-f,--file", o->file, "PE file to sign")->required()->check(CLI::ExistingFile);
     cmd->add_option("-o,--output", o->output, "signed file (default: replace --file, via a temp file + rename)");
     cmd->add_option("--digest", o->digest, "sha256 (default), sha1, sha384 or sha512")->capture_default_str();

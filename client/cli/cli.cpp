@@ -3,6 +3,7 @@
 
 #include "common/authenticode/signed_data.h"
 #include "common/digest.h"
+#include "common/pkcs11_uri.h"
 #include "common/x509.h"
 
 #include <openssl/rsa.h>
@@ -88,12 +89,43 @@ Result<std::unique_ptr<client::Client>> connect(const Globals& g) {
   return client::Client::create(cfg);
 }
 
+Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDescription> keys,
+                                                     const std::string& name_or_uri) {
+  if (!is_pkcs11_uri(name_or_uri)) {
+    std::erase_if(keys, [&](const relay::KeyDescription& k) { return k.name != name_or_uri; });
+    return keys;
+  }
+  ASSIGN_OR_RETURN(Pkcs11Uri uri, parse_pkcs11_uri(name_or_uri));
+  if (!uri.query.empty())
+    return bad_request("--key: query attribute '" + uri.query.begin()->first +
+                       "' is not used (no PIN or module is needed: the daemon holds the token)");
+  if (const std::string* type = uri.attr("type"); type && *type != "private")
+    return bad_request("--key: type=" + *type + " does not name a signing key (use type=private or leave it out)");
+  for (const auto& [name, value] : uri.path)
+    if (name != "object" && name != "id" && name != "type" && name != "token" && name != "serial" &&
+        name != "manufacturer" && name != "model")
+      return bad_request("--key: attribute '" + name +
+                         "' is not supported (use object, id, token, serial, manufacturer, model)");
+  auto differs = [&](const char* attr, const std::string& have) {
+    const std::string* want = uri.attr(attr);
+    return want && *want != have;
+  };
+  std::erase_if(keys, [&](const relay::KeyDescription& k) {
+    return differs("object", k.label) || differs("id", to_string(k.id)) || differs("token", k.token.label) ||
+           differs("serial", k.token.serial) || differs("manufacturer", k.token.manufacturer) ||
+           differs("model", k.token.model);
+  });
+  return keys;
+}
+
 Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name) {
-  ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> keys, c.list_keys());
-  for (auto& k : keys)
-    if (k.name == name) return std::move(k);
+  ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> all, c.list_keys());
+  ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> found, select_keys(all, name));
+  if (found.size() == 1) return std::move(found.front());
   std::string names;
-  for (const auto& k : keys) names += (names.empty() ? "" : ", ") + k.name;
+  for (const auto& k : found.empty() ? all : found) names += (names.empty() ? "" : ", ") + k.name;
+  if (found.size() > 1)
+    return bad_request("key URI '" + name + "' matches several keys (" + names + "): add object= or id=");
   return Error(ErrorCode::forbidden, "key '" + name + "' does not exist or this client may not use it (keys available: " +
                                          (names.empty() ? "none" : names) + ")");
 }

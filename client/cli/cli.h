@@ -44,8 +44,12 @@ std::string describe(const Error& e);
 Result<client::Config> load_config(const Globals& g);
 Result<std::unique_ptr<client::Client>> connect(const Globals& g);
 
-// The key named `name` among those this client may use (clear error when absent).
+// The key named `name` among those this client may use (clear error when absent). `name` may be an
+// RFC 7512 URI: object= matches CKA_LABEL, id= CKA_ID, token=/serial=/manufacturer=/model= the token.
 Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name);
+// The keys among `keys` that `name_or_uri` names (a key name, or a pkcs11: URI as above).
+Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDescription> keys,
+                                                     const std::string& name_or_uri);
 Result<std::vector<X509_ptr>> key_chain(const relay::KeyDescription& k);
 
 // Signs a digest through the daemon. mechanism: "pkcs1", "pss", "ecdsa" (empty: RSA→pkcs1, EC→ecdsa).

@@ -150,10 +150,15 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
     d.fail("list keys", "no key shares a role with this client: give the client a role in p11relayd.yml that "
                         "one of the keys lists under roles");
   } else {
-    bool found = only_key.empty();
-    for (const auto& k : *keys) {
-      if (!only_key.empty() && k.name != only_key) continue;
-      found = true;
+    std::vector<relay::KeyDescription> chosen = *keys;
+    if (!only_key.empty()) {
+      auto selected = select_keys(*keys, only_key);  // a name or a pkcs11: URI
+      chosen.clear();
+      if (!selected.ok()) d.fail("key " + only_key, selected.error().message);
+      else if (selected->empty()) d.fail("key " + only_key, "no such key for this client");
+      else chosen = std::move(selected).value();
+    }
+    for (const auto& k : chosen) {
       if (k.certificates.empty())
         d.warn("key " + k.name, "it has no certificate: sign-digest works, Authenticode `sign` does not");
       Bytes digest(32);
@@ -171,7 +176,6 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
       else
         d.ok("test signature with key " + k.name + " (" + sig->mechanism + ", verified locally)");
     }
-    if (!found) d.fail("key " + only_key, "no such key for this client");
   }
   if (d.failures) return Error(ErrorCode::internal, std::to_string(d.failures) + " check(s) failed");
   std::cout << "all checks passed\n";
@@ -184,7 +188,7 @@ void add_doctor(CLI::App& app, Globals& g) {
   auto key = std::make_shared<std::string>();
   auto* cmd = app.add_subcommand("doctor", "check the configuration, each daemon, the keys and a test signature, "
                                            "and explain what is wrong");
-  cmd->add_option("-k,--key", *key, "test only this key");
+  cmd->add_option("-k,--key", *key, "test only this key (name or pkcs11: URI)");
   cmd->callback([&g, key] { g.run = [&g, key] { return run_doctor(g, *key); }; });
 }
 

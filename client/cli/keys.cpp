@@ -84,7 +84,7 @@ void add_key_commands(CLI::App& app, Globals& g) {
   {
     auto name = std::make_shared<std::string>();
     auto* cmd = app.add_subcommand("get-key", "print a key's certificate chain as PEM (leaf first)");
-    cmd->add_option("NAME", *name, "key name (see list-keys)")->required();
+    cmd->add_option("NAME", *name, "key name (see list-keys) or pkcs11: URI")->required();
     cmd->callback([&g, name] { g.run = [&g, name] { return get_key(g, *name); }; });
   }
   {

@@ -82,7 +82,7 @@ Status run(const Globals& g, const SignDigestOptions& o) {
 void add_sign_digest(CLI::App& app, Globals& g) {
   auto o = std::make_shared<SignDigestOptions>();
   auto* cmd = app.add_subcommand("sign-digest", "sign a digest computed elsewhere (hash signing); only the digest is sent");
-  cmd->add_option("-k,--key", o->key, "key name (see list-keys)")->required();
+  cmd->add_option("-k,--key", o->key, "key name (see list-keys) or pkcs11: URI")->required();
   cmd->add_option("--digest-alg", o->alg, "sha1, sha224, sha256, sha384 or sha512")->capture_default_str();
   auto* hex = cmd->add_option("--hex", o->hex, "the digest as hex");
   auto* in = cmd->add_option("--in", o->in, "file holding the digest (binary, or hex text)")->check(CLI::ExistingFile);

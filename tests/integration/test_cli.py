@@ -135,6 +135,24 @@ class Basics(CliTest):
         p = self.cli("sign-digest", "--key", "otherrole", "--hex", "00" * 32, "--format", "hex", check=False)
         self.assert_one_line_error(p, 4, "key 'otherrole'")
 
+    def test_key_as_pkcs11_uri(self):
+        # The URI p11tool would print for the key (token=, object=, id=, type=) names it like its name does.
+        want = self.cli("get-key", "ec256").stdout
+        self.assertEqual(self.cli("get-key", self.st.keys["ec256"].uri).stdout, want)
+        self.assertEqual(self.cli("get-key", "pkcs11:id=%02").stdout, want)
+        p = self.cli("sign-digest", "--key", "pkcs11:object=rsa2048;type=private", "--hex", "00" * 32,
+                     "--format", "hex")
+        self.assertEqual(len(bytes.fromhex(p.stdout.decode().strip())), 256)
+        p = self.cli("get-key", "pkcs11:token=p11relay-demo", check=False)
+        self.assert_one_line_error(p, 2, "matches several keys")
+        p = self.cli("get-key", "pkcs11:object=rsa2048;id=%02", check=False)
+        self.assert_one_line_error(p, 4, "does not exist or this client may not use it")
+        p = self.cli("get-key", "pkcs11:object=rsa 2048", check=False)
+        self.assert_one_line_error(p, 2, "must be percent-encoded")
+        p = self.cli("get-key", "pkcs11:object=rsa2048?pin-value=1234", check=False)
+        self.assert_one_line_error(p, 2, "query attribute 'pin-value' is not used")
+        self.assertNotIn(b"1234", p.stderr)
+
     def test_health(self):
         p = self.cli("health")
         self.assertIn(b": OK", p.stdout)
