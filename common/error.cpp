@@ -33,9 +33,12 @@ constexpr std::array kRows = {
     Row{ErrorCode::device_error, "device-error", 502, CKR_DEVICE_ERROR},
     Row{ErrorCode::config, "config", 500, CKR_GENERAL_ERROR},
     Row{ErrorCode::network, "network", 503, CKR_DEVICE_ERROR},
-    Row{ErrorCode::rejected, "rejected", 403, CKR_FUNCTION_REJECTED},
-    Row{ErrorCode::canceled, "canceled", 408, CKR_FUNCTION_CANCELED},
+    Row{ErrorCode::policy_denied, "policy-denied", 403, CKR_FUNCTION_REJECTED},
     Row{ErrorCode::quota, "quota-exceeded", 429, CKR_FUNCTION_REJECTED},
+    Row{ErrorCode::request_denied, "request-denied", 403, CKR_FUNCTION_REJECTED},
+    Row{ErrorCode::request_expired, "request-expired", 408, CKR_FUNCTION_CANCELED},
+    Row{ErrorCode::self_approval, "self-approval", 403, CKR_FUNCTION_REJECTED},
+    Row{ErrorCode::not_pending, "not-pending", 409, CKR_FUNCTION_REJECTED},
 };
 
 const Row& row(ErrorCode code) {

@@ -33,9 +33,13 @@ enum class ErrorCode {
   device_error,          // 502, CKR_DEVICE_ERROR (the token answered with an error)
   config,                // not on the wire: configuration errors (exit 2)
   network,               // not on the wire: client side transport errors
-  rejected,              // 403, CKR_FUNCTION_REJECTED (policy denied)
-  canceled,              // 408, CKR_FUNCTION_CANCELED (approval expired)
-  quota,                 // 429, CKR_FUNCTION_REJECTED
+  // Policy and approval (docs/policy.md).
+  policy_denied,         // 403, CKR_FUNCTION_REJECTED: digest/mechanism/sigtype/time window not allowed
+  quota,                 // 429, CKR_FUNCTION_REJECTED (Retry-After; clients do not retry)
+  request_denied,        // 403, CKR_FUNCTION_REJECTED: an approver denied the held request
+  request_expired,       // 408, CKR_FUNCTION_CANCELED: no decision before the request expired
+  self_approval,         // 403, CKR_FUNCTION_REJECTED: approver == submitter (four eyes)
+  not_pending,           // 409, CKR_FUNCTION_REJECTED: approve/deny of a decided request
 };
 
 const char* error_code_name(ErrorCode code);

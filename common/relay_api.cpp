@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <ctime>
 
 namespace p11relay::relay {
 namespace {
@@ -110,6 +111,7 @@ std::string encode_sign_request(const SignRequest& req) {
                    {"mgf", hash_info(req.pss->mgf_hash).name},
                    {"salt_length", req.pss->salt_length}};
   if (!req.filename.empty()) j["filename"] = req.filename;
+  if (req.filesize) j["filesize"] = *req.filesize;
   if (req.digest_alg) j["digest"] = hash_info(*req.digest_alg).name;
   return j.dump();
 }
@@ -135,6 +137,10 @@ Result<SignRequest> decode_sign_request(std::string_view body) {
     req.pss = pss;
   }
   req.filename = str_field(j, "filename");
+  if (auto f = j.find("filesize"); f != j.end() && !f->is_null()) {
+    if (!f->is_number_unsigned()) return bad_json("'filesize' must be a non-negative integer");
+    req.filesize = f->get<uint64_t>();
+  }
   if (auto d = j.find("digest"); d != j.end() && d->is_string()) {
     auto h = hash_by_name(d->get<std::string>());
     if (!h) return bad_json("unknown digest '" + d->get<std::string>() + "'");
@@ -151,6 +157,88 @@ Result<Bytes> decode_sign_response(std::string_view body) {
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return bad_json("sign response is not a JSON object");
   return b64_field(j, "signature");
+}
+
+namespace {
+
+json approval_json(const ApprovalRequest& r) {
+  json j = {{"id", r.id},           {"key", r.key},         {"client", r.client},
+            {"client_fingerprint", r.client_fingerprint}, {"mechanism", r.mechanism},
+            {"digest", r.digest},   {"input_sha256", r.input_sha256},
+            {"state", r.state},     {"created", r.created}, {"expires", r.expires}};
+  if (!r.filename.empty()) j["filename"] = r.filename;
+  if (r.filesize) j["filesize"] = *r.filesize;
+  if (!r.decided_by.empty()) j["decided_by"] = r.decided_by;
+  if (!r.decided_at.empty()) j["decided_at"] = r.decided_at;
+  if (!r.reason.empty()) j["reason"] = r.reason;
+  if (!r.signature.empty()) j["signature"] = base64_encode(r.signature);
+  return j;
+}
+
+Result<ApprovalRequest> approval_from(const json& j) {
+  if (!j.is_object()) return bad_json("request is not a JSON object");
+  ApprovalRequest r;
+  r.id = str_field(j, "id");
+  r.state = str_field(j, "state");
+  if (r.id.empty() || r.state.empty()) return bad_json("request without 'id' or 'state'");
+  r.key = str_field(j, "key");
+  r.client = str_field(j, "client");
+  r.client_fingerprint = str_field(j, "client_fingerprint");
+  r.mechanism = str_field(j, "mechanism");
+  r.digest = str_field(j, "digest");
+  r.input_sha256 = str_field(j, "input_sha256");
+  r.filename = str_field(j, "filename");
+  if (auto f = j.find("filesize"); f != j.end() && f->is_number_unsigned()) r.filesize = f->get<uint64_t>();
+  r.created = str_field(j, "created");
+  r.expires = str_field(j, "expires");
+  r.decided_by = str_field(j, "decided_by");
+  r.decided_at = str_field(j, "decided_at");
+  r.reason = str_field(j, "reason");
+  if (j.contains("signature") && !j["signature"].is_null()) {
+    ASSIGN_OR_RETURN(r.signature, b64_field(j, "signature"));
+  }
+  return r;
+}
+
+}  // namespace
+
+std::string encode_approval_request(const ApprovalRequest& r) { return approval_json(r).dump(); }
+
+Result<ApprovalRequest> decode_approval_request(std::string_view body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) return bad_json("request is not valid JSON");
+  // 202 answers wrap it as {"request": REQUEST}; GET /v1/requests/{id} sends it bare.
+  if (j.is_object() && j.contains("request") && !j.contains("id")) return approval_from(j["request"]);
+  return approval_from(j);
+}
+
+std::string encode_approval_list(const std::vector<ApprovalRequest>& list) {
+  json arr = json::array();
+  for (const auto& r : list) arr.push_back(approval_json(r));
+  return json{{"requests", arr}}.dump();
+}
+
+Result<std::vector<ApprovalRequest>> decode_approval_list(std::string_view body) {
+  json doc = json::parse(body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("requests") || !doc["requests"].is_array())
+    return bad_json("request list is not a JSON object with a 'requests' array");
+  std::vector<ApprovalRequest> out;
+  for (const auto& j : doc["requests"]) {
+    ASSIGN_OR_RETURN(ApprovalRequest r, approval_from(j));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::optional<int64_t> parse_utc_time(std::string_view text) {
+  std::string t(text);
+  struct tm tm {};
+  const char* end = strptime(t.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
+  if (!end) return std::nullopt;
+  if (*end == '.')
+    for (++end; *end >= '0' && *end <= '9';) ++end;
+  if (std::string_view(end) != "Z") return std::nullopt;
+  return static_cast<int64_t>(timegm(&tm));
 }
 
 std::string encode_problem(const Error& e) {
@@ -179,6 +267,7 @@ Error decode_problem(int http_status, std::string_view body) {
                   : http_status == 403 ? ErrorCode::forbidden
                   : http_status == 404 ? ErrorCode::not_found
                   : http_status == 413 ? ErrorCode::payload_too_large
+                  : http_status == 429 ? ErrorCode::quota
                   : http_status == 503 ? ErrorCode::unavailable
                   : http_status == 504 ? ErrorCode::timeout
                   : http_status >= 500 ? ErrorCode::internal

@@ -42,8 +42,35 @@ struct SignRequest {
   std::optional<PssParams> pss;
   // Optional context for audit and policy; never required.
   std::string filename;
+  std::optional<uint64_t> filesize;
   std::optional<HashAlg> digest_alg;
 };
+
+// A sign request held for approval (docs/policy.md): the REQUEST object of /v1/requests.
+// Times are RFC 3339 UTC strings as the daemon writes them ("2026-11-25T14:03:00Z").
+struct ApprovalRequest {
+  std::string id;  // "r-" + 16 hex
+  std::string key, client, client_fingerprint;
+  std::string mechanism;     // CKM_ name
+  std::string digest;        // sha256, ..., "none"; empty when unknown
+  std::string input_sha256;  // hex of SHA-256 of the input that will be signed
+  std::string filename;      // optional context from the client
+  std::optional<uint64_t> filesize;
+  std::string state;  // pending | signed | denied | expired
+  std::string created, expires;
+  std::string decided_by, decided_at, reason;  // once decided
+  Bytes signature;                              // only when signed, and only to the submitter
+
+  bool pending() const { return state == "pending"; }
+};
+
+std::string encode_approval_request(const ApprovalRequest& r);
+Result<ApprovalRequest> decode_approval_request(std::string_view body);
+// {"requests": [REQUEST...]}
+std::string encode_approval_list(const std::vector<ApprovalRequest>& list);
+Result<std::vector<ApprovalRequest>> decode_approval_list(std::string_view body);
+// Seconds since the epoch of an RFC 3339 UTC time "YYYY-MM-DDTHH:MM:SS[.fff]Z"; nullopt if malformed.
+std::optional<int64_t> parse_utc_time(std::string_view text);
 
 std::string encode_key_list(const std::vector<KeyDescription>& keys);
 Result<std::vector<KeyDescription>> decode_key_list(std::string_view body);

@@ -61,3 +61,66 @@ TEST_CASE("key list round trip") {
   CHECK((*d)[0].certificates == k.certificates);
   CHECK_FALSE(decode_key_list("{\"keys\":[{\"name\":\"x\",\"id\":\"zz\"}]}").ok());
 }
+
+TEST_CASE("sign request carries filename and filesize") {
+  SignRequest r;
+  r.mechanism = "CKM_ECDSA";
+  r.input = Bytes(32, 1);
+  r.filename = "setup.exe";
+  r.filesize = 1048576;
+  r.digest_alg = HashAlg::sha256;
+  auto d = decode_sign_request(encode_sign_request(r));
+  REQUIRE(d.ok());
+  CHECK(d->filename == "setup.exe");
+  CHECK(d->filesize == std::optional<uint64_t>(1048576));
+  CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":"","filesize":-1})").ok());
+  CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":""})")->filesize.has_value());
+}
+
+TEST_CASE("approval requests round trip, bare, wrapped and in lists") {
+  ApprovalRequest r;
+  r.id = "r-3f9a1c2e7b5d4e60";
+  r.key = "ev";
+  r.client = "ci";
+  r.mechanism = "CKM_RSA_PKCS";
+  r.digest = "sha256";
+  r.state = "signed";
+  r.filename = "setup.exe";
+  r.filesize = 42;
+  r.expires = "2026-11-25T14:13:00Z";
+  r.decided_by = "alice";
+  r.signature = {1, 2, 3};
+  auto d = decode_approval_request(encode_approval_request(r));
+  REQUIRE(d.ok());
+  CHECK(d->id == r.id);
+  CHECK(d->filesize == std::optional<uint64_t>(42));
+  CHECK(d->signature == r.signature);
+  CHECK(d->decided_by == "alice");
+  CHECK_FALSE(d->pending());
+  auto w = decode_approval_request(R"({"request":{"id":"r-1","state":"pending"}})");
+  REQUIRE(w.ok());
+  CHECK(w->pending());
+  CHECK(w->signature.empty());
+  auto l = decode_approval_list(encode_approval_list({r, *w}));
+  REQUIRE(l.ok());
+  REQUIRE(l->size() == 2);
+  CHECK((*l)[1].id == "r-1");
+  for (const char* bad : {"", "[]", "{}", R"({"id":"r-1"})", R"({"id":"r-1","state":"signed","signature":"!!"})"})
+    CHECK_FALSE(decode_approval_request(bad).ok());
+  CHECK_FALSE(decode_approval_list(R"({"requests":[{}]})").ok());
+}
+
+TEST_CASE("RFC 3339 UTC times") {
+  CHECK(parse_utc_time("1970-01-01T00:01:00Z") == std::optional<int64_t>(60));
+  CHECK(parse_utc_time("2026-11-25T14:13:00.250Z") == std::optional<int64_t>(1795615980));
+  CHECK_FALSE(parse_utc_time("2026-11-25 14:13:00").has_value());
+  CHECK_FALSE(parse_utc_time("2026-11-25T14:13:00+01:00").has_value());
+}
+
+TEST_CASE("policy problem codes map to their CKR") {
+  CHECK(decode_problem(403, encode_problem(Error(ErrorCode::request_denied, "x"))).ckr == CKR_FUNCTION_REJECTED);
+  CHECK(decode_problem(408, encode_problem(Error(ErrorCode::request_expired, "x"))).ckr == CKR_FUNCTION_CANCELED);
+  CHECK(decode_problem(403, encode_problem(Error(ErrorCode::policy_denied, "x"))).code == ErrorCode::policy_denied);
+  CHECK(decode_problem(409, encode_problem(Error(ErrorCode::not_pending, "x"))).http_status == 409);
+  CHECK(decode_problem(429, "not json").code == ErrorCode::quota);
+}

@@ -650,7 +650,10 @@ TEST_CASE("daemon errors map to the problem's CKR and end the operation") {
       {Error(ErrorCode::network, "connection refused"), CKR_DEVICE_ERROR},
       {Error(ErrorCode::token_not_present, "re-opening"), CKR_TOKEN_NOT_PRESENT},
       {Error(ErrorCode::unavailable, "busy"), CKR_DEVICE_ERROR},
-      {Error(ErrorCode::rejected, "policy"), CKR_FUNCTION_REJECTED},
+      {Error(ErrorCode::policy_denied, "policy"), CKR_FUNCTION_REJECTED},
+      {Error(ErrorCode::quota, "100 per hour"), CKR_FUNCTION_REJECTED},
+      {Error(ErrorCode::request_denied, "denied by alice: not a release"), CKR_FUNCTION_REJECTED},
+      {Error(ErrorCode::request_expired, "no decision"), CKR_FUNCTION_CANCELED},
       {relay::decode_problem(400, relay::encode_problem(Error(ErrorCode::data_len_range, "too long"))),
        CKR_DATA_LEN_RANGE},
   };

@@ -46,9 +46,12 @@ int exit_code_for(const Error& e) {
     case ErrorCode::mechanism_invalid:
     case ErrorCode::mechanism_param:
     case ErrorCode::key_usage:
-    case ErrorCode::rejected:
+    case ErrorCode::policy_denied:
     case ErrorCode::quota:
-    case ErrorCode::canceled:
+    case ErrorCode::request_denied:
+    case ErrorCode::request_expired:
+    case ErrorCode::self_approval:
+    case ErrorCode::not_pending:
     case ErrorCode::not_found:
       return kExitRefused;
     default:
