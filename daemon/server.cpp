@@ -9,13 +9,16 @@
 #include <openssl/err.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <array>
 #include <cstring>
+#include <limits>
+#include <mutex>
 
 namespace p11relay::daemon {
 
 using asio::ip::tcp;
-using tls_stream = asio::ssl::stream<tcp::socket>;
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 namespace {
@@ -52,45 +55,81 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
   return SSL_TLSEXT_ERR_NOACK;  // no common protocol: carry on without ALPN (HTTP/1.1)
 }
 
-// Per-connection deadline, enforced by a watchdog coroutine that closes the socket when it passes.
-struct Conn {
-  explicit Conn(tls_stream s) : stream(std::move(s)), timer(stream.get_executor()) {}
-  tls_stream stream;
-  asio::steady_timer timer;
-  Clock::time_point deadline = Clock::time_point::max();
-  bool closed = false;
-  bool timed_out = false;
+constexpr size_t kReadChunk = 16 * 1024;
+constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 
-  // Only an earlier deadline needs the watchdog woken now; a later one is picked up when the armed
-  // timer fires (the watchdog re-arms while the deadline lies ahead). Saves a wake-up, a strand
-  // dispatch and a timerfd re-arm for most of the several deadline changes each request makes.
-  void set_deadline(Clock::duration d) {
-    deadline = Clock::now() + d;
-    if (deadline < timer.expiry()) timer.cancel();
+}  // namespace
+
+// One TLS connection. OpenSSL works on the socket itself (non-blocking, no BIO pair, no Asio stream
+// buffers); the coroutine waits for readiness with async_wait only when OpenSSL asks for it. An idle
+// connection holds no read buffer (SSL_MODE_RELEASE_BUFFERS, and ours is allocated per request).
+// The connection's coroutine may be resumed on a token worker thread (see token_sign), so nothing
+// here relies on a strand: the deadline is an atomic checked by the server's sweeper, which cuts
+// the connection with shutdown(2) under `mu` (the socket is closed under the same mutex).
+struct Conn {
+  explicit Conn(tcp::socket s) : socket(std::move(s)) {}
+  ~Conn() {
+    close();
+    if (ssl) SSL_free(ssl);
+  }
+  tcp::socket socket;
+  SSL* ssl = nullptr;
+  std::atomic<Clock::rep> deadline{std::numeric_limits<Clock::rep>::max()};
+  std::atomic<bool> timed_out{false};
+  std::mutex mu;
+  bool closed = false;  // under mu
+
+  void set_deadline(Clock::duration d) { deadline.store((Clock::now() + d).time_since_epoch().count(), std::memory_order_relaxed); }
+  bool expired(Clock::rep now) const { return deadline.load(std::memory_order_relaxed) <= now; }
+  // From the sweeper: wakes any pending wait; the coroutine then fails its next read or write.
+  void expire() {
+    std::lock_guard lock(mu);
+    deadline.store(std::numeric_limits<Clock::rep>::max(), std::memory_order_relaxed);
+    if (closed) return;
+    timed_out = true;
+    ::shutdown(socket.native_handle(), SHUT_RDWR);
   }
   void close() {
+    std::lock_guard lock(mu);
     if (closed) return;
     closed = true;
-    timer.cancel();
     std::error_code ec;
-    stream.lowest_layer().shutdown(tcp::socket::shutdown_both, ec);
-    stream.lowest_layer().close(ec);
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
   }
 };
 
-asio::awaitable<void> watchdog(std::shared_ptr<Conn> c) {
-  while (!c->closed) {
-    c->timer.expires_at(c->deadline);
-    co_await c->timer.async_wait(use_nothrow);
-    if (c->closed) break;
-    if (Clock::now() >= c->deadline) {
-      c->timed_out = true;
-      std::error_code ec;
-      c->stream.lowest_layer().cancel(ec);
-      c->stream.lowest_layer().close(ec);
-      break;
-    }
+namespace {
+
+enum class TlsOp { handshake, read, write };
+
+// Runs one OpenSSL call until it completes, waiting on the socket whenever OpenSSL wants to read or
+// write. Returns its result (> 0), or 0 when the connection closed, failed or was cut by the sweeper.
+asio::awaitable<int> tls_call(Conn& c, TlsOp op, char* data, size_t n) {
+  int len = static_cast<int>(std::min<size_t>(n, std::numeric_limits<int>::max()));
+  for (;;) {
+    ERR_clear_error();
+    int r = op == TlsOp::handshake ? SSL_do_handshake(c.ssl)
+            : op == TlsOp::read    ? SSL_read(c.ssl, data, len)
+                                   : SSL_write(c.ssl, data, len);
+    if (r > 0) co_return r;
+    int e = SSL_get_error(c.ssl, r);
+    ERR_clear_error();
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) co_return 0;
+    auto [ec] = co_await c.socket.async_wait(e == SSL_ERROR_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
+                                             use_nothrow);
+    if (ec) co_return 0;
   }
+}
+
+asio::awaitable<bool> tls_write(Conn& c, std::string_view data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    int n = co_await tls_call(c, TlsOp::write, const_cast<char*>(data.data() + off), data.size() - off);
+    if (n <= 0) co_return false;
+    off += static_cast<size_t>(n);
+  }
+  co_return true;
 }
 
 bool path_is_relay(const std::string& target) { return target.rfind("/v1/", 0) == 0; }
@@ -127,6 +166,11 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
     return config_error("server.keyfile does not match server.certfile");
   static const unsigned char kSid[] = "p11relayd";
   SSL_CTX_set_session_id_context(c, kSid, sizeof kSid - 1);
+  // No session resumption: our clients (shim, CLI, relic) keep connections alive instead, and the
+  // server-side cache would hold every session, peer certificate included (~5 KiB per connection
+  // ever made, up to 20480 of them).
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(c, 0);
   if (!cfg.clientca.empty()) {
     // Optional CA-verified mode: the TLS layer itself requires a certificate chaining to clientca.
     if (SSL_CTX_load_verify_locations(c, cfg.clientca.c_str(), nullptr) != 1)
@@ -137,6 +181,8 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
     SSL_CTX_set_verify(c, SSL_VERIFY_PEER, verify_callback);
   }
   SSL_CTX_set_alpn_select_cb(c, alpn_select, nullptr);
+  SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);  // idle connections keep no record buffers
+  SSL_CTX_set_read_ahead(c, 1);                   // one read(2) per burst, not two per record
   ERR_clear_error();
   return ctx;
 }
@@ -185,6 +231,22 @@ void Server::start() {
   for (auto& acc : acceptors_)
     asio::co_spawn(io_, accept_loop(*acc), asio::detached);
   if (metrics_acceptor_) asio::co_spawn(io_, metrics_accept_loop(), asio::detached);
+  asio::co_spawn(io_, sweep_loop(), asio::detached);
+}
+
+// Connection and token-wait deadlines, checked every kSweepInterval: a timer per connection or per
+// request would be re-armed several times per request, from whichever thread the request runs on.
+asio::awaitable<void> Server::sweep_loop() {
+  asio::steady_timer timer(io_);
+  while (!stopping_) {
+    timer.expires_after(kSweepInterval);
+    co_await timer.async_wait(use_nothrow);
+    auto now = Clock::now();
+    expire_token_waits(now);
+    std::lock_guard lock(conns_mu_);
+    for (Conn* c : conns_)
+      if (c->expired(now.time_since_epoch().count())) c->expire();
+  }
 }
 
 asio::awaitable<void> Server::metrics_accept_loop() {
@@ -256,7 +318,7 @@ void Server::stop() {
 
 asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
   while (!stopping_) {
-    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(io_), use_nothrow);
+    auto [ec, socket] = co_await acceptor.async_accept(io_, use_nothrow);
     if (ec) {
       if (ec == asio::error::operation_aborted || stopping_) break;
       spdlog::warn("accept failed: {}", ec.message());
@@ -299,26 +361,39 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     Metrics& m;
     ~Gauge() { m.connection_closed(); }
   } gauge{svc_.metrics};
-  auto conn = std::make_shared<Conn>(tls_stream(std::move(socket), *tls_));
+  auto conn = std::make_unique<Conn>(std::move(socket));
   conn->set_deadline(std::chrono::seconds(sc.handshaketimeout));
-  asio::co_spawn(conn->stream.get_executor(), watchdog(conn), asio::detached);
-  struct Closer {
-    std::shared_ptr<Conn> c;
-    ~Closer() { c->close(); }
-  } closer{conn};
-
-  auto [hec] = co_await conn->stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
-  if (hec) {
-    svc_.metrics.handshake_failure();
-    spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : hec.message());
+  conn->socket.non_blocking(true, ec);
+  conn->ssl = SSL_new(tls_->native_handle());
+  if (ec || !conn->ssl || SSL_set_fd(conn->ssl, static_cast<int>(conn->socket.native_handle())) != 1) {
+    spdlog::error("connection from {}: cannot set up TLS: {}", peer_ip, ec ? ec.message() : openssl_error_string());
     ERR_clear_error();
+    co_return;
+  }
+  SSL_set_accept_state(conn->ssl);
+  struct Watched {  // the sweeper enforces the deadline while the connection is registered
+    Server& s;
+    Conn* c;
+    Watched(Server& srv, Conn* conn) : s(srv), c(conn) {
+      std::lock_guard lock(s.conns_mu_);
+      s.conns_.insert(c);
+    }
+    ~Watched() {
+      std::lock_guard lock(s.conns_mu_);
+      s.conns_.erase(c);
+    }
+  } watched{*this, conn.get()};
+
+  if (co_await tls_call(*conn, TlsOp::handshake, nullptr, 0) <= 0) {
+    svc_.metrics.handshake_failure();
+    spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : "closed or refused");
     co_return;
   }
 
   // Identity once per connection (relic-protocol.md §4.1).
   ClientIdentity identity;
   {
-    SSL* ssl = conn->stream.native_handle();
+    SSL* ssl = conn->ssl;
     X509* leaf = SSL_get1_peer_certificate(ssl);
     if (leaf) {
       identity = svc_.auth->identify(leaf, SSL_get_peer_cert_chain(ssl));
@@ -328,14 +403,23 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
 
   http::Limits limits{sc.maxheaderbytes, sc.maxbodybytes};
   http::RequestParser parser(limits);
-  std::array<char, 16 * 1024> buf;
-  std::string pending;  // bytes read but not yet parsed (pipelining)
+  std::unique_ptr<char[]> buf;  // only while a request is being read
+  std::string pending;          // bytes read but not yet parsed (pipelining)
   bool first = true;
 
+  // Reads what is there into `pending`. Waits for readability before taking a buffer, so a
+  // connection waiting for its next request holds none.
   auto fill = [&]() -> asio::awaitable<bool> {
-    auto [rec, n] = co_await conn->stream.async_read_some(asio::buffer(buf), use_nothrow);
-    if (rec || n == 0) co_return false;
-    pending.append(buf.data(), n);
+    if (!buf) {
+      if (!SSL_has_pending(conn->ssl)) {
+        auto [wec] = co_await conn->socket.async_wait(tcp::socket::wait_read, use_nothrow);
+        if (wec) co_return false;
+      }
+      buf = std::make_unique<char[]>(kReadChunk);
+    }
+    int n = co_await tls_call(*conn, TlsOp::read, buf.get(), kReadChunk);
+    if (n <= 0) co_return false;
+    pending.append(buf.get(), static_cast<size_t>(n));
     co_return true;
   };
   auto feed_pending = [&]() {
@@ -346,24 +430,27 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   // client finishes sending and sees the answer instead of a reset (nginx's lingering close).
   auto linger = [&]() -> asio::awaitable<void> {
     conn->set_deadline(std::chrono::seconds(2));
+    if (!buf) buf = std::make_unique<char[]>(kReadChunk);
     size_t discarded = 0;
     while (discarded < (64u << 20)) {
-      auto [rec, n] = co_await conn->stream.async_read_some(asio::buffer(buf), use_nothrow);
-      if (rec || n == 0) break;
-      discarded += n;
+      int n = co_await tls_call(*conn, TlsOp::read, buf.get(), kReadChunk);
+      if (n <= 0) break;
+      discarded += static_cast<size_t>(n);
     }
   };
   auto write = [&](http::Response& resp) -> asio::awaitable<bool> {
     router_.decorate(resp);
     std::string out = http::serialize(resp);
     conn->set_deadline(std::chrono::seconds(sc.writetimeout));
-    auto [wec, n] = co_await asio::async_write(conn->stream, asio::buffer(out), use_nothrow);
-    (void)n;
-    co_return !wec;
+    co_return co_await tls_write(*conn, out);
   };
 
   for (;;) {
     parser.reset();
+    if (pending.empty()) {
+      buf.reset();
+      std::string().swap(pending);
+    }
     conn->set_deadline(std::chrono::seconds(first ? sc.readheadertimeout : sc.idletimeout));
     bool started = !pending.empty();
     if (started) conn->set_deadline(std::chrono::seconds(sc.readheadertimeout));
@@ -448,10 +535,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
         return true;
       });
       if (const std::string* expect = req.header("Expect"); expect && http::iequals(*expect, "100-continue")) {
-        static const std::string kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-        auto [cec, cn] = co_await asio::async_write(conn->stream, asio::buffer(kContinue), use_nothrow);
-        (void)cn;
-        if (cec) co_return;
+        static const std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (!co_await tls_write(*conn, kContinue)) co_return;
       }
       parser.resume();
       conn->set_deadline(std::chrono::seconds(sc.readtimeout));
@@ -478,7 +563,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
         co_return;
       }
       req.body = std::move(body);
-      // The handler may wait on a token; the watchdog must not cut it off meanwhile (the handler
+      // The handler may wait on a token; the sweeper must not cut it off meanwhile (the handler
       // enforces its own deadline, writetimeout, and answers 504).
       conn->set_deadline(std::chrono::seconds(sc.writetimeout) + std::chrono::seconds(5));
       if (d.streaming) resp = co_await d.streaming->finish(ctx);

@@ -1,4 +1,4 @@
-// The TLS listener: Asio + OpenSSL, one coroutine per connection on its own strand, HTTP/1.1 with
+// The TLS listener: Asio + OpenSSL, one coroutine per connection, HTTP/1.1 with
 // keep-alive, limits and timeouts (header, body, idle, write), mutual TLS identity computed once
 // per connection.
 #pragma once
@@ -11,8 +11,12 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
+#include <unordered_set>
 
 namespace p11relay::daemon {
+
+struct Conn;
 
 Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& cfg);
 
@@ -32,6 +36,7 @@ class Server {
   asio::awaitable<void> serve(asio::ip::tcp::socket socket);
   asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
   asio::awaitable<void> metrics_accept_loop();
+  asio::awaitable<void> sweep_loop();
   Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what);
 
   asio::io_context& io_;
@@ -42,6 +47,8 @@ class Server {
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor_;
   std::atomic<size_t> connections_{0};
   std::atomic<bool> stopping_{false};
+  std::mutex conns_mu_;
+  std::unordered_set<Conn*> conns_;  // open TLS connections, for the deadline sweeper
 };
 
 }  // namespace p11relay::daemon

@@ -7,6 +7,8 @@
 
 #include <ctime>
 #include <future>
+#include <list>
+#include <mutex>
 
 namespace p11relay::daemon {
 
@@ -30,40 +32,73 @@ const std::string* SignerContext::param(const std::string& name) const {
 
 namespace {
 
-// Shared between the token's completion and the deadline timer; whichever comes first resumes the
-// awaiting coroutine, on its own executor.
-template <typename Handler>
-struct SignWait {
-  explicit SignWait(Handler h, asio::any_io_executor ex)
-      : handler(std::move(h)), executor(std::move(ex)), timer(executor) {}
-  Handler handler;
+// A coroutine waiting on a token. The token's completion and the deadline (expire_token_waits)
+// race, possibly on different threads; `done` lets exactly one of them resume the coroutine.
+struct TokenWait {
+  explicit TokenWait(asio::any_io_executor ex) : executor(std::move(ex)) {}
+  virtual ~TokenWait() = default;
+  virtual void complete(Result<Bytes> r) = 0;
   asio::any_io_executor executor;
-  asio::steady_timer timer;
-  bool done = false;
+  Clock::time_point deadline;
+  std::atomic<bool> done{false};
+  std::atomic<bool> initiating{true};
+  std::list<std::shared_ptr<TokenWait>>::iterator pos;
+};
 
-  void complete(Result<Bytes> r) {
-    if (done) return;
-    done = true;
-    timer.cancel();
+// Pending waits, checked by the server's sweeper. A list node and two uncontended locks per
+// signature are cheaper than a steady_timer per request, whose cancellation posts a handler and
+// so wakes an io thread.
+std::mutex waits_mu;
+std::list<std::shared_ptr<TokenWait>> waits;
+
+template <typename Handler>
+struct SignWait : TokenWait {
+  SignWait(Handler h, asio::any_io_executor ex) : TokenWait(std::move(ex)), handler(std::move(h)) {}
+  Handler handler;
+
+  void complete(Result<Bytes> r) override {
+    if (done.exchange(true)) return;
+    {
+      std::lock_guard lock(waits_mu);
+      waits.erase(pos);
+    }
     std::move(handler)(std::move(r));
   }
 };
 
 }  // namespace
 
+void expire_token_waits(Clock::time_point now) {
+  std::vector<std::shared_ptr<TokenWait>> expired;
+  {
+    std::lock_guard lock(waits_mu);
+    for (const auto& w : waits)
+      if (w->deadline <= now) expired.push_back(w);
+  }
+  for (auto& w : expired)
+    asio::post(w->executor, [w] { w->complete(Error(ErrorCode::timeout, "the token did not answer in time")); });
+}
+
 asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job) {
   auto ex = co_await asio::this_coro::executor;
   auto init = [token, ex](auto handler, SignJob job) {  // job copied: the caller's stays untouched
     using H = decltype(handler);
     auto wait = std::make_shared<SignWait<H>>(std::move(handler), ex);
-    wait->timer.expires_at(job.deadline);
-    wait->timer.async_wait([wait](std::error_code ec) {
-      if (ec) return;
-      wait->complete(Error(ErrorCode::timeout, "the token did not answer in time"));
-    });
-    token->sign(std::move(job), [wait](Result<Bytes> r) {
+    wait->deadline = job.deadline;
+    {
+      std::lock_guard lock(waits_mu);
+      wait->pos = waits.insert(waits.end(), wait);
+    }
+    // On the token's worker thread with nothing else queued, resume the caller right there: it
+    // writes its answer and goes back to waiting for the socket, which saves waking an io thread
+    // (two context switches per signature). With jobs waiting, the worker goes on signing and the
+    // io threads finish the request. A refusal inside sign() is posted too: the coroutine is not
+    // resumed from inside its own initiation.
+    token->sign(std::move(job), [wait, token](Result<Bytes> r) {
+      if (!wait->initiating.load() && token->queue_depth() == 0) return wait->complete(std::move(r));
       asio::post(wait->executor, [wait, r = std::move(r)]() mutable { wait->complete(std::move(r)); });
     });
+    wait->initiating = false;
   };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Bytes>)>(
       init, asio::use_awaitable, job);

@@ -90,8 +90,11 @@ struct SignerContext {
 };
 
 // Awaits a signature from a token, giving up at `deadline` with a 504 (the token job is then
-// dropped if it has not started). Runs the completion on the caller's executor.
+// dropped if it has not started). The caller resumes on its executor or, when the token has nothing
+// else queued, on the token's worker thread; the deadline is enforced by expire_token_waits.
 asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job);
+// Answers every token_sign whose deadline has passed (the server's sweeper calls it every 100 ms).
+void expire_token_waits(Clock::time_point now);
 
 // Synchronous signing from a non-io thread (library callbacks such as authenticode::RawSigner):
 // queues on the token and waits, at most until job.deadline.
