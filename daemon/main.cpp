@@ -1,11 +1,13 @@
 // p11relayd: serves signing on PKCS#11 tokens over mutual TLS (relic API + relay API).
 #include "daemon/config.h"
+#include "daemon/listen_fds.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
 #include "daemon/service.h"
 #include "daemon/signers/signers.h"
 
 #include <CLI/CLI.hpp>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #ifdef P11RELAY_HAVE_SYSTEMD
@@ -13,7 +15,11 @@
 #endif
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <fstream>
 #include <future>
@@ -31,6 +37,37 @@ void notify(const std::string& what) {
 #else
   (void)what;
 #endif
+}
+
+// Under systemd, stderr is a journal stream when JOURNAL_STREAM names its device and inode
+// (systemd.exec(5)); journald then reads a "<N>" syslog priority at the start of each line.
+bool stderr_is_journal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  unsigned long long dev = 0, ino = 0;
+  struct stat st {};
+  return stream && std::sscanf(stream, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+         st.st_dev == dev && st.st_ino == ino;
+}
+
+class SyslogPriority : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    // trace, debug → debug (7); info (6); warn (4); err (3); critical (2)
+    static constexpr std::string_view kPrefix[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<2>", "<6>"};
+    auto p = kPrefix[static_cast<size_t>(msg.level) % std::size(kPrefix)];
+    dest.append(p.data(), p.data() + p.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
+};
+
+void set_log_format() {
+  if (!stderr_is_journal()) {
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    return;
+  }
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  formatter->add_flag<SyslogPriority>('*').set_pattern("%*%l %v");  // the journal has its own timestamps
+  spdlog::set_formatter(std::move(formatter));
 }
 
 // Pings every token on tokencheckinterval and keeps relic's health counter (§2.1).
@@ -70,6 +107,29 @@ asio::awaitable<void> health_loop(Service& svc) {
     timer.expires_after(std::chrono::seconds(s.tokencheckinterval));
     co_await timer.async_wait(asio::use_awaitable);
   }
+}
+
+// Binds server.listen (and server.listenmetrics), or adopts the sockets systemd passed (socket
+// activation: then the config's addresses are not used). Returns the TLS port.
+Result<unsigned short> listen(Server& server, const ServerConfig& s) {
+  ASSIGN_OR_RETURN(PassedSockets passed, passed_sockets());
+  unsigned short port = 0;
+  if (passed.any()) {
+    if (passed.tls.empty()) return config_error("socket activation: no socket for the TLS listener was passed");
+    for (int fd : passed.tls) {
+      ASSIGN_OR_RETURN(port, server.listen_tls(s.listen, fd));
+      spdlog::info("listening on port {} (socket from systemd, fd {}); server.listen is not used", port, fd);
+    }
+  } else {
+    ASSIGN_OR_RETURN(port, server.listen_tls(s.listen));
+    std::string shown = s.listen.substr(0, s.listen.rfind(':'));
+    spdlog::info("listening on https://{}:{}/", shown.empty() ? "0.0.0.0" : shown, port);
+  }
+  if (passed.metrics >= 0 || (!s.listenmetrics.empty() && !passed.any())) {
+    ASSIGN_OR_RETURN(unsigned short mport, server.listen_metrics(s.listenmetrics, passed.metrics));
+    spdlog::info("metrics on http://{}/metrics (port {})", passed.metrics >= 0 ? "*" : s.listenmetrics, mport);
+  }
+  return port;
 }
 
 int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
@@ -118,28 +178,16 @@ int run(const std::string& config_path, const std::string& listen_override, cons
   asio::io_context io(io_threads);
   Router router(svc);
   Server server(io, svc, router);
-  auto port = server.listen_tls(svc.config.server.listen);
-  if (!port.ok()) {
-    std::cerr << "p11relayd: " << port.error().message << "\n";
+  auto listened = listen(server, svc.config.server);
+  if (!listened.ok()) {
+    std::cerr << "p11relayd: " << listened.error().message << "\n";
     return 2;
   }
-  if (!svc.config.server.listenmetrics.empty()) {
-    auto mport = server.listen_metrics(svc.config.server.listenmetrics);
-    if (!mport.ok()) {
-      std::cerr << "p11relayd: " << mport.error().message << "\n";
-      return 2;
-    }
-    spdlog::info("metrics on http://{}/metrics (port {})", svc.config.server.listenmetrics, *mport);
-  }
+  auto port = *listened;
   server.start();
   asio::co_spawn(io, health_loop(svc), asio::detached);
-
-  std::string shown = svc.config.server.listen;
-  if (auto c = shown.rfind(':'); c != std::string::npos) shown = shown.substr(0, c);
-  if (shown.empty()) shown = "0.0.0.0";
-  spdlog::info("listening on https://{}:{}/", shown, *port);
   if (!port_file.empty()) {
-    std::ofstream(port_file) << *port << "\n";
+    std::ofstream(port_file) << port << "\n";
   }
   notify("READY=1");
 
@@ -183,7 +231,7 @@ int main(int argc, char** argv) {
 
   auto console = spdlog::stderr_color_mt("p11relayd");
   spdlog::set_default_logger(console);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  set_log_format();
 
   if (*verify) {
     auto r = verify_audit_file(audit_file);

@@ -189,7 +189,17 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
 
 Server::Server(asio::io_context& io, Service& service, Router& router) : io_(io), svc_(service), router_(router) {}
 
-Result<std::unique_ptr<tcp::acceptor>> Server::bind(const std::string& address, const char* what) {
+Result<std::unique_ptr<tcp::acceptor>> Server::bind(const std::string& address, const char* what, int fd) {
+  if (fd >= 0) {  // passed by systemd, already bound and listening (listen_fds.h checked it)
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    std::error_code ec;
+    auto acc = std::make_unique<tcp::acceptor>(io_);
+    acc->assign(ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+    if (ec) return config_error(std::string(what) + " (socket activation, fd " + std::to_string(fd) + "): " + ec.message());
+    return acc;
+  }
   std::string host = "0.0.0.0", port = address;
   if (auto colon = address.rfind(':'); colon != std::string::npos) {
     host = address.substr(0, colon);
@@ -212,18 +222,18 @@ Result<std::unique_ptr<tcp::acceptor>> Server::bind(const std::string& address, 
   return acc;
 }
 
-Result<unsigned short> Server::listen_tls(const std::string& address) {
+Result<unsigned short> Server::listen_tls(const std::string& address, int fd) {
   if (!tls_) {
     ASSIGN_OR_RETURN(tls_, make_server_tls(svc_.config.server));
   }
-  ASSIGN_OR_RETURN(auto acc, bind(address, "server.listen"));
+  ASSIGN_OR_RETURN(auto acc, bind(address, "server.listen", fd));
   unsigned short bound = acc->local_endpoint().port();
   acceptors_.push_back(std::move(acc));
   return bound;
 }
 
-Result<unsigned short> Server::listen_metrics(const std::string& address) {
-  ASSIGN_OR_RETURN(metrics_acceptor_, bind(address, "server.listenmetrics"));
+Result<unsigned short> Server::listen_metrics(const std::string& address, int fd) {
+  ASSIGN_OR_RETURN(metrics_acceptor_, bind(address, "server.listenmetrics", fd));
   return metrics_acceptor_->local_endpoint().port();
 }
 

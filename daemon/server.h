@@ -23,10 +23,11 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
 class Server {
  public:
   Server(asio::io_context& io, Service& service, Router& router);
-  // Binds the TLS listener (server.listen). Returns the bound port (useful with port 0).
-  Result<unsigned short> listen_tls(const std::string& address);
+  // Binds the TLS listener (server.listen), or adopts the listening socket `fd` when one was passed
+  // (socket activation; `address` then only names it in messages). Returns the bound port.
+  Result<unsigned short> listen_tls(const std::string& address, int fd = -1);
   // Plaintext listener for GET /metrics and GET /health only (server.listenmetrics).
-  Result<unsigned short> listen_metrics(const std::string& address);
+  Result<unsigned short> listen_metrics(const std::string& address, int fd = -1);
   void start();
   void stop();
   size_t connections() const { return connections_.load(); }
@@ -37,7 +38,7 @@ class Server {
   asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
   asio::awaitable<void> metrics_accept_loop();
   asio::awaitable<void> sweep_loop();
-  Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what);
+  Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what, int fd);
 
   asio::io_context& io_;
   Service& svc_;

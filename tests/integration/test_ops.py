@@ -1,11 +1,15 @@
 #!/usr/bin/python3
-"""Operating p11relayd (issue 7): RFC 7512 pkcs11: URIs in the config, against a real SoftHSMv2 token over
-real mutual TLS."""
+"""Operating p11relayd (issue 7): RFC 7512 pkcs11: URIs in the config and socket activation, against a
+real SoftHSMv2 token over real mutual TLS."""
 import base64
+import http.client
 import json
 import os
 import re
+import socket
+import subprocess
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -90,6 +94,121 @@ class UriConfig(unittest.TestCase):
         p = run([harness.DAEMON, "--check-config", str(path)], check=False, env=self.st.env())
         self.assertEqual(p.returncode, 2)
         self.assertRegex(p.stderr.decode(), r"colour\.yml:\d+: keys\.rsa2048\.uri: pkcs11 URI: unknown path attribute")
+
+
+class SocketActivation(unittest.TestCase):
+    """Listening sockets passed as systemd does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; fds from 3 on)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-ops-"))
+        cls.st = make_state(cls.tmp)
+        # server.listen names another port: an activated daemon must not bind it.
+        cls.config_port = harness.free_port()
+        cls.config = cls.st.write_config(cls.st.state_dir / "activated.yml", listen=f"127.0.0.1:{cls.config_port}")
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.remove_tmp(cls.tmp)
+
+    def listening(self) -> socket.socket:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        self.addCleanup(s.close)
+        return s
+
+    def activate(self, fds: list, names: str, *, listen_pid: str = "$$") -> Daemon:
+        """Starts p11relayd with `fds` as fds 3, 4, ... and LISTEN_PID set to its own pid (`$$` of the shell
+        that execs it), as systemd does. Returns the Daemon once it wrote its port file."""
+        d = Daemon(self.st, config=self.config)
+        self.addCleanup(d.stop)
+        env = self.st.env()
+        env.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=names)
+
+        def place_fds():
+            high = [os.dup(fd) for fd in fds]
+            for i, fd in enumerate(high):
+                os.dup2(fd, 3 + i)  # inheritable, like systemd's
+
+        log = open(d.log_path, "ab")
+        d.proc = subprocess.Popen(["/bin/sh", "-c", f'LISTEN_PID={listen_pid} exec "$@"', "sh", harness.DAEMON,
+                                   "--config", str(self.config), "--port-file", str(d.port_file)],
+                                  env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, close_fds=False,
+                                  preexec_fn=place_fds)
+        log.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and d.proc.poll() is None:
+            if d.port_file.exists() and d.port_file.read_text().strip():
+                d.port = int(d.port_file.read_text())
+                return d
+            time.sleep(0.02)
+        d.proc.wait(5)
+        return d
+
+    def test_signs_through_the_passed_socket_and_serves_metrics_on_the_named_one(self):
+        tls, metrics = self.listening(), self.listening()
+        d = self.activate([tls.fileno(), metrics.fileno()], "p11relayd.socket:metrics")
+        self.assertIsNone(d.proc.poll(), d.log())
+        self.assertEqual(d.port, tls.getsockname()[1])
+        digest = bytes(range(32))
+        status, _, body = d.sign("ec256", "CKM_ECDSA", digest)
+        self.assertEqual(status, 200, body)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", self.config_port), timeout=5).close()
+        conn = http.client.HTTPConnection("127.0.0.1", metrics.getsockname()[1], timeout=10)
+        conn.request("GET", "/metrics")
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertIn(b'p11relay_signatures_total{key="ec256",client="demo",outcome="ok"} 1', r.read())
+        conn.close()
+        self.assertIn("socket from systemd", d.log())
+
+    def test_sockets_meant_for_another_process_are_ignored(self):
+        tls = self.listening()
+        d = self.activate([tls.fileno()], "p11relayd.socket", listen_pid="1")
+        self.assertIsNone(d.proc.poll(), d.log())
+        self.assertEqual(d.port, self.config_port)
+
+    def test_a_passed_socket_that_is_not_listening_is_refused(self):
+        s = socket.socket()
+        self.addCleanup(s.close)
+        d = self.activate([s.fileno()], "p11relayd.socket")
+        self.assertEqual(d.proc.returncode, 2, d.log())
+        self.assertIn("file descriptor 3 is not a listening TCP socket", d.log())
+
+
+class JournalStream(unittest.TestCase):
+    """Under systemd (JOURNAL_STREAM names stderr), log lines carry "<N>" syslog priorities for journald."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-ops-"))
+        cls.st = make_state(cls.tmp)
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.remove_tmp(cls.tmp)
+
+    def start(self, journal_stream) -> str:
+        d = Daemon(self.st)
+        d.log_path.write_bytes(b"")  # a fresh file (ids, hence log names, can repeat)
+        s = d.log_path.stat()
+        d.env = self.st.env()
+        d.env["JOURNAL_STREAM"] = journal_stream(s)
+        d.start()
+        d.request("GET", "/v1/keys/nope/sign", cert=False)  # a 401: logged at info
+        d.stop()
+        return d.log()
+
+    def test_priority_prefixes_only_when_stderr_is_the_journal(self):
+        log = self.start(lambda s: f"{s.st_dev}:{s.st_ino}")
+        self.assertRegex(log, r"(?m)^<6>info listening on https://127\.0\.0\.1:\d+/$")
+        self.assertRegex(log, r"(?m)^<6>info signal 15: shutting down$")
+        self.assertNotRegex(log, r"(?m)^\d{4}-")  # no timestamps: journald has its own
+        log = self.start(lambda s: f"{s.st_dev}:{s.st_ino + 1}")  # some other stream: plain stderr format
+        self.assertRegex(log, r"(?m)^\d{4}-\d\d-\d\dT[\d:.]+ info listening on ")
+        self.assertNotIn("<6>", log)
 
 
 if __name__ == "__main__":
