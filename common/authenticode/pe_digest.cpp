@@ -310,6 +310,17 @@ PeDigester::~PeDigester() = default;
 uint64_t PeDigester::bytes_seen() const { return s_->pos; }
 
 Status PeDigester::update(std::span<const uint8_t> chunk) {
+  // Until the headers parse, input is collected in `head`: feed a large chunk (a whole mapped file)
+  // in pieces so that only the first few are copied, not the whole file.
+  constexpr size_t kHeadPiece = 64 * 1024;
+  while (chunk.size() > kHeadPiece && !s_->parsed && !s_->error) {
+    RETURN_IF_ERROR(update_piece(chunk.first(kHeadPiece)));
+    chunk = chunk.subspan(kHeadPiece);
+  }
+  return update_piece(chunk);
+}
+
+Status PeDigester::update_piece(std::span<const uint8_t> chunk) {
   State& s = *s_;
   if (s.error) return *s.error;
   if (chunk.empty()) return {};

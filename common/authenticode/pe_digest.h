@@ -65,6 +65,7 @@ class PeDigester {
   uint64_t bytes_seen() const;
 
  private:
+  Status update_piece(std::span<const uint8_t> chunk);
   struct State;
   std::unique_ptr<State> s_;
 };

@@ -125,9 +125,16 @@ Status write_signed_file(const std::string& in_path, const std::string& out_path
   }
   ASSIGN_OR_RETURN(binpatch::Patch patch, make_pe_patch(pe, to_embed));
 
-  const std::string tmp = out_path + ".p11relay-tmp";
-  File out(std::fopen(tmp.c_str(), "wb+"), std::fclose);
-  if (!out) return bad_request("cannot create " + tmp + ": " + std::strerror(errno));
+  // A unique name beside the output: two signings of the same file must not share a temp file.
+  std::string tmp = out_path + ".p11relay-XXXXXX";
+  int fd = ::mkstemp(tmp.data());
+  if (fd < 0) return bad_request("cannot create a temp file beside " + out_path + ": " + std::strerror(errno));
+  File out(::fdopen(fd, "wb+"), std::fclose);
+  if (!out) {
+    ::close(fd);
+    std::remove(tmp.c_str());
+    return bad_request("cannot create " + tmp + ": " + std::strerror(errno));
+  }
   auto fail = [&](Error e) -> Status {
     out.reset();
     std::remove(tmp.c_str());
@@ -155,12 +162,14 @@ Status write_signed_file(const std::string& in_path, const std::string& out_path
     cur = r.offset + r.old_size;
   }
   if (!copy_until(pe.file_size)) return fail(bad_request("I/O error writing " + tmp));
-  // §9.6: the checksum is the last thing written, at its place in the headers.
+  // §9.6: the checksum is the last thing written, at its place in the headers. No fsync (like
+  // osslsigncode and signtool): the rename already keeps readers from seeing a partial file, and
+  // flushing 100 MB to disk cost more than the whole signature.
   uint32_t c = sum.finish();
   uint8_t le[4] = {static_cast<uint8_t>(c), static_cast<uint8_t>(c >> 8), static_cast<uint8_t>(c >> 16),
                    static_cast<uint8_t>(c >> 24)};
   if (std::fseek(out.get(), static_cast<long>(pe.checksum_offset), SEEK_SET) != 0 ||
-      std::fwrite(le, 1, 4, out.get()) != 4 || std::fflush(out.get()) != 0 || ::fsync(::fileno(out.get())) != 0)
+      std::fwrite(le, 1, 4, out.get()) != 4 || std::fflush(out.get()) != 0)
     return fail(bad_request("I/O error writing " + tmp));
   ::fchmod(::fileno(out.get()), st.st_mode & 07777);
   out.reset();

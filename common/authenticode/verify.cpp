@@ -98,7 +98,11 @@ Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView
 
 }  // namespace
 
-Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
+namespace {
+
+// `hashed`: the file already digested (verify_pe's pass); reused when it has the signature's
+// algorithm and no page hashes are needed, so a 100 MB file is not hashed twice.
+Result<SignatureReport> verify_one(ByteSpan file, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
   SignatureReport rep;
   rep.nesting = nesting;
   ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
@@ -118,7 +122,12 @@ Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, 
     // compute the page hashes separately with their own algorithm.
     opt.page_hashes = false;
   }
-  ASSIGN_OR_RETURN(PeInfo pe, pe_digest(file, opt));
+  PeInfo pe;
+  if (hashed && hashed->alg == opt.alg && !opt.page_hashes) {
+    pe.image_digest = hashed->image_digest;
+  } else {
+    ASSIGN_OR_RETURN(pe, pe_digest(file, opt));
+  }
   if (pe.image_digest != spc.digest)
     return bad_request("image digest mismatch: file " + to_hex(pe.image_digest) + ", signature " + to_hex(spc.digest));
   if (spc.page_alg) {
@@ -182,6 +191,12 @@ Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, 
   return rep;
 }
 
+}  // namespace
+
+Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
+  return verify_one(file, signed_data, nesting, nullptr);
+}
+
 Result<VerifyReport> verify_pe(ByteSpan file) {
   PeDigestOptions opt;
   opt.keep_cert_table = true;
@@ -192,7 +207,7 @@ Result<VerifyReport> verify_pe(ByteSpan file) {
   if (!pe.signed_()) return bad_request("file is not signed");
   ASSIGN_OR_RETURN(std::vector<Bytes> sigs, parse_cert_table(pe.cert_table));
   for (const auto& sig : sigs) {
-    ASSIGN_OR_RETURN(SignatureReport r, verify_signed_data(file, sig, 0));
+    ASSIGN_OR_RETURN(SignatureReport r, verify_one(file, sig, 0, &pe));
     rep.signatures.push_back(std::move(r));
     // Nested signatures (osslsigncode -nest): unsigned attribute 1.3.6.1.4.1.311.2.4.1 of the primary.
     ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(sig));
@@ -201,7 +216,7 @@ Result<VerifyReport> verify_pe(ByteSpan file) {
     for (const auto& a : un) {
       if (!der::equal(a.oid, der::oid_content(oid::kNestedSignature))) continue;
       for (auto v : a.values) {
-        ASSIGN_OR_RETURN(SignatureReport nr, verify_signed_data(file, v, 1));
+        ASSIGN_OR_RETURN(SignatureReport nr, verify_one(file, v, 1, &pe));
         rep.signatures.push_back(std::move(nr));
       }
     }
