@@ -26,6 +26,13 @@ Result<std::unique_ptr<Authenticator>> Authenticator::create(const Config& confi
   return a;
 }
 
+Result<std::shared_ptr<const ConfigSnapshot>> Authenticator::snapshot(Config config) {
+  auto snap = std::make_shared<ConfigSnapshot>();
+  snap->config = std::move(config);
+  ASSIGN_OR_RETURN(snap->auth, create(snap->config));
+  return std::shared_ptr<const ConfigSnapshot>(std::move(snap));
+}
+
 ClientIdentity Authenticator::identify(STACK_OF(X509) * chain) const {
   if (!chain || sk_X509_num(chain) == 0) return {};
   return identify(sk_X509_value(chain, 0), chain);
@@ -68,6 +75,13 @@ ClientIdentity Authenticator::identify(X509* leaf, STACK_OF(X509) * intermediate
                    X509_verify_cert_error_string(err));
   }
   ERR_clear_error();
+  return id;
+}
+
+ClientIdentity identify(const std::shared_ptr<const ConfigSnapshot>& snapshot, X509* leaf,
+                        STACK_OF(X509) * intermediates) {
+  ClientIdentity id = snapshot->auth->identify(leaf, intermediates);
+  id.snapshot = snapshot;
   return id;
 }
 

@@ -30,6 +30,7 @@ struct ServerConfig {
   std::vector<std::string> moduledirs;      // allow-listed directories for vendor PKCS#11 modules
   std::string loglevel = "info";
   std::string clientca;                     // optional: verify client certs against this CA at TLS
+  bool operator==(const ServerConfig&) const = default;
 };
 
 struct TokenConfig {
@@ -44,6 +45,7 @@ struct TokenConfig {
   int queuesize = 64;              // waiting requests per token; full → 503 + Retry-After
   int timeout = 60;                // seconds per token operation
   int retries = 5;
+  bool operator==(const TokenConfig&) const = default;
 };
 
 struct KeyConfig {

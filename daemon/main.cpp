@@ -1,6 +1,7 @@
 // p11relayd: serves signing on PKCS#11 tokens over mutual TLS (relic API + relay API).
 #include "daemon/config.h"
 #include "daemon/listen_fds.h"
+#include "daemon/reload.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
 #include "daemon/service.h"
@@ -132,6 +133,33 @@ Result<unsigned short> listen(Server& server, const ServerConfig& s) {
   return port;
 }
 
+// SIGHUP: loads the config file again and publishes its clients and keys (roles, hide, aliases,
+// policy) at once; open connections see them on their next request. An invalid file is refused whole
+// and the running config stays. What needs a token re-open or a new listener is only logged.
+void reload(Service& svc, const std::string& config_path, const std::string& listen_override) {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(now.tv_sec * 1000000LL + now.tv_nsec / 1000));
+  auto fresh = load_config(config_path);
+  if (fresh.ok()) {
+    if (!listen_override.empty()) fresh->server.listen = listen_override;
+    // Against the start-up config: that is what the tokens and listeners were made from.
+    for (const auto& what : needs_restart(svc.config, *fresh))
+      spdlog::warn("config reload: {} changed: needs a restart, the running one stays", what);
+  }
+  auto snapshot = fresh.ok() ? Authenticator::snapshot(std::move(fresh).value())
+                             : Result<std::shared_ptr<const ConfigSnapshot>>(fresh.error());
+  svc.metrics.config_reload(snapshot.ok());
+  if (snapshot.ok()) {
+    spdlog::info("config reloaded from {}: {} client(s), {} key(s)", config_path, (*snapshot)->config.clients.size(),
+                 (*snapshot)->config.keys.size());
+    svc.current.store(std::move(snapshot).value());
+  } else {
+    spdlog::error("config reload refused, the running config stays: {}", snapshot.error().message);
+  }
+  notify("READY=1");
+}
+
 int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
         int io_threads) {
   auto cfg = load_config(config_path);
@@ -147,12 +175,12 @@ int run(const std::string& config_path, const std::string& listen_override, cons
   gethostname(host, sizeof host - 1);
   svc.hostname = host;
 
-  auto auth = Authenticator::create(svc.config);
-  if (!auth.ok()) {
-    std::cerr << "p11relayd: " << auth.error().message << "\n";
+  auto snapshot = Authenticator::snapshot(svc.config);
+  if (!snapshot.ok()) {
+    std::cerr << "p11relayd: " << snapshot.error().message << "\n";
     return 2;
   }
-  svc.auth = std::move(auth).value();
+  svc.current.store(std::move(snapshot).value());
   if (!svc.config.auditfile.empty()) {
     auto audit = AuditLog::open(svc.config.auditfile);
     if (!audit.ok()) {
@@ -190,6 +218,16 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     std::ofstream(port_file) << port << "\n";
   }
   notify("READY=1");
+
+  asio::signal_set hangup(io, SIGHUP);
+  std::function<void()> on_hangup = [&] {
+    hangup.async_wait([&](std::error_code ec, int) {
+      if (ec) return;
+      reload(svc, config_path, listen_override);
+      on_hangup();
+    });
+  };
+  on_hangup();
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code, int sig) {

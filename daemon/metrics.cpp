@@ -71,6 +71,11 @@ std::string Metrics::render(const std::vector<TokenGauge>& tokens) const {
   o << "# HELP p11relay_connections Open client connections.\n# TYPE p11relay_connections gauge\n"
        "p11relay_connections "
     << connections_.load() << "\n";
+  o << "# HELP p11relay_config_reload_total Configuration reloads (SIGHUP), by result.\n"
+       "# TYPE p11relay_config_reload_total counter\n"
+       "p11relay_config_reload_total{result=\"ok\"} "
+    << reloads_ok_.load() << "\n"
+    << "p11relay_config_reload_total{result=\"rejected\"} " << reloads_rejected_.load() << "\n";
   return o.str();
 }
 

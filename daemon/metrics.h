@@ -19,6 +19,7 @@ class Metrics {
   void handshake_failure() { ++handshake_failures_; }
   void connection_opened() { ++connections_; }
   void connection_closed() { --connections_; }
+  void config_reload(bool ok) { ++(ok ? reloads_ok_ : reloads_rejected_); }
 
   struct TokenGauge {
     std::string name;
@@ -41,6 +42,7 @@ class Metrics {
   std::map<std::string, Histogram> latency_;               // key → histogram
   std::atomic<unsigned long long> handshake_failures_{0};
   std::atomic<long long> connections_{0};
+  std::atomic<unsigned long long> reloads_ok_{0}, reloads_rejected_{0};
 };
 
 // Label value escaping per the Prometheus text format.

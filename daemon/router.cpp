@@ -118,10 +118,11 @@ http::Response directory(Service& svc, const RequestContext& ctx) {
   return text_response(200, body);
 }
 
-http::Response list_keys(Service& svc, const RequestContext& ctx) {
+http::Response list_keys(const RequestContext& ctx) {
   std::vector<std::string> names;
-  for (const auto& [name, k] : svc.config.keys) {
-    const KeyConfig* target = svc.config.resolve_key(name);
+  const Config& config = ctx.identity.snapshot->config;  // set for every recognised client
+  for (const auto& [name, k] : config.keys) {
+    const KeyConfig* target = config.resolve_key(name);
     if (!target || target->hide || k.hide) continue;
     if (allowed(ctx.identity, *target)) names.push_back(name);
   }
@@ -239,7 +240,7 @@ std::optional<http::Response> relay_auth(const RequestContext& ctx) {
 
 http::Response relay_keys(Service& svc, const RequestContext& ctx) {
   std::vector<relay::KeyDescription> out;
-  for (const auto& [name, k] : svc.config.keys) {
+  for (const auto& [name, k] : ctx.identity.snapshot->config.keys) {
     if (!k.alias.empty()) continue;  // aliases are a relic naming convenience; the shim sees real keys
     if (!allowed(ctx.identity, k)) continue;
     auto t = svc.tokens.find(k.token);
@@ -391,7 +392,7 @@ RouteDecision Router::route(RequestContext& ctx) {
   if (p == "/list_keys") {
     if (!only("GET")) return d;
     if (auto a = relic_auth(ctx)) d.response = std::move(*a);
-    else d.response = list_keys(svc_, ctx);
+    else d.response = list_keys(ctx);
     return d;
   }
   if (starts_with(p, "/keys/") && p.size() > 6) {

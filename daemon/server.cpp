@@ -400,16 +400,10 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     co_return;
   }
 
-  // Identity once per connection (relic-protocol.md §4.1).
+  // Identity once per connection (relic-protocol.md §4.1), and again on the first request after a
+  // config reload: a removed client loses access, an added one gains it, without reconnecting.
   ClientIdentity identity;
-  {
-    SSL* ssl = conn->ssl;
-    X509* leaf = SSL_get1_peer_certificate(ssl);
-    if (leaf) {
-      identity = svc_.auth->identify(leaf, SSL_get_peer_cert_chain(ssl));
-      X509_free(leaf);
-    }
-  }
+  X509_ptr peer(SSL_get1_peer_certificate(conn->ssl));
 
   http::Limits limits{sc.maxheaderbytes, sc.maxbodybytes};
   http::RequestParser parser(limits);
@@ -483,6 +477,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
       co_return;
     }
     http::Request& req = parser.request();
+    if (auto current = svc_.current.load(); current != identity.snapshot)
+      identity = identify(current, peer.get(), SSL_get_peer_cert_chain(conn->ssl));
     RequestContext ctx{req, identity, peer_ip, true,
                        Clock::now() + std::chrono::seconds(sc.writetimeout)};
     auto started_at = Clock::now();

@@ -13,7 +13,8 @@
 namespace p11relay::daemon {
 
 std::optional<Service::KeyRef> Service::lookup_key(const std::string& name, const ClientIdentity& id) const {
-  const KeyConfig* kc = config.resolve_key(name);
+  if (!id.snapshot) return std::nullopt;
+  const KeyConfig* kc = id.snapshot->config.resolve_key(name);
   if (!kc || kc->token.empty() || !allowed(id, *kc)) return std::nullopt;
   auto t = tokens.find(kc->token);
   if (t == tokens.end()) return std::nullopt;

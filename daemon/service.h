@@ -58,7 +58,10 @@ using SignerFactory = std::function<Result<std::unique_ptr<BodyConsumer>>(const 
 
 struct Service {
   Config config;
-  std::unique_ptr<Authenticator> auth;
+  // Clients and keys (roles, policy) as last (re)loaded, with their authenticator: swapped whole on
+  // SIGHUP; a connection loads it once per request (server.cpp). `config` stays the start-up one
+  // (listeners, tokens).
+  std::atomic<std::shared_ptr<const ConfigSnapshot>> current;
   std::map<std::string, std::shared_ptr<Token>> tokens;  // by config token name
   std::unique_ptr<AuditLog> audit;
   Health health;
