@@ -4,7 +4,9 @@ SoftHSMv2 token and mutual TLS; connections held open (keep-alive) across the re
 import base64
 import http.client
 import json
+import os
 import signal
+import socket
 import tempfile
 import time
 import unittest
@@ -112,6 +114,35 @@ class Reload(unittest.TestCase):
         audit = st.audit_file.read_bytes()
         self.assertTrue(audit.startswith(audit_before) and len(audit) > len(audit_before))
         run([harness.DAEMON, "audit-verify", str(st.audit_file)])
+
+    def test_notify_reloading_then_ready(self):
+        """sd_notify(3) as systemd's Type=notify sees it: READY=1, then RELOADING=1 (with MONOTONIC_USEC)
+        and READY=1 again around a reload, also around a refused one."""
+        st = self.st
+        st.write_config(config=self.config([st.client]))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(str(self.tmp / "notify.sock"))
+        sock.settimeout(20)
+        d = Daemon(st, env=st.env({**os.environ, "NOTIFY_SOCKET": str(self.tmp / "notify.sock")}))
+        d.start()
+        self.addCleanup(d.stop)
+
+        def next_state() -> str:  # skips STATUS=/WATCHDOG= updates from the health loop
+            while True:
+                msg = sock.recv(4096).decode()
+                if "READY=1" in msg or "RELOADING=1" in msg:
+                    return msg
+
+        self.assertEqual(next_state(), "READY=1")
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertRegex(next_state(), r"^RELOADING=1\nMONOTONIC_USEC=\d+$")
+        self.assertEqual(next_state(), "READY=1")
+        st.config.write_text("not: [valid\n")
+        d.proc.send_signal(signal.SIGHUP)
+        self.assertRegex(next_state(), r"^RELOADING=1\n")
+        self.assertEqual(next_state(), "READY=1")
+        self.assertEqual(d.request("GET", "/v1/keys")[0], 200)
 
 
 if __name__ == "__main__":
