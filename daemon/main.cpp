@@ -153,7 +153,7 @@ void reload(Service& svc, const std::string& config_path, const std::string& lis
   if (snapshot.ok()) {
     spdlog::info("config reloaded from {}: {} client(s), {} key(s)", config_path, (*snapshot)->config.clients.size(),
                  (*snapshot)->config.keys.size());
-    svc.current.store(std::move(snapshot).value());
+    svc.publish(std::move(snapshot).value());
   } else {
     spdlog::error("config reload refused, the running config stays: {}", snapshot.error().message);
   }
@@ -180,7 +180,7 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     std::cerr << "p11relayd: " << snapshot.error().message << "\n";
     return 2;
   }
-  svc.current.store(std::move(snapshot).value());
+  svc.publish(std::move(snapshot).value());
   if (!svc.config.auditfile.empty()) {
     auto audit = AuditLog::open(svc.config.auditfile);
     if (!audit.ok()) {

@@ -477,8 +477,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
       co_return;
     }
     http::Request& req = parser.request();
-    if (auto current = svc_.current.load(); current != identity.snapshot)
-      identity = identify(current, peer.get(), SSL_get_peer_cert_chain(conn->ssl));
+    if (!svc_.is_current(identity.snapshot.get()))
+      identity = identify(svc_.current.load(), peer.get(), SSL_get_peer_cert_chain(conn->ssl));
     RequestContext ctx{req, identity, peer_ip, true,
                        Clock::now() + std::chrono::seconds(sc.writetimeout)};
     auto started_at = Clock::now();

@@ -59,9 +59,18 @@ using SignerFactory = std::function<Result<std::unique_ptr<BodyConsumer>>(const 
 struct Service {
   Config config;
   // Clients and keys (roles, policy) as last (re)loaded, with their authenticator: swapped whole on
-  // SIGHUP; a connection loads it once per request (server.cpp). `config` stays the start-up one
-  // (listeners, tokens).
+  // SIGHUP. `config` stays the start-up one (listeners, tokens).
   std::atomic<std::shared_ptr<const ConfigSnapshot>> current;
+  std::atomic<const ConfigSnapshot*> current_raw{nullptr};  // current.get(), for is_current()
+  void publish(std::shared_ptr<const ConfigSnapshot> snapshot) {
+    const ConfigSnapshot* raw = snapshot.get();
+    current.store(std::move(snapshot));
+    current_raw.store(raw, std::memory_order_release);
+  }
+  // Whether a connection's snapshot is still the published one: asked on every request, so a plain
+  // atomic load (loading `current` costs a lock bit and a refcount). No ABA: the connection holds
+  // `held` alive, so no new snapshot can be allocated at its address.
+  bool is_current(const ConfigSnapshot* held) const { return current_raw.load(std::memory_order_acquire) == held; }
   std::map<std::string, std::shared_ptr<Token>> tokens;  // by config token name
   std::unique_ptr<AuditLog> audit;
   Health health;
