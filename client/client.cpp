@@ -8,6 +8,8 @@
 
 #include "common/x509.h"
 
+#include <nlohmann/json.hpp>
+
 #include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
@@ -26,6 +28,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -592,11 +595,31 @@ Result<http::Response> Client::request(const std::string& method, const std::str
 }
 
 namespace {
+
+constexpr int kPollWaitSeconds = 25;     // ?wait= of the long-poll (the daemon caps it at 30)
+constexpr int kExpiryGraceSeconds = 60;  // clock skew allowance past a held request's `expires`
+
 Error problem_of(const http::Response& r) {
   Error e = relay::decode_problem(r.status, r.body);
   if (int ra = parse_retry_after(r)) e.retry_after = ra;
   return e;
 }
+
+std::string request_path(const std::string& id) { return "/v1/requests/" + http::percent_encode(id); }
+
+Error denied_error(const relay::ApprovalRequest& r) {
+  std::string m = "request " + r.id + " for key '" + r.key + "' was denied";
+  if (!r.decided_by.empty()) m += " by " + r.decided_by;
+  if (!r.reason.empty()) m += ": " + r.reason;
+  return Error(ErrorCode::request_denied, m);
+}
+
+Error expired_error(const relay::ApprovalRequest& r) {
+  return Error(ErrorCode::request_expired, "request " + r.id + " for key '" + r.key + "' expired" +
+                                               (r.expires.empty() ? "" : " at " + r.expires) +
+                                               " without an approver's decision");
+}
+
 }  // namespace
 
 Result<std::vector<relay::KeyDescription>> Client::list_keys() {
@@ -605,11 +628,96 @@ Result<std::vector<relay::KeyDescription>> Client::list_keys() {
   return relay::decode_key_list(r.body);
 }
 
-Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest& req) {
+Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest& req, const HoldObserver& on_hold) {
   ASSIGN_OR_RETURN(http::Response r,
                    request("POST", "/v1/keys/" + http::percent_encode(key_name) + "/sign", relay::encode_sign_request(req)));
+  if (r.status == 200) return relay::decode_sign_response(r.body);
+  if (r.status != 202) return problem_of(r);
+  ASSIGN_OR_RETURN(relay::ApprovalRequest held, relay::decode_approval_request(r.body));
+  const std::string* location = r.header("Location");
+  std::string target = location && location->rfind("/v1/requests/", 0) == 0 ? *location : request_path(held.id);
+  if (on_hold && held.pending()) on_hold(held);
+  return await_decision(std::move(held), target);
+}
+
+// Long-polls a held request until it is decided or the wait is over. Bounded by remote.approvalwait and
+// by the request's own expiry (plus a grace for clock skew) when the daemon cannot be asked.
+Result<Bytes> Client::await_decision(relay::ApprovalRequest held, const std::string& target) {
+  const Config& cfg = impl_->config;
+  auto deadline = Clock::now() + milliseconds(cfg.approval_wait_ms);
+  bool capped_by_expiry = false;
+  if (auto expires = relay::parse_utc_time(held.expires)) {
+    auto left = std::chrono::seconds(*expires + kExpiryGraceSeconds - static_cast<int64_t>(std::time(nullptr)));
+    if (Clock::now() + left < deadline) {
+      deadline = Clock::now() + left;
+      capped_by_expiry = true;
+    }
+  }
+  // A long-poll must end well inside the per-request read timeout.
+  const int max_wait = std::clamp(cfg.request_timeout_ms / 1000 - 5, 1, kPollWaitSeconds);
+  int failures = 0;
+  for (;;) {
+    if (held.state == "signed") {
+      if (held.signature.empty()) return internal_error("request " + held.id + " is signed but the daemon sent no signature");
+      return std::move(held.signature);
+    }
+    if (held.state == "denied") return denied_error(held);
+    if (held.state == "expired") return expired_error(held);
+    int left_ms = remaining_ms(deadline);
+    if (left_ms == 0) {
+      if (capped_by_expiry) return expired_error(held);
+      return Error(ErrorCode::request_expired, "no decision on request " + held.id + " for key '" + held.key +
+                                                   "' within remote.approvalwait (" +
+                                                   std::to_string(cfg.approval_wait_ms / 1000) + " s)");
+    }
+    int wait = std::clamp(left_ms / 1000, 1, max_wait);
+    auto t0 = Clock::now();
+    auto r = request("GET", target + "?wait=" + std::to_string(wait));
+    int pause_ms = 0;
+    if (r.ok() && r->status == 200) {
+      ASSIGN_OR_RETURN(held, relay::decode_approval_request(r->body));
+      failures = 0;
+      // A state in between (approved, being signed) or a daemon that answers at once: do not spin.
+      if (Clock::now() - t0 < std::chrono::seconds(1)) pause_ms = 1000;
+    } else if (r.ok() && !retryable_status(r->status)) {
+      return problem_of(*r);
+    } else if (!r.ok() && r.error().code != ErrorCode::network) {
+      return r.take_error();
+    } else {
+      pause_ms = backoff_ms(std::min(failures++, 3));  // daemon down or restarting: the id stays valid
+    }
+    if (pause_ms > 0) std::this_thread::sleep_for(milliseconds(std::min(pause_ms, remaining_ms(deadline))));
+  }
+}
+
+Result<std::vector<relay::ApprovalRequest>> Client::list_requests(bool all) {
+  ASSIGN_OR_RETURN(http::Response r, request("GET", all ? "/v1/requests?state=all" : "/v1/requests"));
   if (r.status != 200) return problem_of(r);
-  return relay::decode_sign_response(r.body);
+  return relay::decode_approval_list(r.body);
+}
+
+Result<relay::ApprovalRequest> Client::get_request(const std::string& id, int wait_seconds) {
+  std::string target = request_path(id);
+  if (wait_seconds > 0) target += "?wait=" + std::to_string(wait_seconds);
+  ASSIGN_OR_RETURN(http::Response r, request("GET", target));
+  if (r.status != 200) return problem_of(r);
+  return relay::decode_approval_request(r.body);
+}
+
+Result<relay::ApprovalRequest> Client::approve_request(const std::string& id, const std::string& comment) {
+  nlohmann::json body = nlohmann::json::object();
+  if (!comment.empty()) body["comment"] = comment;
+  ASSIGN_OR_RETURN(http::Response r, request("POST", request_path(id) + "/approve", body.dump()));
+  if (r.status != 200) return problem_of(r);
+  return relay::decode_approval_request(r.body);
+}
+
+Result<relay::ApprovalRequest> Client::deny_request(const std::string& id, const std::string& reason) {
+  if (reason.empty()) return bad_request("a denial needs a reason");
+  ASSIGN_OR_RETURN(http::Response r,
+                   request("POST", request_path(id) + "/deny", nlohmann::json{{"reason", reason}}.dump()));
+  if (r.status != 200) return problem_of(r);
+  return relay::decode_approval_request(r.body);
 }
 
 Status Client::health() {

@@ -9,6 +9,7 @@
 #include "common/relay_api.h"
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,7 @@ struct Config {
   int connect_timeout_ms = 15000;  // remote.connecttimeout (seconds in YAML)
   int request_timeout_ms = 120000; // remote.timeout (seconds in YAML)
   int retries = 3;                 // remote.retries: attempts after the first, across URLs
+  int approval_wait_ms = 900000;   // remote.approvalwait: how long sign() waits for an approval in total
   std::optional<std::string> pin;  // shim only: if set, C_Login must present this PIN
   std::string log_file;            // shim only: where the module logs (default: stderr off, syslog-free)
   std::string log_level = "warning";
@@ -43,7 +45,22 @@ class Client {
   ~Client();
 
   Result<std::vector<relay::KeyDescription>> list_keys();
-  Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request);
+
+  // Signs. When the key's policy holds the request for an approver (202), `on_hold` (if set) is called
+  // once with the held request, and sign() long-polls it until it is signed (the signature), denied
+  // (request-denied, CKR_FUNCTION_REJECTED), expired or not decided within remote.approvalwait
+  // (request-expired, CKR_FUNCTION_CANCELED). Connection errors while waiting are retried: the
+  // request survives a daemon restart.
+  using HoldObserver = std::function<void(const relay::ApprovalRequest&)>;
+  Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request,
+                     const HoldObserver& on_hold = {});
+
+  // Approval workflow (docs/policy.md). list_requests: the held requests this client may decide
+  // (pending only unless `all`); get_request: one request, waiting up to `wait_seconds` for a decision.
+  Result<std::vector<relay::ApprovalRequest>> list_requests(bool all = false);
+  Result<relay::ApprovalRequest> get_request(const std::string& id, int wait_seconds = 0);
+  Result<relay::ApprovalRequest> approve_request(const std::string& id, const std::string& comment = {});
+  Result<relay::ApprovalRequest> deny_request(const std::string& id, const std::string& reason);
   Status health();
   // Any request (relic endpoints, future APIs), with the same pool, retry and failover rules.
   Result<http::Response> request(const std::string& method, const std::string& target,
@@ -53,6 +70,7 @@ class Client {
 
  private:
   struct Impl;
+  Result<Bytes> await_decision(relay::ApprovalRequest held, const std::string& target);
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

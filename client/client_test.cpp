@@ -472,3 +472,180 @@ TEST_CASE("fork: the child opens its own connection; the parent's pooled one kee
   CHECK(s.connections == 2);
   CHECK(s.requests == 4);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Approval workflow (docs/policy.md): 202 + long-poll of Location until a decision.
+
+namespace {
+
+std::string held_json(const std::string& state, const std::string& extra = {}) {
+  return R"({"id":"r-0123456789abcdef","key":"ev","client":"ci","mechanism":"CKM_ECDSA","digest":"sha256",)"
+         R"("created":"2026-11-25T14:03:00Z","expires":"2099-01-01T00:00:00Z","state":")" +
+         state + "\"" + extra + "}";
+}
+
+std::string held_202() {
+  return response(202, "{\"request\":" + held_json("pending") + "}", "Location: /v1/requests/r-0123456789abcdef\r\n");
+}
+
+relay::SignRequest ecdsa_request() {
+  relay::SignRequest req;
+  req.mechanism = "CKM_ECDSA";
+  req.input = Bytes(32, 7);
+  req.filename = "setup.exe";
+  req.filesize = 1048576;
+  req.digest_alg = HashAlg::sha256;
+  return req;
+}
+
+}  // namespace
+
+TEST_CASE("approval: 202 is long-polled at Location until signed; the hold is reported once") {
+  std::vector<std::string> targets;
+  std::string post_body;
+  TestServer s([&](const http::Request& r, int n) {
+    targets.push_back(r.target);
+    if (r.method == "POST") {
+      post_body = r.body;
+      return held_202();
+    }
+    if (n < 4) return response(200, held_json("pending"));
+    return response(200, held_json("signed", R"(,"decided_by":"alice","signature":"AQID")"));
+  });
+  auto c = make_client(config_for({s.url()}));
+  std::vector<std::string> holds;
+  auto sig = c->sign("ev", ecdsa_request(), [&](const relay::ApprovalRequest& r) { holds.push_back(r.id); });
+  REQUIRE_MESSAGE(sig.ok(), sig.error().message);
+  CHECK(*sig == Bytes{1, 2, 3});
+  CHECK(holds == std::vector<std::string>{"r-0123456789abcdef"});
+  REQUIRE(targets.size() == 4);
+  CHECK(targets[0] == "/v1/keys/ev/sign");
+  for (size_t i = 1; i < targets.size(); ++i) CHECK(targets[i].rfind("/v1/requests/r-0123456789abcdef?wait=", 0) == 0);
+  auto sent = relay::decode_sign_request(post_body);
+  REQUIRE(sent.ok());
+  CHECK(sent->filename == "setup.exe");
+  CHECK(sent->filesize == std::optional<uint64_t>(1048576));
+}
+
+TEST_CASE("approval: denied is request-denied (CKR_FUNCTION_REJECTED) with approver and reason; expired is "
+          "request-expired (CKR_FUNCTION_CANCELED)") {
+  std::string final_state;
+  TestServer s([&](const http::Request& r, int) {
+    if (r.method == "POST") return held_202();
+    return response(200, held_json(final_state, R"(,"decided_by":"alice","reason":"not a release build")"));
+  });
+  auto c = make_client(config_for({s.url()}));
+  final_state = "denied";
+  auto r = c->sign("ev", ecdsa_request());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::request_denied);
+  CHECK(r.error().ckr == CKR_FUNCTION_REJECTED);
+  CHECK(r.error().message.find("alice") != std::string::npos);
+  CHECK(r.error().message.find("not a release build") != std::string::npos);
+  final_state = "expired";
+  r = c->sign("ev", ecdsa_request());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::request_expired);
+  CHECK(r.error().ckr == CKR_FUNCTION_CANCELED);
+  CHECK(r.error().message.find("r-0123456789abcdef") != std::string::npos);
+}
+
+TEST_CASE("approval: dropped connections and 503 while polling are retried with the same request id") {
+  std::atomic<int> polls{0};
+  TestServer s([&](const http::Request& r, int) -> std::string {
+    if (r.method == "POST") return held_202();
+    int p = ++polls;
+    if (p == 1 || p == 2) return std::string();  // daemon killed mid-poll
+    if (p == 3) return response(503, relay::encode_problem(Error(ErrorCode::unavailable, "starting")));
+    return response(200, held_json("signed", R"(,"signature":"AQID")"));
+  });
+  auto cfg = config_for({s.url()});
+  cfg.retries = 0;  // the polling loop itself must carry on, not only request()'s retries
+  auto c = make_client(cfg);
+  auto sig = c->sign("ev", ecdsa_request());
+  REQUIRE_MESSAGE(sig.ok(), sig.error().message);
+  CHECK(*sig == Bytes{1, 2, 3});
+  CHECK(polls == 4);
+}
+
+TEST_CASE("approval: remote.approvalwait caps the total wait; a daemon answering at once is not hammered") {
+  std::atomic<int> polls{0};
+  TestServer s([&](const http::Request& r, int) {
+    if (r.method == "POST") return held_202();
+    ++polls;
+    return response(200, held_json("pending"));
+  });
+  auto cfg = config_for({s.url()});
+  cfg.approval_wait_ms = 2500;
+  auto c = make_client(cfg);
+  auto t0 = Clock::now();
+  auto r = c->sign("ev", ecdsa_request());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::request_expired);
+  CHECK(r.error().ckr == CKR_FUNCTION_CANCELED);
+  CHECK(r.error().message.find("approvalwait") != std::string::npos);
+  CHECK(seconds_since(t0) >= 2.4);
+  CHECK(seconds_since(t0) < 6.0);
+  CHECK(polls <= 4);
+}
+
+TEST_CASE("approval: 429 quota-exceeded and 403 policy-denied are not retried") {
+  int status = 429;
+  TestServer s([&](const http::Request&, int) {
+    ErrorCode code = status == 429 ? ErrorCode::quota : ErrorCode::policy_denied;
+    return response(status, relay::encode_problem(Error(code, "100 signatures per hour")), "Retry-After: 20\r\n");
+  });
+  auto c = make_client(config_for({s.url()}));
+  auto t0 = Clock::now();
+  auto r = c->sign("ev", ecdsa_request());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::quota);
+  CHECK(r.error().ckr == CKR_FUNCTION_REJECTED);
+  CHECK(r.error().retry_after == 20);
+  CHECK(s.requests == 1);
+  status = 403;
+  r = c->sign("ev", ecdsa_request());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == ErrorCode::policy_denied);
+  CHECK(s.requests == 2);
+  CHECK(seconds_since(t0) < 2.0);
+}
+
+TEST_CASE("requests API: list, show with wait, approve with comment, deny with reason, problems") {
+  std::vector<std::string> seen;
+  std::string last_body;
+  TestServer s([&](const http::Request& r, int) {
+    seen.push_back(r.method + " " + r.target);
+    last_body = r.body;
+    if (r.target.rfind("/v1/requests?", 0) == 0 || r.target == "/v1/requests")
+      return response(200, "{\"requests\":[" + held_json("pending") + "]}");
+    if (r.target.find("/approve") != std::string::npos)
+      return response(403, relay::encode_problem(Error(ErrorCode::self_approval, "you submitted it")));
+    if (r.target.find("/deny") != std::string::npos)
+      return response(200, held_json("denied", R"(,"reason":"no")"));
+    return response(200, held_json("pending"));
+  });
+  auto c = make_client(config_for({s.url()}));
+  auto l = c->list_requests();
+  REQUIRE(l.ok());
+  REQUIRE(l->size() == 1);
+  CHECK((*l)[0].key == "ev");
+  REQUIRE(c->list_requests(true).ok());
+  auto g = c->get_request("r-0123456789abcdef", 3);
+  REQUIRE(g.ok());
+  CHECK(g->pending());
+  auto a = c->approve_request("r-0123456789abcdef", "looks fine");
+  REQUIRE_FALSE(a.ok());
+  CHECK(a.error().code == ErrorCode::self_approval);
+  CHECK(a.error().http_status == 403);
+  CHECK(last_body == R"({"comment":"looks fine"})");
+  auto d = c->deny_request("r-0123456789abcdef", "no");
+  REQUIRE(d.ok());
+  CHECK(d->state == "denied");
+  CHECK(last_body == R"({"reason":"no"})");
+  CHECK_FALSE(c->deny_request("r-0123456789abcdef", "").ok());
+  CHECK(seen == std::vector<std::string>{"GET /v1/requests", "GET /v1/requests?state=all",
+                                         "GET /v1/requests/r-0123456789abcdef?wait=3",
+                                         "POST /v1/requests/r-0123456789abcdef/approve",
+                                         "POST /v1/requests/r-0123456789abcdef/deny"});
+}

@@ -115,7 +115,7 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
   const std::string w = "remote";
   RETURN_IF_ERROR(l.only_keys(r, w,
                               {"url", "urls", "certfile", "keyfile", "cacert", "serverfingerprint", "connecttimeout",
-                               "timeout", "retries"}));
+                               "timeout", "retries", "approvalwait"}));
   std::string url;
   RETURN_IF_ERROR(l.get_string(r, "url", url, w));
   if (!url.empty()) c.urls.push_back(url);
@@ -149,6 +149,7 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
   RETURN_IF_ERROR(l.get_seconds(r, "connecttimeout", c.connect_timeout_ms, w));
   RETURN_IF_ERROR(l.get_seconds(r, "timeout", c.request_timeout_ms, w));
   RETURN_IF_ERROR(l.get_int(r, "retries", c.retries, 0, 100, w));
+  RETURN_IF_ERROR(l.get_seconds(r, "approvalwait", c.approval_wait_ms, w));
   return {};
 }
 

@@ -47,6 +47,7 @@ remote:
   connecttimeout: 2.5
   timeout: 30
   retries: 5
+  approvalwait: 120
 pkcs11:
   pin: "0000"
   logfile: shim.log
@@ -63,6 +64,7 @@ pkcs11:
   CHECK(c->connect_timeout_ms == 2500);
   CHECK(c->request_timeout_ms == 30000);
   CHECK(c->retries == 5);
+  CHECK(c->approval_wait_ms == 120000);
   CHECK(c->pin == std::optional<std::string>("0000"));
   CHECK(c->log_file == (d.path / "shim.log").string());
   CHECK(c->log_level == "debug");
@@ -77,6 +79,7 @@ TEST_CASE("keyfile defaults to certfile; defaults are kept") {
   REQUIRE(c.ok());
   CHECK(c->keyfile == c->certfile);
   CHECK(c->retries == 3);
+  CHECK(c->approval_wait_ms == 900000);
   CHECK(c->key_cache_seconds == 10);
   CHECK_FALSE(c->pin.has_value());
 }

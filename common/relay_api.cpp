@@ -55,6 +55,7 @@ std::string encode_key_list(const std::vector<KeyDescription>& keys) {
         {"mechanisms", k.mechanisms},
     };
     if (k.key.type == KeyType::ec) j["curve"] = k.key.curve;
+    if (!k.approval.empty()) j["approval"] = k.approval;
     arr.push_back(std::move(j));
   }
   return json{{"keys", arr}}.dump();
@@ -99,6 +100,7 @@ Result<std::vector<KeyDescription>> decode_key_list(std::string_view body) {
       for (const auto& e : *m)
         if (e.is_string()) k.mechanisms.push_back(e.get<std::string>());
     }
+    k.approval = str_field(j, "approval");
     out.push_back(std::move(k));
   }
   return out;

@@ -28,6 +28,9 @@ struct KeyDescription {
   Bytes spki;                      // DER SubjectPublicKeyInfo
   std::vector<Bytes> certificates; // DER, leaf first
   std::vector<std::string> mechanisms;
+  // "required" when this client's signatures with the key wait for an approver (docs/policy.md);
+  // empty or "auto" otherwise. Optional on the wire.
+  std::string approval;
 };
 
 struct PssParams {

@@ -53,9 +53,11 @@ TEST_CASE("key list round trip") {
   k.spki = {0x30, 0x00};
   k.certificates = {{0x30, 0x01}};
   k.mechanisms = {"CKM_ECDSA"};
+  k.approval = "required";
   auto d = decode_key_list(encode_key_list({k}));
   REQUIRE(d.ok());
   REQUIRE(d->size() == 1);
+  CHECK((*d)[0].approval == "required");
   CHECK((*d)[0].id == k.id);
   CHECK((*d)[0].key.curve == "P-256");
   CHECK((*d)[0].certificates == k.certificates);

@@ -10,7 +10,9 @@
 #include <openssl/rsa.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 using namespace p11relay;
@@ -806,4 +808,51 @@ TEST_CASE("8 threads sign concurrently, each in its own session, while others op
   for (auto& th : threads) th.join();
   CHECK(ok == 400);
   CHECK(bad == 0);
+}
+
+TEST_CASE("a C_Sign held for approval blocks only its own session; denial and expiry end C_SignFinal too") {
+  Shim s;
+  CK_SESSION_HANDLE h1 = s.open();
+  CK_SESSION_HANDLE h2 = s.open(false);
+  CK_OBJECT_HANDLE rsa = s.key(h1, CKO_PRIVATE_KEY, "rsa2048");
+  CK_OBJECT_HANDLE rsa_pub = s.key(h1, CKO_PUBLIC_KEY, "rsa2048");
+  CK_OBJECT_HANDLE ec = s.key(h1, CKO_PRIVATE_KEY, "ec256");
+  std::mutex mu;
+  std::condition_variable cv;
+  bool waiting = false, approved = false;
+  s.state->hold = [&](const std::string& key) {
+    if (key != "rsa2048") return;
+    std::unique_lock<std::mutex> l(mu);
+    waiting = true;
+    cv.notify_all();
+    cv.wait(l, [&] { return approved; });
+  };
+  Result<Bytes> held = Error(ErrorCode::internal, "not run");
+  std::thread t([&] { held = s.sign(h1, {CKM_SHA256_RSA_PKCS, nullptr, 0}, rsa, kData); });
+  {
+    std::unique_lock<std::mutex> l(mu);
+    REQUIRE(cv.wait_for(l, std::chrono::seconds(10), [&] { return waiting; }));
+  }
+  CHECK(s.sign(h2, {CKM_ECDSA_SHA256, nullptr, 0}, ec, kData).ok());  // another session is not blocked
+  {
+    std::lock_guard<std::mutex> l(mu);
+    approved = true;
+  }
+  cv.notify_all();
+  t.join();
+  REQUIRE(held.ok());
+  CHECK(s.verify(h1, {CKM_SHA256_RSA_PKCS, nullptr, 0}, rsa_pub, kData, *held) == CKR_OK);
+
+  s.state->hold = nullptr;
+  CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, nullptr, 0};
+  for (auto [error, expect] : {std::pair{Error(ErrorCode::request_denied, "denied by alice: no"), CKR_FUNCTION_REJECTED},
+                               std::pair{Error(ErrorCode::request_expired, "expired"), CKR_FUNCTION_CANCELED}}) {
+    s.state->sign_error = error;
+    REQUIRE(s.f->C_SignInit(h1, &m, rsa) == CKR_OK);
+    REQUIRE(s.f->C_SignUpdate(h1, (CK_BYTE_PTR)kData.data(), kData.size()) == CKR_OK);
+    Bytes sig(256);
+    CK_ULONG len = sig.size();
+    CHECK(s.f->C_SignFinal(h1, sig.data(), &len) == expect);
+    CHECK(s.f->C_SignFinal(h1, sig.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
+  }
 }

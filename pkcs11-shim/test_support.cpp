@@ -110,6 +110,12 @@ Result<std::vector<relay::KeyDescription>> FakeTransport::list_keys() {
 }
 
 Result<Bytes> FakeTransport::sign(const std::string& key_name, const relay::SignRequest& request) {
+  std::function<void(const std::string&)> hold;
+  {
+    std::lock_guard<std::mutex> g(state_->mu);
+    hold = state_->hold;
+  }
+  if (hold) hold(key_name);
   std::lock_guard<std::mutex> g(state_->mu);
   state_->sign_requests.emplace_back(key_name, request);
   if (state_->sign_error) return *state_->sign_error;

@@ -6,6 +6,7 @@
 #include "common/relay_api.h"
 #include "pkcs11-shim/transport.h"
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -34,6 +35,8 @@ struct FakeState {
   std::vector<std::pair<std::string, relay::SignRequest>> sign_requests;
   std::optional<Error> list_error;
   std::optional<Error> sign_error;
+  // Runs at the start of sign() without the lock: a request held for approval blocks here.
+  std::function<void(const std::string& key_name)> hold;
   std::vector<const TestKey*> signers;
 };
 

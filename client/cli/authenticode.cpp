@@ -77,7 +77,8 @@ Status run_sign(const Globals& g, const SignOptions& o) {
 
   const std::string filename = fs::path(o.file).filename().string();
   ac::RawSigner signer = [&](HashAlg a, std::span<const uint8_t> digest) -> Result<Bytes> {
-    ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, a, digest, "", filename));
+    ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, a, digest, "", filename,
+                                                          static_cast<uint64_t>(before.st_size)));
     if (g.verbose)
       std::cerr << "signed-attributes digest " << to_hex(digest) << " signed by '" << key.name << "' with "
                 << sig.mechanism << "\n";

@@ -151,13 +151,14 @@ bool has_mechanism(const relay::KeyDescription& k, const std::string& ckm) {
 
 Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescription& key, HashAlg alg,
                                     std::span<const uint8_t> digest, std::string mechanism,
-                                    const std::string& filename) {
+                                    const std::string& filename, std::optional<uint64_t> filesize) {
   if (digest.size() != hash_info(alg).size)
     return bad_request("the digest has " + std::to_string(digest.size()) + " bytes; " + hash_info(alg).name +
                        " needs " + std::to_string(hash_info(alg).size));
   if (mechanism.empty()) mechanism = key.key.type == KeyType::rsa ? "pkcs1" : "ecdsa";
   relay::SignRequest req;
   req.filename = filename;
+  req.filesize = filesize;
   req.digest_alg = alg;
   if (mechanism == "pkcs1") {
     if (key.key.type != KeyType::rsa) return bad_request("key '" + key.name + "' is not an RSA key: use --mechanism ecdsa");
@@ -181,7 +182,11 @@ Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescripti
   }
   if (!key.mechanisms.empty() && !has_mechanism(key, req.mechanism))
     return Error(ErrorCode::mechanism_invalid, "key '" + key.name + "' does not offer " + req.mechanism);
-  ASSIGN_OR_RETURN(Bytes sig, c.sign(key.name, req));
+  auto on_hold = [](const relay::ApprovalRequest& r) {
+    std::fprintf(stderr, "p11relay: waiting for approval of request %s (expires %s); an approver runs: "
+                         "p11relay requests approve %s\n", r.id.c_str(), r.expires.c_str(), r.id.c_str());
+  };
+  ASSIGN_OR_RETURN(Bytes sig, c.sign(key.name, req, on_hold));
   return DigestSignature{req.mechanism, std::move(sig)};
 }
 

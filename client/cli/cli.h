@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,6 +36,7 @@ void add_key_commands(CLI::App& app, Globals& g);  // list-keys, get-key, health
 void add_sign_digest(CLI::App& app, Globals& g);
 void add_authenticode(CLI::App& app, Globals& g);  // sign, verify
 void add_doctor(CLI::App& app, Globals& g);
+void add_request_commands(CLI::App& app, Globals& g);  // requests list|show|approve|deny
 
 int exit_code_for(const Error& e);
 // One line, no secrets: newlines folded, and a hint for network errors.
@@ -53,14 +55,17 @@ Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDes
 Result<std::vector<X509_ptr>> key_chain(const relay::KeyDescription& k);
 
 // Signs a digest through the daemon. mechanism: "pkcs1", "pss", "ecdsa" (empty: RSA→pkcs1, EC→ecdsa).
-// Returns the signature as the token produced it (ECDSA: r||s).
+// Returns the signature as the token produced it (ECDSA: r||s). The file name and size are context for
+// the audit log and for approvers (docs/policy.md). When the key needs an approval, a line on stderr
+// says which request waits and until when.
 struct DigestSignature {
   std::string mechanism;  // CKM_ name used
   Bytes signature;
 };
 Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescription& key, HashAlg alg,
                                     std::span<const uint8_t> digest, std::string mechanism,
-                                    const std::string& filename = {});
+                                    const std::string& filename = {},
+                                    std::optional<uint64_t> filesize = std::nullopt);
 // Checks a signature over a digest against the key's public key (SPKI), locally with OpenSSL.
 Status verify_digest_signature(const relay::KeyDescription& key, HashAlg alg, std::span<const uint8_t> digest,
                                const std::string& ckm, std::span<const uint8_t> signature);

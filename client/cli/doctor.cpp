@@ -120,6 +120,7 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
     client::Config one = cfg;
     one.urls = {url};
     one.retries = 0;
+    one.approval_wait_ms = 1;  // a test signature never waits for an approver
     auto c = client::Client::create(one);
     if (!c.ok()) {
       d.fail(url, c.error().message);
@@ -161,9 +162,19 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
     for (const auto& k : chosen) {
       if (k.certificates.empty())
         d.warn("key " + k.name, "it has no certificate: sign-digest works, Authenticode `sign` does not");
+      if (k.approval == "required") {
+        d.ok("key " + k.name + " needs an approver's decision for each signature by this client: no test "
+             "signature (docs/policy.md)");
+        continue;
+      }
       Bytes digest(32);
       RAND_bytes(digest.data(), static_cast<int>(digest.size()));
       auto sig = sign_digest(*working, k, HashAlg::sha256, digest, "");
+      if (!sig.ok() && sig.error().code == ErrorCode::request_expired) {
+        d.warn("test signature with key " + k.name, "the key's policy holds this client's signatures for an "
+               "approver; the test request now waits for one: deny it with `p11relay requests deny ID --reason doctor`");
+        continue;
+      }
       if (!sig.ok()) {
         d.fail("test signature with key " + k.name, explain_api(sig.error(), fp));
         continue;

@@ -34,6 +34,7 @@ Status list_keys(const Globals& g, bool long_format) {
               << "  token:        " << k.token.label << " (serial " << k.token.serial << ", " << k.token.model << ")\n"
               << "  id/label:     " << to_hex(k.id) << " / " << k.label << "\n"
               << "  mechanisms:   " << (mechs.empty() ? "-" : mechs) << "\n"
+              << "  approval:     " << (k.approval.empty() ? "auto" : k.approval) << "\n"
               << "  certificate:  " << subject << " (" << k.certificates.size() << " in chain)\n";
   }
   return {};

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   add_sign_digest(app, g);
   add_authenticode(app, g);
   add_doctor(app, g);
+  add_request_commands(app, g);
 
   try {
     app.parse(argc, argv);

@@ -7,14 +7,19 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <iostream>
 
 namespace p11relay::cli {
+namespace fs = std::filesystem;
 
 namespace {
 
 struct SignDigestOptions {
   std::string key, alg = "sha256", hex, in, data, mechanism, out, format = "raw";
+  std::string filename;                // context for audit and approvers; --data sets it from the file
+  uint64_t filesize = 0;
+  bool has_filesize = false;
   bool no_verify = false;
 };
 
@@ -62,7 +67,16 @@ Status run(const Globals& g, const SignDigestOptions& o) {
 
   ASSIGN_OR_RETURN(auto c, connect(g));
   ASSIGN_OR_RETURN(auto key, find_key(*c, o.key));
-  ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, *alg, digest, o.mechanism));
+  std::string filename = o.filename;
+  std::optional<uint64_t> filesize;
+  if (o.has_filesize) filesize = o.filesize;
+  if (!o.data.empty()) {
+    if (filename.empty()) filename = fs::path(o.data).filename().string();
+    std::error_code ec;
+    auto size = fs::file_size(o.data, ec);
+    if (!filesize && !ec) filesize = static_cast<uint64_t>(size);
+  }
+  ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, *alg, digest, o.mechanism, filename, filesize));
   if (!o.no_verify) RETURN_IF_ERROR(verify_digest_signature(key, *alg, digest, sig.mechanism, sig.signature));
 
   Bytes out = sig.signature;
@@ -89,6 +103,9 @@ void add_sign_digest(CLI::App& app, Globals& g) {
   auto* data = cmd->add_option("--data", o->data, "hash this file locally and sign its digest")->check(CLI::ExistingFile);
   hex->excludes(in)->excludes(data);
   in->excludes(data);
+  cmd->add_option("--filename", o->filename, "name of the file the digest is of (shown to approvers and audited; "
+                                             "default with --data: its name)");
+  auto* filesize = cmd->add_option("--filesize", o->filesize, "size in bytes of that file (default with --data: its size)");
   cmd->add_option("-m,--mechanism", o->mechanism, "pkcs1 (RSA PKCS#1 v1.5, DigestInfo), pss (RSA-PSS, salt = digest "
                                                   "length, MGF1 with the same hash) or ecdsa; default by key type")
       ->check(CLI::IsMember({"pkcs1", "pss", "ecdsa"}));
@@ -98,9 +115,10 @@ void add_sign_digest(CLI::App& app, Globals& g) {
       ->check(CLI::IsMember({"raw", "der", "base64", "hex"}))
       ->capture_default_str();
   cmd->add_flag("--no-verify", o->no_verify, "skip the local check of the signature against the public key");
-  cmd->callback([&g, o] {
-    g.run = [&g, o]() -> Status {
+  cmd->callback([&g, o, filesize] {
+    g.run = [&g, o, filesize]() -> Status {
       if (o->hex.empty() && o->in.empty() && o->data.empty()) return bad_request("give the digest with --hex, --in or --data");
+      o->has_filesize = filesize->count() > 0;
       return run(g, *o);
     };
   });
