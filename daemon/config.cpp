@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "common/mechanism.h"
 #include "common/pkcs11_uri.h"
 #include "common/yaml_error.h"
 
@@ -175,6 +176,56 @@ Status key_uri(const Loader& l, const YAML::Node& n, const std::string& w, const
   return {};
 }
 
+Status load_policy(const Loader& l, const YAML::Node& n, const std::string& w, KeyPolicy& p) {
+  RETURN_IF_ERROR(l.only_keys(n, w, {"approval", "autoapprove", "approvers", "approvaltimeout", "digests",
+                                     "mechanisms", "sigtypes", "windows", "quota"}));
+  std::string approval = "auto";
+  RETURN_IF_ERROR(l.get(n, "approval", approval, w));
+  if (approval != "auto" && approval != "required")
+    return l.err(n["approval"], w + ".approval must be 'auto' or 'required'");
+  p.approval = approval == "required";
+  RETURN_IF_ERROR(l.get_list(n, "autoapprove", p.autoapprove, w));
+  if (n["approvers"].IsDefined()) {
+    p.approvers.clear();
+    RETURN_IF_ERROR(l.get_list(n, "approvers", p.approvers, w));
+  }
+  RETURN_IF_ERROR(l.get(n, "approvaltimeout", p.approvaltimeout, w));
+  if (p.approvaltimeout < 1 || p.approvaltimeout > 7 * 86400)
+    return l.err(n["approvaltimeout"], w + ".approvaltimeout must be 1..604800 seconds");
+  if (p.approval && p.approvers.empty()) return l.err(n, w + ": approval: required needs at least one approvers role");
+  std::vector<std::string> names;
+  RETURN_IF_ERROR(l.get_list(n, "digests", names, w));
+  if (n["digests"].IsDefined()) p.digests = 0;
+  for (const auto& d : names) {
+    auto bit = digest_bit_by_name(d);
+    if (!bit) return l.err(n["digests"], w + ".digests: unknown digest '" + d + "' (md5, sha1, sha224, sha256, sha384, "
+                                             "sha512, none)");
+    p.digests |= *bit;
+  }
+  names.clear();
+  RETURN_IF_ERROR(l.get_list(n, "mechanisms", names, w));
+  for (const auto& m : names) {
+    auto mech = mechanism_by_name(m);
+    if (!mech) return l.err(n["mechanisms"], w + ".mechanisms: unknown mechanism '" + m + "'");
+    p.mechanisms.push_back(*mech);
+  }
+  RETURN_IF_ERROR(l.get_list(n, "sigtypes", p.sigtypes, w));
+  names.clear();
+  RETURN_IF_ERROR(l.get_list(n, "windows", names, w));
+  for (const auto& text : names) {
+    auto win = parse_window(text);
+    if (!win.ok()) return l.err(n["windows"], w + ".windows: " + win.error().message);
+    p.windows.push_back(*win);
+  }
+  if (YAML::Node q = n["quota"]; q.IsDefined() && !q.IsNull()) {
+    RETURN_IF_ERROR(l.only_keys(q, w + ".quota", {"perhour", "perday"}));
+    RETURN_IF_ERROR(l.get(q, "perhour", p.perhour, w + ".quota"));
+    RETURN_IF_ERROR(l.get(q, "perday", p.perday, w + ".quota"));
+    if (p.perhour < 0 || p.perday < 0) return l.err(q, w + ".quota: limits must be >= 0 (0 = unlimited)");
+  }
+  return {};
+}
+
 Result<Config> load(const std::string& path, bool check_secrets) {
   Config c;
   c.path = path;
@@ -202,7 +253,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
                                  "readheadertimeout", "readtimeout", "writetimeout", "idletimeout",
                                  "handshaketimeout", "maxconnections", "maxbodybytes", "maxjsonbytes",
                                  "maxheaderbytes", "moduledirs", "loglevel", "logfile", "clientca",
-                                 "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics"}));
+                                 "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics", "statedir"}));
     RETURN_IF_ERROR(l.get(sn, "listen", s.listen, w));
     RETURN_IF_ERROR(l.get(sn, "listenhttp", s.listenhttp, w));
     RETURN_IF_ERROR(l.get(sn, "listenmetrics", s.listenmetrics, w));
@@ -225,6 +276,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
     RETURN_IF_ERROR(l.get_list(sn, "moduledirs", s.moduledirs, w));
     RETURN_IF_ERROR(l.get(sn, "loglevel", s.loglevel, w));
     RETURN_IF_ERROR(l.get(sn, "clientca", s.clientca, w));
+    RETURN_IF_ERROR(l.get(sn, "statedir", s.statedir, w));
     for (const char* k : {"tokencheckinterval", "tokencheckfailures", "tokenchecktimeout", "readheadertimeout",
                           "readtimeout", "writetimeout", "idletimeout", "handshaketimeout", "maxconnections"}) {
       if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
@@ -294,7 +346,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       const std::string w = "keys." + k.name;
       const YAML::Node& n = kv.second;
       RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "uri", "x509certificate", "pgpcertificate",
-                                         "roles", "hide", "timestamp", "timestamper"}));
+                                         "roles", "hide", "timestamp", "timestamper", "policy"}));
       RETURN_IF_ERROR(l.get(n, "token", k.token, w));
       RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
       RETURN_IF_ERROR(l.get(n, "label", k.label, w));
@@ -310,6 +362,11 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       RETURN_IF_ERROR(l.get(n, "x509certificate", k.x509certificate, w));
       RETURN_IF_ERROR(l.get_list(n, "roles", k.roles, w));
       RETURN_IF_ERROR(l.get(n, "hide", k.hide, w));
+      if (YAML::Node pn = n["policy"]; pn.IsDefined() && !pn.IsNull()) {
+        if (!k.alias.empty()) return l.err(pn, w + ": an alias cannot have its own policy (the target key's applies)");
+        RETURN_IF_ERROR(load_policy(l, pn, w + ".policy", k.policy));
+        k.has_policy = true;
+      }
       if (k.alias.empty()) {
         if (k.token.empty()) return l.err(n, w + ".token is required");
         if (!c.tokens.count(k.token)) return l.err(n["token"], w + ".token names unknown token '" + k.token + "'");
@@ -359,6 +416,13 @@ Result<Config> load(const std::string& path, bool check_secrets) {
   RETURN_IF_ERROR(l.get(root, "auditfile", c.auditfile, "the top level"));
   RETURN_IF_ERROR(l.get(root, "pinfile", c.pinfile, "the top level"));
   if (!c.auditfile.empty()) c.auditfile = resolve(c.dir, c.auditfile);
+  if (!s.statedir.empty()) s.statedir = resolve(c.dir, s.statedir);
+  for (const auto& [name, k] : c.keys) {
+    if (s.statedir.empty() && k.has_policy && (k.policy.approval || k.policy.has_quota()))
+      return l.err(root["keys"][name]["policy"], "keys." + name +
+                                                     ".policy needs server.statedir (e.g. /var/lib/p11relayd) to keep "
+                                                     "held requests and quota counters across restarts");
+  }
   if (!c.pinfile.empty()) c.pinfile = resolve(c.dir, c.pinfile);
   if (c.tokens.empty() && c.clients.empty()) return config_error(path + ": no tokens and no clients: nothing to serve");
   if (check_secrets && !c.pinfile.empty()) RETURN_IF_ERROR(load_pinfile(c));
@@ -421,6 +485,31 @@ Status check_module_path(const std::string& path, const std::vector<std::string>
   return {};
 }
 
+namespace {
+void dump_policy(YAML::Emitter& out, const KeyPolicy& p) {
+  out << YAML::Key << "policy" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "approval" << YAML::Value << (p.approval ? "required" : "auto");
+  if (!p.autoapprove.empty()) out << YAML::Key << "autoapprove" << YAML::Value << YAML::Flow << p.autoapprove;
+  out << YAML::Key << "approvers" << YAML::Value << YAML::Flow << p.approvers;
+  out << YAML::Key << "approvaltimeout" << YAML::Value << p.approvaltimeout;
+  std::vector<std::string> list;
+  for (uint32_t bit = 1; bit <= kDigestNone; bit <<= 1)
+    if (p.digests & bit) list.push_back(digest_class_name(bit));
+  out << YAML::Key << "digests" << YAML::Value << YAML::Flow << list;
+  list.clear();
+  for (auto m : p.mechanisms) list.push_back(mechanism_name(m));
+  if (!list.empty()) out << YAML::Key << "mechanisms" << YAML::Value << YAML::Flow << list;
+  if (!p.sigtypes.empty()) out << YAML::Key << "sigtypes" << YAML::Value << YAML::Flow << p.sigtypes;
+  list.clear();
+  for (const auto& w : p.windows) list.push_back(w.text);
+  if (!list.empty()) out << YAML::Key << "windows" << YAML::Value << YAML::Flow << list;
+  if (p.has_quota())
+    out << YAML::Key << "quota" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "perhour" << YAML::Value
+        << p.perhour << YAML::Key << "perday" << YAML::Value << p.perday << YAML::EndMap;
+  out << YAML::EndMap;
+}
+}  // namespace
+
 std::string dump_redacted(const Config& c) {
   YAML::Emitter out;
   out << YAML::BeginMap;
@@ -444,6 +533,7 @@ std::string dump_redacted(const Config& c) {
   out << YAML::Key << "maxheaderbytes" << YAML::Value << s.maxheaderbytes;
   out << YAML::Key << "moduledirs" << YAML::Value << YAML::Flow << s.moduledirs;
   if (!s.clientca.empty()) out << YAML::Key << "clientca" << YAML::Value << s.clientca;
+  if (!s.statedir.empty()) out << YAML::Key << "statedir" << YAML::Value << s.statedir;
   out << YAML::EndMap;
   out << YAML::Key << "tokens" << YAML::Value << YAML::BeginMap;
   for (const auto& [n, t] : c.tokens) {
@@ -472,6 +562,7 @@ std::string dump_redacted(const Config& c) {
       if (!k.x509certificate.empty()) out << YAML::Key << "x509certificate" << YAML::Value << k.x509certificate;
       out << YAML::Key << "roles" << YAML::Value << YAML::Flow << k.roles;
       if (k.hide) out << YAML::Key << "hide" << YAML::Value << true;
+      if (k.has_policy) dump_policy(out, k.policy);
     }
     out << YAML::EndMap;
   }

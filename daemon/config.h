@@ -4,6 +4,7 @@
 
 #include "common/bytes.h"
 #include "common/error.h"
+#include "daemon/policy.h"
 
 #include <chrono>
 #include <map>
@@ -30,6 +31,7 @@ struct ServerConfig {
   std::vector<std::string> moduledirs;      // allow-listed directories for vendor PKCS#11 modules
   std::string loglevel = "info";
   std::string clientca;                     // optional: verify client certs against this CA at TLS
+  std::string statedir;  // held approval requests and quota counters; required when a policy needs them
   bool operator==(const ServerConfig&) const = default;
 };
 
@@ -58,6 +60,10 @@ struct KeyConfig {
   std::string x509certificate;
   std::vector<std::string> roles;
   bool hide = false;
+  // keys.K.policy (docs/policy.md). Keys without one still get the default digest rule (no MD5,
+  // SHA-1 or raw input); has_policy gates every other check, so they cost nothing more.
+  KeyPolicy policy;
+  bool has_policy = false;
 };
 
 struct ClientConfig {

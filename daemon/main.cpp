@@ -2,6 +2,7 @@
 #include "daemon/config.h"
 #include "daemon/listen_fds.h"
 #include "daemon/reload.h"
+#include "daemon/requests_api.h"
 #include "daemon/router.h"
 #include "daemon/server.h"
 #include "daemon/service.h"
@@ -188,6 +189,10 @@ int run(const std::string& config_path, const std::string& listen_override, cons
       return 2;
     }
     svc.audit = std::move(audit).value();
+  }
+  if (auto st = open_policy_state(svc); !st.ok()) {
+    std::cerr << "p11relayd: " << st.error().message << "\n";
+    return 2;
   }
   register_signers(svc);
 

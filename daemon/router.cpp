@@ -2,6 +2,7 @@
 
 #include "common/mechanism.h"
 #include "common/relay_api.h"
+#include "daemon/requests_api.h"
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -55,6 +56,12 @@ http::Response relic_problem(int status, const std::string& type, const std::str
 http::Response relic_unhandled() {
   return text_response(
       500, "An unhandled exception occurred while processing your request. Please contact your administrator.\n", true);
+}
+
+http::Response relic_quota_exceeded(const Error& e) {
+  http::Response r = relic_problem(429, std::string(kRelicBase) + "quota-exceeded", e.message, "Quota exceeded");
+  r.set("Retry-After", std::to_string(e.retry_after));
+  return r;
 }
 
 http::Response relay_problem(const Error& e) {
@@ -198,6 +205,23 @@ RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
     }
     alg = *h;
   }
+  // Policy rules before the upload is read (docs/policy.md); approval and quota counting at the end.
+  const KeyConfig& kc = *ref->config;
+  auto allowed_now = check_policy(kc.policy, PolicyQuery{digest_bit(alg), 0, sigtype, std::time(nullptr)});
+  if (!allowed_now.ok()) {
+    spdlog::info("sign refused by policy: key={} client={} sigtype={}: {}", kc.name, ctx.identity.name(), sigtype,
+                 allowed_now.error().message);
+    d.response = relic_problem(403, std::string(kRelicBase) + "policy-denied", allowed_now.error().message,
+                               "Signing refused by policy");
+    return d;
+  }
+  if (kc.has_policy && kc.policy.has_quota() && !needs_approval(kc.policy, ctx.identity.client->roles)) {
+    auto st = svc.quotas->check(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
+    if (!st.ok()) {
+      d.response = relic_quota_exceeded(st.error());
+      return d;
+    }
+  }
   if (!ref->served) {
     // The token is being re-opened: temporary (relic clients retry 503s, possibly on a sibling).
     d.response = text_response(503, "token not available\n", true);
@@ -319,10 +343,31 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   auto deadline = std::min(ctx.deadline, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout));
   auto job = validate_sign(*ref->served, *req, deadline, digest_name);
   if (!job.ok()) co_return relay_problem(job.error());
+  // Policy (docs/policy.md). A key without a policy: section pays for one bit test (the default
+  // digest rule) and a time() call, no allocation, no lock.
+  const KeyConfig& kc = *ref->config;
+  uint32_t digest = detect_digest(job->mechanism, *req);
+  auto allowed_now = check_policy(kc.policy, PolicyQuery{digest, job->mechanism, {}, std::time(nullptr)});
+  if (!allowed_now.ok()) {
+    spdlog::info("sign refused by policy: key={} client={} mech={}: {}", kc.name, ctx.identity.name(), req->mechanism,
+                 allowed_now.error().message);
+    co_return relay_problem(allowed_now.error());
+  }
+  bool counted = false;
+  if (kc.has_policy) {
+    if (needs_approval(kc.policy, ctx.identity.client->roles))
+      co_return hold_sign(svc, ctx, *ref, *req, *job, digest, digest_name);
+    if (kc.policy.has_quota()) {
+      auto st = svc.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
+      if (!st.ok()) co_return relay_problem(st.error());
+      counted = true;
+    }
+  }
   auto t0 = Clock::now();
   SignJob sign_job = std::move(job).value();
   std::shared_ptr<Token> token = ref->token;
   auto sig = co_await token_sign(token, sign_job);
+  if (!sig.ok() && counted) svc.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
   if (!sig.ok()) {
     spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,
                  sig.error().message);
@@ -356,6 +401,7 @@ RouteDecision Router::route(RequestContext& ctx) {
       d.response = std::move(*a);
       return d;
     }
+    if (route_requests(svc_, ctx, d)) return d;
     if (p == "/v1/keys") {
       if (!only("GET")) return d;
       d.response = relay_keys(svc_, ctx);

@@ -21,6 +21,7 @@ class Router {
 http::Response relic_problem(int status, const std::string& type, const std::string& detail = {},
                              const std::string& title = {}, const std::string& param = {});
 http::Response relic_unhandled();  // 500 text/plain
+http::Response relic_quota_exceeded(const Error& e);  // 429 + Retry-After
 http::Response text_response(int status, std::string body, bool nosniff = false);
 http::Response json_response(int status, std::string body, const char* content_type = "application/json");
 // Relay API problem document for an Error (status, Retry-After).

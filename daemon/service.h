@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/http.h"
+#include "daemon/approvals.h"
 #include "daemon/audit.h"
 #include "daemon/auth.h"
 #include "daemon/config.h"
@@ -80,6 +81,10 @@ struct Service {
   std::map<std::string, std::string> signer_aliases;   // alias → sigtype
   // For work that blocks (a library call that waits on a token): keeps the io threads free.
   std::unique_ptr<asio::thread_pool> blocking = std::make_unique<asio::thread_pool>(2);
+  // Policy state (docs/policy.md), keyed by names so it outlives config reloads: quota counters (only
+  // keys with a quota touch them) and held requests (null without server.statedir).
+  std::unique_ptr<Quotas> quotas = std::make_unique<Quotas>();
+  std::unique_ptr<Approvals> approvals;
 
   // Key config + served key for a name (alias resolved), if the caller may use it.
   struct KeyRef {

@@ -5,6 +5,7 @@
 #include "common/authenticode/pe_digest.h"
 #include "common/authenticode/pe_write.h"
 #include "common/authenticode/signed_data.h"
+#include "daemon/requests_api.h"
 #include "daemon/router.h"
 #include "daemon/signers/signers.h"
 
@@ -77,6 +78,20 @@ class PeCoffSigner : public BodyConsumer {
       co_return relic_problem(400, "https://relic.sas.com/bad-request",
                               "not a PE file we can sign: " + pe.error().message);
     const ServedKey& key = *key_.served;
+    const KeyConfig& kc = *key_.config;
+    // Policy (docs/policy.md): rules were checked before the upload; here the approval or the quota.
+    bool held = kc.has_policy && needs_approval(kc.policy, ctx.identity.client->roles);
+    HeldRequest request;
+    if (held) {
+      HeldRequest proto = held_request(ctx, *pe);
+      HoldOutcome outcome = co_await hold_upload(svc_, ctx, proto);
+      if (outcome.response) co_return std::move(*outcome.response);
+      request = std::move(outcome.request);
+      if (request.state() == "signed") co_return patch_response(*pe, request.info.signature);
+    } else if (kc.policy.has_quota()) {
+      auto st = svc_.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
+      if (!st.ok()) co_return relic_quota_exceeded(st.error());
+    }
     // Everything the blocking build needs, owned by one object: only a shared_ptr crosses the
     // coroutine boundary (GCC 12 mishandles closures with captures stored in coroutine frames).
     auto task = std::make_shared<SignTask>();
@@ -90,6 +105,9 @@ class PeCoffSigner : public BodyConsumer {
     task->options = options_;
     std::function<Result<Bytes>()> work = std::bind(&run_sign_task, task);
     auto signed_data = co_await run_blocking<Result<Bytes>>(svc_, work);
+    if (!signed_data.ok() && held) (void)svc_.approvals->finish(request.info.id, signed_data, epoch_now());
+    if (!signed_data.ok() && !held && kc.policy.has_quota())
+      svc_.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
     if (!signed_data.ok()) {
       const Error& e = signed_data.error();
       spdlog::warn("pe-coff sign failed: key={} client={} file={}: {}", key.name, ctx.identity.name(), filename_,
@@ -110,16 +128,61 @@ class PeCoffSigner : public BodyConsumer {
     extra["perf.size.in"] = task->pe.file_size;
     extra["perf.size.patch"] = blob->size();
     extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+    if (held) {
+      extra["request_id"] = request.info.id;
+      extra["approved_by"] = request.info.decided_by;
+      if (kc.policy.has_quota())
+        (void)svc_.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr), true);
+    }
     auto st = record_signature(svc_, ctx, key_name_, key, "pe-coff", hash_info(alg_).relic_name, filename_, extra);
+    // Stored after the audit record: a retry of the same file gets this SignedData, never a new signature.
+    if (held) (void)svc_.approvals->finish(request.info.id, st.ok() ? signed_data : Result<Bytes>(st.error()),
+                                            epoch_now());
     if (!st.ok()) co_return relic_unhandled();
-    http::Response r;
-    r.status = 200;
-    r.set("Content-Type", "application/x-binary-patch");  // compared for exact equality by the client (§7)
-    r.body.assign(blob->begin(), blob->end());
-    co_return r;
+    co_return binpatch_response(*blob);
   }
 
  private:
+  static http::Response binpatch_response(const Bytes& blob) {
+    http::Response r;
+    r.status = 200;
+    r.set("Content-Type", "application/x-binary-patch");  // compared for exact equality by the client (§7)
+    r.body.assign(blob.begin(), blob.end());
+    return r;
+  }
+
+  // The patch for a SignedData made earlier for the same file (a retry of an approved request).
+  static http::Response patch_response(const ac::PeInfo& pe, const Bytes& signed_data) {
+    auto patch = ac::make_pe_patch(pe, signed_data);
+    if (!patch.ok()) return relic_problem(400, "https://relic.sas.com/bad-request", patch.error().message);
+    auto blob = ac::binpatch::serialize(*patch);
+    if (!blob.ok()) return relic_unhandled();
+    return binpatch_response(*blob);
+  }
+
+  HeldRequest held_request(const RequestContext& ctx, const ac::PeInfo& pe) const {
+    HeldRequest h;
+    h.info.key = key_.config->name;
+    h.info.client = ctx.identity.name();
+    h.info.client_fingerprint = ctx.identity.fingerprint;
+    h.info.mechanism = "pe-coff";
+    h.info.digest = hash_info(alg_).name;
+    h.info.input_sha256 = to_hex(hash(HashAlg::sha256, pe.image_digest));
+    h.info.filename = filename_;
+    h.info.filesize = pe.file_size;
+    h.kind = "pe-coff";
+    h.mech = key_.served->description.key.type == KeyType::ec ? CKM_ECDSA : CKM_RSA_PKCS;
+    // The same file with the same options is the same request (what gets signed also depends on them).
+    h.input = pe.image_digest;
+    std::string opts = std::string(page_hashes_ ? "1" : "0") + "\n" + options_.description + "\n" + options_.url;
+    h.input.insert(h.input.end(), opts.begin(), opts.end());
+    h.digest_name = hash_info(alg_).relic_name;
+    h.client_entry = ctx.identity.client ? ctx.identity.client->name : "";
+    h.idem = request_identity(ctx.identity.fingerprint, h);
+    h.expires = epoch_now() + key_.config->policy.approvaltimeout;
+    return h;
+  }
+
   Service& svc_;
   Service::KeyRef key_;
   std::string key_name_;

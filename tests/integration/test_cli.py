@@ -50,10 +50,17 @@ def spki_sha256_by_openssl(certfile: Path) -> str:
 class CliTest(unittest.TestCase):
     """A daemon per class; the CLI runs with its own HOME so no real config is ever read."""
 
+    key_policies: dict = {}  # key label -> keys.K.policy for the daemon config
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-cli-"))
         cls.st = make_state(cls.tmp)
+        if cls.key_policies:
+            cfg = cls.st.daemon_config()
+            for label, policy in cls.key_policies.items():
+                cfg["keys"][label]["policy"] = policy
+            cls.st.write_config(config=cfg)
         cls.daemon = Daemon(cls.st).start()
         cls.config = write_client_config(cls.tmp / "client.yml", cls.daemon.url, cls.st)
 
@@ -331,6 +338,9 @@ class Tsa:
 
 @unittest.skipUnless(OSSLSIGNCODE, "osslsigncode not installed")
 class Authenticode(CliTest):
+    # test_sha1_and_sha384_digests signs a SHA-1 Authenticode digest: refused unless the key's policy allows it.
+    key_policies = {"rsa2048": {"digests": ["sha1", "sha256", "sha384", "sha512"]}}
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
