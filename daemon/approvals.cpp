@@ -188,6 +188,17 @@ Result<HeldRequest> Approvals::submit(HeldRequest proto, int64_t now, bool& crea
     created = false;
     return *r;
   }
+  // Decided requests are kept 7 days (retries get their answer), then dropped; new submissions are rare
+  // enough to pay for the sweep.
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    if (it->second.live() || now - it->second.created <= kKeepDecided) {
+      ++it;
+      continue;
+    }
+    std::error_code ec;
+    std::filesystem::remove(dir_ + "/" + it->first + ".json", ec);
+    it = requests_.erase(it);
+  }
   do proto.info.id = new_id();
   while (requests_.count(proto.info.id));
   proto.created = now;

@@ -254,6 +254,10 @@ TEST_CASE("held requests: submit is idempotent, approve/deny rules, signing at m
   CHECK(denied->info.reason == "no ticket");
   auto after_deny = a.submit(held("fp2", "x", now + 600), now + 5, created);
   CHECK(created);  // denied is final: a new POST is a new request
+  size_t before = a.size();
+  (void)a.submit(held("fp9", "later", now + 8 * 86400 + 600), now + 8 * 86400, created);
+  CHECK(a.size() == before + 1 - 2);  // the signed and the denied request of a week ago are pruned
+  CHECK_FALSE(fs::exists(dir.path / (r1->info.id + ".json")));
 
   // The token failed: back to pending, nothing stored as signed.
   auto r3 = a.submit(held("fp3", "y", now + 600), now, created);
