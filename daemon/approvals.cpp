@@ -244,43 +244,35 @@ std::vector<HeldRequest> Approvals::list(bool all, int64_t now) {
 
 Result<HeldRequest> Approvals::approve(const std::string& id, const std::string& approver,
                                        const std::string& approver_fp, const std::string& comment, int64_t now) {
-  std::lock_guard lock(mu_);
-  if (!lookup_locked(id, now)) return Error(ErrorCode::forbidden, "no such request");
-  HeldRequest& r = requests_.at(id);
-  if (r.state() != "pending") return Error(ErrorCode::not_pending, "request " + id + " is " + wire_view(r, false).state);
-  if (r.info.client_fingerprint == approver_fp)
-    return Error(ErrorCode::self_approval, "you submitted request " + id + ": another approver must approve it");
-  HeldRequest before = r;
-  r.info.decided_by = approver;
-  r.info.decided_at = rfc3339(now);
-  r.info.reason = comment;
-  r.approver_fingerprint = approver_fp;
-  auto st = set_state_locked(r, r.kind == "relay" ? "signing" : "approved", now);
-  if (!st.ok()) {
-    r = before;
-    return st.take_error();
-  }
-  audit(r, "approve", comment);
-  return r;
+  return decide(id, approver, approver_fp, comment, /*approve=*/true, now);
 }
 
 Result<HeldRequest> Approvals::deny(const std::string& id, const std::string& approver,
                                     const std::string& approver_fp, const std::string& reason, int64_t now) {
+  return decide(id, approver, approver_fp, reason, /*approve=*/false, now);
+}
+
+Result<HeldRequest> Approvals::decide(const std::string& id, const std::string& approver,
+                                      const std::string& approver_fp, const std::string& text, bool approve,
+                                      int64_t now) {
   std::lock_guard lock(mu_);
   if (!lookup_locked(id, now)) return Error(ErrorCode::forbidden, "no such request");
   HeldRequest& r = requests_.at(id);
   if (r.state() != "pending") return Error(ErrorCode::not_pending, "request " + id + " is " + wire_view(r, false).state);
+  // Four eyes: a submitter who is also an approver may withdraw (deny) their request, not approve it.
+  if (approve && r.info.client_fingerprint == approver_fp)
+    return Error(ErrorCode::self_approval, "you submitted request " + id + ": another approver must approve it");
   HeldRequest before = r;
   r.info.decided_by = approver;
   r.info.decided_at = rfc3339(now);
-  r.info.reason = reason;
+  r.info.reason = text;
   r.approver_fingerprint = approver_fp;
-  auto st = set_state_locked(r, "denied", now);
+  auto st = set_state_locked(r, !approve ? "denied" : r.kind == "relay" ? "signing" : "approved", now);
   if (!st.ok()) {
     r = before;
     return st.take_error();
   }
-  audit(r, "deny", reason);
+  audit(r, approve ? "approve" : "deny", text);
   return r;
 }
 

@@ -92,6 +92,8 @@ class Approvals {
  private:
   std::optional<HeldRequest> lookup_locked(const std::string& id, int64_t now);
   HeldRequest* find_identity_locked(const std::string& idem, int64_t now);
+  Result<HeldRequest> decide(const std::string& id, const std::string& approver, const std::string& approver_fp,
+                             const std::string& text, bool approve, int64_t now);
   Status set_state_locked(HeldRequest& r, const std::string& state, int64_t now);
   void expire_locked(HeldRequest& r, int64_t now);
   void notify_locked(const std::string& id);

@@ -65,6 +65,18 @@ class PolicyTest(DaemonTest):
         self.assertEqual(body["request"]["state"], "pending")
         return rid, data
 
+    def decide_when_listed(self, filename, action, body, out):
+        """Approver thread: waits for a relic upload's request to appear in alice's list, then decides it."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, listing = self.get("/v1/requests", client=self.alice)
+            mine = [r for r in listing["requests"] if r.get("filename") == filename]
+            if mine:
+                out["id"], out["list"] = mine[0]["id"], mine[0]
+                out["result"] = self.decide(mine[0]["id"], action, self.alice, body)
+                return
+            time.sleep(0.2)
+
     def audit_lines(self):
         return [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
 
@@ -216,20 +228,7 @@ class PolicyTest(DaemonTest):
         import test_relic_pecoff
         pe = test_relic_pecoff.tiny_pe(self.tmp, "x86_64")
         approved = {}
-
-        def approver():
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                _, listing = self.get("/v1/requests", client=self.alice)
-                mine = [r for r in listing["requests"] if r["key"] == "rsa2048" and r.get("filename") == "held.exe"]
-                if mine:
-                    approved["id"] = mine[0]["id"]
-                    approved["list"] = mine[0]
-                    approved["result"] = self.decide(mine[0]["id"], "approve", self.alice)
-                    return
-                time.sleep(0.2)
-
-        t = threading.Thread(target=approver)
+        t = threading.Thread(target=self.decide_when_listed, args=("held.exe", "approve", {}, approved))
         t.start()
         st, h, body, signed = relic_client.sign_pe(self.daemon, "rsa2048", pe, filename="held.exe")
         t.join(30)
@@ -242,25 +241,15 @@ class PolicyTest(DaemonTest):
         test_relic_pecoff.osslsigncode_verify(path, self.st.keys["rsa2048"].certfile)
         # the same upload again: the stored signature, not a second one
         st, _, _, again = relic_client.sign_pe(self.daemon, "rsa2048", pe, filename="held.exe")
-        self.assertEqual(st, 200)
+        self.assertEqual((st, again), (200, signed))
         sigs = [r for r in self.audit_lines() if r.get("request_id") == approved["id"] and r.get("sig.type") == "pe-coff"]
         self.assertEqual(len(sigs), 1)
 
     def test_relic_denied(self):
         import test_relic_pecoff
         pe = test_relic_pecoff.tiny_pe(self.tmp, "x86_64")
-
-        def denier():
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                _, listing = self.get("/v1/requests", client=self.alice)
-                mine = [r for r in listing["requests"] if r.get("filename") == "deny-me.exe"]
-                if mine:
-                    self.decide(mine[0]["id"], "deny", self.alice, {"reason": "unsigned commit"})
-                    return
-                time.sleep(0.2)
-
-        t = threading.Thread(target=denier)
+        t = threading.Thread(target=self.decide_when_listed,
+                             args=("deny-me.exe", "deny", {"reason": "unsigned commit"}, {}))
         t.start()
         st, _, body, _ = relic_client.sign_pe(self.daemon, "rsa2048", pe, filename="deny-me.exe")
         t.join(30)
