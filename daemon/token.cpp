@@ -347,8 +347,10 @@ Status Token::open_locked() {
     EVP_PKEY* tokpub = PKCS11_get_public_key(const_cast<PKCS11_KEY*>(match));
     ERR_clear_error();
     if (tokpub) {
-      // libp11 keeps ownership of the EVP_PKEY it returns; copy it through DER.
+      // The caller owns the EVP_PKEY libp11 0.4.12 returns (LeakSanitizer found it unreferenced after the
+      // slots were released): copy it through DER, then drop our reference.
       Bytes der = spki_der(tokpub);
+      EVP_PKEY_free(tokpub);
       auto parsed = parse_spki(der);
       if (parsed.ok()) sk->public_key = std::move(parsed).value();
     }

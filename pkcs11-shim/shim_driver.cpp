@@ -203,7 +203,13 @@ int cmd_bench(int threads, double seconds, bool verify) {
         ++failed;
         return;
       }
+      // Raw mechanisms get what a real caller sends (the daemon's default key policy refuses raw input that
+      // is not a digest): a SHA-256-sized value for CKM_ECDSA, a SHA-256 DigestInfo for CKM_RSA_PKCS.
       std::string msg = "benchmark message";
+      if (mech.mechanism == CKM_ECDSA) msg.assign(32, 'b');
+      if (mech.mechanism == CKM_RSA_PKCS)
+        msg = std::string("\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20", 19) +
+              std::string(32, 'b');
       for (long i = 0; std::chrono::steady_clock::now() < end; ++i) {
         if (verify) msg = "load thread " + std::to_string(t) + " message " + std::to_string(i);
         auto t0 = std::chrono::steady_clock::now();
