@@ -34,6 +34,22 @@ SHIM = os.environ.get("P11RELAY_SHIM", str(BUILD / "pkcs11-shim" / "p11relay-pkc
 CLI = os.environ.get("P11RELAY_CLI", str(BUILD / "client" / "cli" / "p11relay"))
 # Provisioned templates are cached per build tree: a copy takes milliseconds, a new RSA key a second.
 TEMPLATE_ROOT = Path(os.environ.get("P11RELAY_TEMPLATE_DIR", BUILD / "tests" / "template-cache"))
+# Sanitizer runs (.ci/run builds the whole suite with ASan+UBSan): P11RELAY_SANITIZER_PRELOAD names the
+# runtime libraries that programs we did not build (pkcs11-tool, openssl, osslsigncode, p11tool) need
+# preloaded to load our instrumented shim. Our own binaries link them; a report in a daemon log fails the test.
+SANITIZER_PRELOAD = os.environ.get("P11RELAY_SANITIZER_PRELOAD", "")
+SANITIZER_REPORT = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
+
+
+def foreign_env(env: dict) -> dict:
+    """env for a program we did not build that loads our shim: the sanitizer runtimes preloaded (their leak
+    reports about that program are not ours to fix, so leak detection is off there)."""
+    if not SANITIZER_PRELOAD:
+        return env
+    env = dict(env)
+    env["LD_PRELOAD"] = SANITIZER_PRELOAD
+    env["ASAN_OPTIONS"] = "detect_leaks=0:" + env.get("ASAN_OPTIONS", "")
+    return env
 
 ALL_KEYS = provision.DEFAULT_KEYS + (
     KeySpec("ec384", "03", "EC:secp384r1"),
@@ -84,10 +100,15 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(10)
+                self.proc.wait(30 if SANITIZER_PRELOAD else 10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        log = self.log()
+        for marker in SANITIZER_REPORT:
+            if marker in log:
+                i = log.index(marker)
+                raise AssertionError(f"sanitizer report in {self.log_path}:\n{log[max(0, i - 200):i + 4000]}")
         return self.proc.returncode if self.proc else 0
 
     def kill(self) -> None:

@@ -54,7 +54,7 @@ class ShimTest(unittest.TestCase):
         cls.st = harness.make_state(cls.tmp)
         cls.daemon = Daemon(cls.st).start()
         cls.client_config = write_client_config(cls.tmp / "client.yml", cls.st, [cls.daemon.url])
-        cls.env = dict(os.environ)
+        cls.env = harness.foreign_env(dict(os.environ))
         cls.env["P11RELAY_CONFIG"] = str(cls.client_config)
         cls.env.pop("SOFTHSM2_CONF", None)
 

@@ -657,7 +657,10 @@ class Slowloris(FaultsBase):
         time.sleep(1.5)
         rss2 = rss_kb(pid)
         measure("7.daemon VmRSS after closing them (kB)", rss2)
-        self.assertLess(rss1 - rss0, 512 * 1024)  # < 512 MiB for 2100 connections (measured far less)
+        # ASan's quarantine and redzones make RSS meaningless in the sanitizer run: no memory bounds there.
+        bounded = not harness.SANITIZER_PRELOAD
+        if bounded:
+            self.assertLess(rss1 - rss0, 512 * 1024)  # < 512 MiB for 2100 connections (measured far less)
         # A second identical wave: a per-connection leak would add as much again; allocator arenas only a little.
         socks = []
         try:
@@ -674,7 +677,8 @@ class Slowloris(FaultsBase):
         time.sleep(1.5)
         rss4 = rss_kb(pid)
         measure("7.second wave VmRSS peak/after (kB)", f"{rss3}/{rss4}")
-        self.assertLess(rss4 - rss2, (rss1 - rss0) // 2)
+        if bounded:
+            self.assertLess(rss4 - rss2, (rss1 - rss0) // 2)
         self.assertTrue(self.alive())
         self.assertEqual(self.daemon.sign("ec256", "CKM_ECDSA", bytes(32))[0], 200)
 
