@@ -546,14 +546,25 @@ void Token::worker_main(int index) {
 }
 
 void Token::on_device_error(CK_RV rv, const std::string& where, uint64_t generation) {
+  std::deque<Job> waiting;
   {
     std::lock_guard lock(mu_);
     if (generation != generation_ || state_ != TokenState::ready) return;  // someone already reported it
     state_ = TokenState::recovering;
     reason_ = where + " returned " + ckr_hex(rv);
+    // Jobs queued before the failure would otherwise wait out the whole re-open (seconds of backoff):
+    // they have not reached the token, so they get the same answer as new requests now, and are retried.
+    waiting.swap(queue_);
   }
   spdlog::warn("token {}: {} returned {}; re-opening", config_.name, where, ckr_hex(rv));
   recover_cv_.notify_all();
+  for (auto& job : waiting) {
+    Error e(ErrorCode::token_not_present, "token '" + config_.name + "' is being re-opened: " + where + " returned " +
+                                              ckr_hex(rv));
+    e.with_retry_after(1);
+    if (job.kind == Job::sign) job.done(e);
+    else job.ping_done(e);
+  }
 }
 
 void Token::recovery_main() {
