@@ -281,6 +281,8 @@ http::Response relay_keys(Service& svc, const RequestContext& ctx) {
       continue;
     }
     out.push_back(served->description);
+    // Per requesting client: an autoapprove role signs at once (docs/policy.md).
+    if (k.has_policy && needs_approval(k.policy, ctx.identity.client->roles)) out.back().approval = "required";
   }
   return json_response(200, relay::encode_key_list(out));
 }

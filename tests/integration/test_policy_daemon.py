@@ -18,7 +18,8 @@ MD5_DI = bytes.fromhex("3020300c06082a864886f70d020505000410")
 
 
 class PolicyTest(DaemonTest):
-    """ec256: approval required (admins approve); ec256short: the same key, requests expire after 2 s;
+    """ec256: approval required (admins approve); ec256short: the same key, requests expire after 2 s, and
+    clients with the admin role (bob) sign at once;
     ec384: auto-approved with a quota of 3 per hour; rsa2048: approval required (relic uploads);
     rsapss: no policy at all (the defaults)."""
     start_daemon = False
@@ -35,7 +36,8 @@ class PolicyTest(DaemonTest):
         cfg["server"]["statedir"] = "policy-state"
         keys = cfg["keys"]
         keys["ec256"]["policy"] = {"approval": "required", "approvers": ["admin"]}
-        keys["ec256short"] = dict(keys["ec256"], policy={"approval": "required", "approvaltimeout": 2})
+        keys["ec256short"] = dict(keys["ec256"], policy={"approval": "required", "approvaltimeout": 2,
+                                                           "autoapprove": ["admin"]})
         keys["ec384"]["policy"] = {"quota": {"perhour": 3}}
         keys["rsa2048"]["policy"] = {"approval": "required", "sigtypes": ["pe-coff"]}
         st.write_config(config=cfg)
@@ -118,6 +120,25 @@ class PolicyTest(DaemonTest):
         self.assertEqual(st, 429, body)
 
     # -- approval workflow ----------------------------------------------------------------------------------
+    def test_key_list_says_per_client_which_keys_wait_for_an_approver(self):
+        def approval(client):
+            st, body = self.get("/v1/keys", client=client)
+            self.assertEqual(st, 200, body)
+            return {k["name"]: k.get("approval") for k in body["keys"]}
+
+        demo = approval(None)
+        self.assertEqual({k: demo[k] for k in ("ec256", "ec256short", "rsa2048", "ec384", "rsapss")},
+                         {"ec256": "required", "ec256short": "required", "rsa2048": "required",
+                          "ec384": None, "rsapss": None})
+        bob = approval(self.bob)  # autoapprove role for ec256short only
+        self.assertEqual((bob["ec256"], bob["ec256short"]), ("required", None))
+        # the field says what signing does: bob signs ec256short at once, ec256 is held
+        d = hashlib.sha256(b"bob autoapproved").digest()
+        st, _, body = self.post_sign("ec256short", d, client=self.bob)
+        self.assertEqual(st, 200, body)
+        self.verify_ec("ec256", d, body["signature"])  # the same token key
+        self.held(client=self.bob)
+
     def test_approval_then_the_poller_gets_a_signature_that_verifies(self):
         rid, d = self.held()
         st, req = self.get(f"/v1/requests/{rid}")

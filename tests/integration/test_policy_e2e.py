@@ -169,6 +169,17 @@ class PolicyE2E(unittest.TestCase):
         self.assertRegex(out + err, r"CKR_FUNCTION_CANCELED|\(0x50\)")
 
     # -- the CLI -----------------------------------------------------------------------------------------
+    def test_list_keys_and_doctor_know_which_keys_wait_for_an_approver(self):
+        p = self.cli(self.demo_cfg, "list-keys", "--long")
+        self.assertEqual(p.stdout.decode().count("approval:     required"), 2, p.stdout)
+        p = self.cli(self.demo_cfg, "doctor")
+        out = p.stdout.decode()
+        for key in ("rsa2048", "ec256"):
+            self.assertIn(f"key {key} needs an approver's decision for each signature by this client: no test "
+                          "signature", out)
+        self.assertNotIn("[WARN] test signature", out)
+        self.assertEqual(self.requests(self.admin_cfg), [])  # doctor left no request for the approvers
+
     def test_cli_denial_exits_4_with_the_reason(self):
         digest = hashlib.sha256(b"denied").hexdigest()
         proc = self.start_cli("sign-digest", "--key", "rsa2048", "--digest-alg", "sha256", "--hex", digest,
