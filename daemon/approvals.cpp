@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 
 namespace p11relay::daemon {
 namespace {
@@ -157,7 +158,7 @@ std::vector<std::string> Approvals::load(int64_t now) {
       (void)set_state_locked(h, "pending", now);
       audit(h, "reset", "daemon restarted while signing; needs a new approval");
     }
-    if (h.live() && h.state() != "signing" && now >= h.expires) expire_locked(h, now);
+    if (h.due(now)) expire_locked(h, now);
     if (!h.live() && now - h.created > kKeepDecided) {
       std::error_code ec;
       std::filesystem::remove(path, ec);
@@ -170,7 +171,7 @@ std::vector<std::string> Approvals::load(int64_t now) {
 HeldRequest* Approvals::find_identity_locked(const std::string& idem, int64_t now) {
   for (auto& [id, r] : requests_) {
     if (r.idem != idem) continue;
-    if (r.live() && now >= r.expires && r.state() != "signing") expire_locked(r, now);
+    if (r.due(now)) expire_locked(r, now);
     if (r.live() || r.state() == "signed") return &r;
   }
   return nullptr;
@@ -212,6 +213,7 @@ Result<HeldRequest> Approvals::submit(HeldRequest proto, int64_t now, bool& crea
     return Error(ErrorCode::internal, "the request could not be stored: " + st.error().message);
   }
   audit(r, "request");
+  arm_locked(r);
   created = true;
   return r;
 }
@@ -220,7 +222,7 @@ std::optional<HeldRequest> Approvals::lookup_locked(const std::string& id, int64
   auto it = requests_.find(id);
   if (it == requests_.end()) return std::nullopt;
   HeldRequest& r = it->second;
-  if (r.live() && r.state() != "signing" && now >= r.expires) expire_locked(r, now);
+  if (r.due(now)) expire_locked(r, now);
   return r;
 }
 
@@ -233,7 +235,7 @@ std::vector<HeldRequest> Approvals::list(bool all, int64_t now) {
   std::lock_guard lock(mu_);
   std::vector<HeldRequest> out;
   for (auto& [id, r] : requests_) {
-    if (r.live() && r.state() != "signing" && now >= r.expires) expire_locked(r, now);
+    if (r.due(now)) expire_locked(r, now);
     if (all || r.live()) out.push_back(r);
   }
   std::sort(out.begin(), out.end(), [](const HeldRequest& a, const HeldRequest& b) {
@@ -328,11 +330,28 @@ Status Approvals::set_state_locked(HeldRequest& r, const std::string& state, int
     return Error(ErrorCode::internal, "the request state could not be stored");
   }
   notify_locked(r.info.id);
+  arm_locked(r);
   return {};
 }
 
 void Approvals::expire_locked(HeldRequest& r, int64_t now) {
   if (set_state_locked(r, "expired", now).ok()) audit(r, "expire");
+}
+
+void Approvals::arm_locked(const HeldRequest& r) {
+  if (r.can_expire() && r.expires < next_expiry_.load()) next_expiry_.store(r.expires);
+}
+
+void Approvals::expire_due(int64_t now) {
+  if (now < next_expiry_.load(std::memory_order_relaxed)) return;
+  std::lock_guard lock(mu_);
+  int64_t next = std::numeric_limits<int64_t>::max();
+  for (auto& [id, r] : requests_) {
+    if (r.due(now)) expire_locked(r, now);
+    // An expiry that could not be stored stays due: tried again a second later.
+    if (r.can_expire()) next = std::min(next, r.due(now) ? now + 1 : r.expires);
+  }
+  next_expiry_.store(next);
 }
 
 void Approvals::notify_locked(const std::string& id) {

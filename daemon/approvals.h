@@ -10,6 +10,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -37,6 +38,9 @@ struct HeldRequest {
 
   const std::string& state() const { return info.state; }
   bool live() const;  // pending, approved or signing
+  // Waiting for a decision or for its relic client: expires at `expires` (one being signed does not).
+  bool can_expire() const { return live() && state() != "signing"; }
+  bool due(int64_t now) const { return can_expire() && now >= expires; }
 };
 
 // Idempotency key: the same client asking the same key to sign the same thing.
@@ -87,6 +91,10 @@ class Approvals {
   // Calls wake() once when the request leaves `state` (at once, returning false, if it already has).
   bool watch(const std::string& id, const std::string& state, std::function<void()> wake);
 
+  // Expires (audited, waiters woken) every request past its expiry, so nobody has to read it first.
+  // For the server's 100 ms sweep: one atomic load until the earliest expiry is due.
+  void expire_due(int64_t now);
+
   size_t size();
 
  private:
@@ -97,6 +105,7 @@ class Approvals {
   Status set_state_locked(HeldRequest& r, const std::string& state, int64_t now);
   void expire_locked(HeldRequest& r, int64_t now);
   void notify_locked(const std::string& id);
+  void arm_locked(const HeldRequest& r);
   void audit(const HeldRequest& r, const char* operation, const std::string& reason = {});
 
   std::string dir_;
@@ -105,6 +114,8 @@ class Approvals {
   std::mutex mu_;
   std::map<std::string, HeldRequest> requests_;  // by id
   std::map<std::string, std::vector<std::function<void()>>> watchers_;
+  // Earliest expiry of a request that can expire (0: not known yet); lowered under mu_.
+  std::atomic<int64_t> next_expiry_{0};
 };
 
 }  // namespace p11relay::daemon

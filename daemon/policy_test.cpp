@@ -326,3 +326,41 @@ TEST_CASE("state file round trip and hostile content") {
                           "{\"request\":{\"id\":\"r-0123456789abcdef\",\"state\":\"pending\"},\"kind\":5}"})
     CHECK_MESSAGE(!decode_held(bad).ok(), bad);
 }
+
+TEST_CASE("expire_due expires unread requests at their expiry and wakes their waiters; signing ones wait") {
+  TempDir dir;
+  int64_t now = 1'700'000'000;
+  Approvals a(dir.path.string(), nullptr, "host");
+  bool created = false;
+  std::string early = a.submit(held("fp1", "early", now + 10), now, created)->info.id;
+  std::string late = a.submit(held("fp1", "late", now + 20), now, created)->info.id;
+  std::string signing = a.submit(held("fp1", "signing", now + 10), now, created)->info.id;
+  REQUIRE(a.approve(signing, "alice", "fpA", "", now).ok());
+  int woken = 0;
+  REQUIRE(a.watch(early, "pending", [&] { ++woken; }));
+  a.expire_due(now + 9);
+  CHECK(woken == 0);
+  a.expire_due(now + 10);
+  CHECK(woken == 1);
+  CHECK_FALSE(a.watch(early, "pending", [] {}));  // already left pending: expired
+  CHECK(a.watch(late, "pending", [&] { ++woken; }));
+  CHECK(a.watch(signing, "signing", [&] { ++woken; }));
+  a.expire_due(now + 19);
+  CHECK(woken == 1);
+  a.expire_due(now + 20);
+  CHECK(woken == 2);
+  // The token failed: back to pending and due again at once (its expiry has passed).
+  REQUIRE(a.finish(signing, Error(ErrorCode::token_not_present, "gone"), now + 21).ok());
+  CHECK(woken == 3);
+  REQUIRE(a.watch(signing, "pending", [&] { ++woken; }));
+  a.expire_due(now + 21);
+  CHECK(woken == 4);
+  for (const auto& id : {early, late, signing}) CHECK(a.get(id, now + 21)->state() == "expired");
+  // After a restart the first sweep looks at every request.
+  Approvals b(dir.path.string(), nullptr, "host");
+  std::string fresh = a.submit(held("fp2", "fresh", now + 30), now + 21, created)->info.id;
+  b.load(now + 21);
+  REQUIRE(b.watch(fresh, "pending", [&] { ++woken; }));
+  b.expire_due(now + 30);
+  CHECK(woken == 5);
+}

@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <mutex>
 
@@ -253,6 +254,9 @@ asio::awaitable<void> Server::sweep_loop() {
     co_await timer.async_wait(use_nothrow);
     auto now = Clock::now();
     expire_token_waits(now);
+    // Held requests expire on time even when nobody reads them (audit line, waiting clients woken).
+    // Rare enough to store the expiry right here.
+    if (svc_.approvals) svc_.approvals->expire_due(static_cast<int64_t>(std::time(nullptr)));
     std::lock_guard lock(conns_mu_);
     for (Conn* c : conns_)
       if (c->expired(now.time_since_epoch().count())) c->expire();

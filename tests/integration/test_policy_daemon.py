@@ -193,6 +193,20 @@ class PolicyTest(DaemonTest):
         self.assertEqual((st, body["code"]), (409, "not-pending"))
         self.assertTrue(any(r.get("operation") == "expire" for r in self.audit_lines() if r.get("request_id") == rid))
 
+    def test_expiry_is_audited_on_time_when_nobody_reads_the_request(self):
+        rid, _ = self.held("ec256short")  # approvaltimeout 2 s; from here on nobody asks the daemon about it
+        t0 = time.monotonic()
+        expired = []
+        while not expired and time.monotonic() - t0 < 10:
+            time.sleep(0.1)
+            expired = [r for r in self.audit_lines() if r.get("request_id") == rid and r.get("operation") == "expire"]
+        self.assertTrue(expired, "no expire line in the audit log 10 s after a 2 s approvaltimeout")
+        self.assertGreater(time.monotonic() - t0, 1.0, "expired before its approvaltimeout")
+        self.assertLess(time.monotonic() - t0, 5.0, "the expire line came late")
+        self.assertEqual(len(expired), 1)
+        st, req = self.get(f"/v1/requests/{rid}")
+        self.assertEqual((st, req["state"]), (200, "expired"))
+
     def test_non_admin_cannot_approve_nor_see_others_requests(self):
         rid, _ = self.held()
         st, body = self.decide(rid, "approve", self.dev)
