@@ -161,8 +161,10 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
                        ? rec["perf.elapsed.ms"].get<double>() / 1000.0
                        : 0.0;
   svc.metrics.signature(key.name, ctx.identity.name(), "ok", seconds);
-  spdlog::info("signed: key={} client={} op={} digest={} file={}", key.name, ctx.identity.name(), operation,
-               digest_name, filename);
+  // With an audit file, the audit line is the record; this one is for debugging (a write(2) less per
+  // signature). Without one, it is the only trace and stays at info.
+  spdlog::log(svc.audit ? spdlog::level::debug : spdlog::level::info, "signed: key={} client={} op={} digest={} file={}",
+              key.name, ctx.identity.name(), operation, digest_name, filename);
   return {};
 }
 
