@@ -93,10 +93,15 @@ std::optional<uint32_t> digest_bit_by_name(std::string_view name) {
   return std::nullopt;
 }
 
-std::string digest_class_name(uint32_t bit) {
+std::optional<HashAlg> digest_alg(uint32_t bit) {
   for (HashAlg a : {HashAlg::md5, HashAlg::sha1, HashAlg::sha224, HashAlg::sha256, HashAlg::sha384, HashAlg::sha512})
-    if (bit == digest_bit(a)) return hash_info(a).name;
-  return "none";
+    if (bit == digest_bit(a)) return a;
+  return std::nullopt;
+}
+
+std::string digest_class_name(uint32_t bit) {
+  auto a = digest_alg(bit);
+  return a ? hash_info(*a).name : "none";
 }
 
 uint32_t detect_digest(CK_MECHANISM_TYPE mech, const relay::SignRequest& req) {

@@ -53,6 +53,7 @@ struct KeyPolicy {
 // "sha256" → its bit, "none" → kDigestNone; nullopt for an unknown name.
 std::optional<uint32_t> digest_bit_by_name(std::string_view name);
 std::string digest_class_name(uint32_t bit);  // "sha256", "none"
+std::optional<HashAlg> digest_alg(uint32_t bit);  // the algorithm of one digest bit; nullopt for none
 
 // The digest a relay sign request signs (docs/policy.md "Digest detection"): CKM_RSA_PKCS → the
 // DigestInfo's algorithm (none without one); PSS → params.hash; ECDSA → the request's digest field

@@ -56,6 +56,10 @@ TEST_CASE("digest detection per mechanism") {
   CHECK(detect_digest(CKM_ECDSA, declared) == digest_bit(HashAlg::sha256));
   declared.digest_alg = HashAlg::sha1;  // length does not match: the length decides
   CHECK(detect_digest(CKM_ECDSA, declared) == digest_bit(HashAlg::sha256));
+  CHECK(digest_alg(digest_bit(HashAlg::sha384)) == HashAlg::sha384);
+  CHECK(digest_alg(digest_bit(HashAlg::md5)) == HashAlg::md5);
+  CHECK_FALSE(digest_alg(kDigestNone).has_value());
+  CHECK(digest_class_name(kDigestNone) == "none");
 }
 
 TEST_CASE("default policy refuses md5, sha1 and raw input; a listed digest is allowed") {

@@ -287,8 +287,10 @@ http::Response relay_keys(Service& svc, const RequestContext& ctx) {
   return json_response(200, relay::encode_key_list(out));
 }
 
+// Also names the digest being signed, once per request: the policy's digest class (docs/policy.md
+// "How the daemon tells the digest") and the audit record's name.
 Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& req, Clock::time_point deadline,
-                              std::string& digest_name) {
+                              uint32_t& digest, std::string& digest_name) {
   auto mech = mechanism_by_name(req.mechanism);
   if (!mech || std::find(key.mechanisms.begin(), key.mechanisms.end(), *mech) == key.mechanisms.end())
     return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not available for key '" +
@@ -303,7 +305,6 @@ Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& re
     case CKM_RSA_PKCS: {
       if (req.input.empty() || req.input.size() + 11 > modulus)
         return Error(ErrorCode::data_len_range, "input must be 1.." + std::to_string(modulus - 11) + " bytes");
-      if (auto di = parse_digest_info(req.input)) digest_name = hash_info(di->first).relic_name;
       break;
     }
     case CKM_RSA_PKCS_PSS: {
@@ -316,18 +317,18 @@ Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& re
       if (req.pss->salt_length + hash_info(req.pss->hash).size + 2 > modulus)
         return Error(ErrorCode::mechanism_param, "salt_length too large for the key");
       job.pss = req.pss;
-      digest_name = hash_info(req.pss->hash).relic_name;
       break;
     }
     case CKM_ECDSA: {
       if (req.input.size() < 16 || req.input.size() > 64)
         return Error(ErrorCode::data_len_range, "CKM_ECDSA input must be a digest (16..64 bytes)");
-      if (auto h = hash_by_size(req.input.size())) digest_name = hash_info(*h).relic_name;
       break;
     }
     default:
       return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not supported");
   }
+  digest = detect_digest(*mech, req);  // the one parse of an RSA DigestInfo
+  if (auto alg = digest_alg(digest)) digest_name = hash_info(*alg).relic_name;
   if (req.digest_alg) digest_name = hash_info(*req.digest_alg).relic_name;
   return job;
 }
@@ -341,14 +342,14 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
             .with_retry_after(1));
   auto req = relay::decode_sign_request(ctx.req.body);
   if (!req.ok()) co_return relay_problem(req.error());
+  uint32_t digest = 0;
   std::string digest_name;
   auto deadline = std::min(ctx.deadline, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout));
-  auto job = validate_sign(*ref->served, *req, deadline, digest_name);
+  auto job = validate_sign(*ref->served, *req, deadline, digest, digest_name);
   if (!job.ok()) co_return relay_problem(job.error());
   // Policy (docs/policy.md). A key without a policy: section pays for one bit test (the default
   // digest rule) and a time() call, no allocation, no lock.
   const KeyConfig& kc = *ref->config;
-  uint32_t digest = detect_digest(job->mechanism, *req);
   auto allowed_now = check_policy(kc.policy, PolicyQuery{digest, job->mechanism, {}, std::time(nullptr)});
   if (!allowed_now.ok()) {
     spdlog::info("sign refused by policy: key={} client={} mech={}: {}", kc.name, ctx.identity.name(), req->mechanism,

@@ -173,6 +173,12 @@ class RelayApi(DaemonTest):
         self.assertEqual(last["sig.x509.fingerprint"], hashlib.sha1(der).hexdigest())
         self.assertIn("CN=ec256", last["sig.x509.subject"].split(","))
         self.assertIn("sig.x509.issuer", last)
+        # CKM_RSA_PKCS: the hash is named from the DigestInfo
+        sha384_di = bytes.fromhex("3041300d060960864801650304020205000430")
+        st, _, _ = self.daemon.sign("rsa2048", "CKM_RSA_PKCS", sha384_di + hashlib.sha384(b"audited").digest())
+        self.assertEqual(st, 200)
+        last = json.loads(self.st.audit_file.read_text().splitlines()[-1])
+        self.assertEqual((last["sig.type"], last["sig.hash"]), ("CKM_RSA_PKCS", "SHA-384"))
         p = harness.run([harness.DAEMON, "audit-verify", str(self.st.audit_file)])
         self.assertIn(b"chain intact", p.stdout)
 
