@@ -581,25 +581,29 @@ struct Client::Impl {
     return network_error(urls[u].text + ": keep-alive connections keep closing");
   }
 
+  // `only`: every attempt goes to that URL (a held request lives on the daemon that holds it);
+  // `used`: the URL of the last attempt.
   Result<http::Response> request(const std::string& method, const std::string& target, const std::string& body,
-                                 const http::Headers& headers) {
+                                 const http::Headers& headers, std::optional<size_t> only = std::nullopt,
+                                 size_t* used = nullptr) {
     ASSIGN_OR_RETURN(Pool * p, pool());
     const int attempts = std::max(0, config.retries) + 1;
     Result<http::Response> last = network_error("no attempt made");
     int sleeps = 0;
     for (int attempt = 0; attempt < attempts; ++attempt) {
-      size_t u = pick_url(*p);
+      size_t u = only ? *only : pick_url(*p);
+      if (used) *used = u;
       last = once(*p, u, method, target, body, headers);
+      bool elsewhere = !only && any_healthy_other_than(*p, u);
       int delay_ms = 0;
       if (!last.ok()) {
         if (last.error().code != ErrorCode::network) return last;  // local problem: retrying cannot help
         penalize(*p, u);
-        delay_ms = any_healthy_other_than(*p, u) ? 0 : backoff_ms(sleeps++);
+        delay_ms = elsewhere ? 0 : backoff_ms(sleeps++);
       } else if (retryable_status(last->status)) {
         int ra = parse_retry_after(*last);
         if (last->status != 500) penalize(*p, u);
-        delay_ms = ra > 0 ? std::min(ra * 1000, kRetryAfterCapMs)
-                          : (any_healthy_other_than(*p, u) ? 0 : backoff_ms(sleeps++));
+        delay_ms = ra > 0 ? std::min(ra * 1000, kRetryAfterCapMs) : (elsewhere ? 0 : backoff_ms(sleeps++));
       } else {
         reward(*p, u);
         return last;
@@ -669,20 +673,24 @@ Result<std::vector<relay::KeyDescription>> Client::list_keys() {
 }
 
 Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest& req, const HoldObserver& on_hold) {
+  size_t origin = 0;
   ASSIGN_OR_RETURN(http::Response r,
-                   request("POST", "/v1/keys/" + http::percent_encode(key_name) + "/sign", relay::encode_sign_request(req)));
+                   impl_->request("POST", "/v1/keys/" + http::percent_encode(key_name) + "/sign",
+                                  relay::encode_sign_request(req), {}, std::nullopt, &origin));
   if (r.status == 200) return relay::decode_sign_response(r.body);
   if (r.status != 202) return problem_of(r);
   ASSIGN_OR_RETURN(relay::ApprovalRequest held, relay::decode_approval_request(r.body));
   const std::string* location = r.header("Location");
   std::string target = location && location->rfind("/v1/requests/", 0) == 0 ? *location : request_path(held.id);
   if (on_hold && held.pending()) on_hold(held);
-  return await_decision(std::move(held), target);
+  return await_decision(std::move(held), target, origin);
 }
 
 // Long-polls a held request until it is decided or the wait is over. Bounded by remote.approvalwait and
-// by the request's own expiry (plus a grace for clock skew) when the daemon cannot be asked.
-Result<Bytes> Client::await_decision(relay::ApprovalRequest held, const std::string& target) {
+// by the request's own expiry (plus a grace for clock skew) when the daemon cannot be asked. Only the
+// daemon that answered the POST (`origin`, the Location's origin) knows the request: while it is down
+// the poll waits for it rather than ask a sibling, which would answer 403.
+Result<Bytes> Client::await_decision(relay::ApprovalRequest held, const std::string& target, size_t origin) {
   const Config& cfg = impl_->config;
   auto deadline = Clock::now() + milliseconds(cfg.approval_wait_ms);
   bool capped_by_expiry = false;
@@ -712,7 +720,7 @@ Result<Bytes> Client::await_decision(relay::ApprovalRequest held, const std::str
     }
     int wait = std::clamp(left_ms / 1000, 1, max_wait);
     auto t0 = Clock::now();
-    auto r = request("GET", target + "?wait=" + std::to_string(wait));
+    auto r = impl_->request("GET", target + "?wait=" + std::to_string(wait), {}, {}, origin);
     int pause_ms = 0;
     if (r.ok() && r->status == 200) {
       ASSIGN_OR_RETURN(held, relay::decode_approval_request(r->body));

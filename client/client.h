@@ -49,7 +49,8 @@ class Client {
   // Signs. When the key's policy holds the request for an approver (202), `on_hold` (if set) is called
   // once with the held request, and sign() long-polls it until it is signed (the signature), denied
   // (request-denied, CKR_FUNCTION_REJECTED), expired or not decided within remote.approvalwait
-  // (request-expired, CKR_FUNCTION_CANCELED). Connection errors while waiting are retried: the
+  // (request-expired, CKR_FUNCTION_CANCELED). The request is polled at the daemon that held it (never
+  // a sibling URL, which does not know it); connection errors while waiting are retried there: the
   // request survives a daemon restart.
   using HoldObserver = std::function<void(const relay::ApprovalRequest&)>;
   Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request,
@@ -70,7 +71,7 @@ class Client {
 
  private:
   struct Impl;
-  Result<Bytes> await_decision(relay::ApprovalRequest held, const std::string& target);
+  Result<Bytes> await_decision(relay::ApprovalRequest held, const std::string& target, size_t origin);
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -568,6 +568,26 @@ TEST_CASE("approval: dropped connections and 503 while polling are retried with 
   CHECK(polls == 4);
 }
 
+TEST_CASE("approval: the request is polled at the daemon that held it, not at a sibling, even while it is down") {
+  std::atomic<int> polls{0}, sibling{0};
+  TestServer holder([&](const http::Request& r, int) -> std::string {
+    if (r.method == "POST") return held_202();
+    int p = ++polls;
+    if (p <= 2) return std::string();  // down for a moment: the sibling is healthy meanwhile
+    return response(200, held_json("signed", R"(,"signature":"AQID")"));
+  });
+  TestServer other([&](const http::Request&, int) {  // another state directory: does not know the request
+    ++sibling;
+    return response(403, relay::encode_problem(Error(ErrorCode::forbidden, "no such request, or not yours")));
+  });
+  auto c = make_client(config_for({holder.url(), other.url()}));
+  auto sig = c->sign("ev", ecdsa_request());
+  REQUIRE_MESSAGE(sig.ok(), sig.error().message);
+  CHECK(*sig == Bytes{1, 2, 3});
+  CHECK(polls == 3);
+  CHECK(sibling == 0);
+}
+
 TEST_CASE("approval: remote.approvalwait caps the total wait; a daemon answering at once is not hammered") {
   std::atomic<int> polls{0};
   TestServer s([&](const http::Request& r, int) {
