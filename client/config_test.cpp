@@ -1,4 +1,5 @@
 #include "client/client.h"
+#include "tests/test_util.h"
 
 #include <doctest/doctest.h>
 
@@ -9,27 +10,8 @@
 
 using namespace p11relay;
 using namespace p11relay::client;
+using p11relay::testing::TempDir;
 namespace fs = std::filesystem;
-
-namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/p11relay-client-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(path / name) << text;
-    return (path / name).string();
-  }
-};
-
-}  // namespace
 
 TEST_CASE("a full relic-style config parses, relative paths resolve against the config file") {
   TempDir d;

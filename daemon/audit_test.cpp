@@ -1,4 +1,5 @@
 #include "daemon/audit.h"
+#include "tests/test_util.h"
 
 #include <doctest/doctest.h>
 
@@ -11,9 +12,8 @@
 using namespace p11relay::daemon;
 
 TEST_CASE("audit chain verifies, survives reopen, and detects tampering") {
-  char tmpl[] = "/tmp/p11relay-audit-XXXXXX";
-  std::string dir = mkdtemp(tmpl);
-  std::string path = dir + "/audit.log";
+  p11relay::testing::TempDir dir;
+  std::string path = (dir.path / "audit.log").string();
   {
     auto log = AuditLog::open(path);
     REQUIRE(log.ok());
@@ -48,5 +48,4 @@ TEST_CASE("audit chain verifies, survives reopen, and detects tampering") {
   std::getline(in, l1), std::getline(in, l2), std::getline(in, l3), std::getline(in, l4);
   std::ofstream(path) << l1 << "\n" << l3 << "\n" << l4 << "\n";
   CHECK_FALSE(verify_audit_file(path).ok);
-  std::filesystem::remove_all(dir);
 }

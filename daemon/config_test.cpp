@@ -1,4 +1,5 @@
 #include "daemon/config.h"
+#include "tests/test_util.h"
 
 #include <doctest/doctest.h>
 
@@ -9,24 +10,10 @@
 #include <fstream>
 
 using namespace p11relay::daemon;
+using p11relay::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/p11relay-config-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string write(const std::string& name, const std::string& text, mode_t mode = 0644) {
-    auto p = path / name;
-    std::ofstream(p) << text;
-    chmod(p.c_str(), mode);
-    return p.string();
-  }
-};
-
 const char* kModule = "/usr/lib/softhsm/libsofthsm2.so";
 
 std::string base_config(const std::string& extra_key = "") {

@@ -1,6 +1,7 @@
 #include "daemon/approvals.h"
 #include "daemon/policy.h"
 #include "daemon/statefile.h"
+#include "tests/test_util.h"
 
 #include <doctest/doctest.h>
 
@@ -9,18 +10,10 @@
 
 using namespace p11relay;
 using namespace p11relay::daemon;
+using p11relay::testing::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/p11relay-policy-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::tm at(int wday, int hour, int minute) {
   std::tm t{};
