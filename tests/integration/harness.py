@@ -168,16 +168,29 @@ class Daemon:
         return status, headers, resp
 
 
-class DaemonTest(unittest.TestCase):
-    """Base class: a fresh state dir (own token copy) and a started daemon per test class."""
+class StateTest(unittest.TestCase):
+    """Base class: a fresh state dir (own token copy) per test class, in cls.tmp; cls.st is its State."""
     keys = ALL_KEYS
+    tmp_prefix = "p11relay-it-"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix=cls.tmp_prefix))
+        cls.st = make_state(cls.tmp, cls.keys)
+
+    @classmethod
+    def tearDownClass(cls):
+        remove_tmp(cls.tmp)
+
+
+class DaemonTest(StateTest):
+    """Base class: a fresh state dir (own token copy) and a started daemon per test class."""
     config_overrides: dict = {}
     start_daemon = True
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-it-"))
-        cls.st = make_state(cls.tmp, cls.keys)
+        super().setUpClass()
         if cls.config_overrides:
             cfg = cls.st.daemon_config()
             deep_update(cfg, cls.config_overrides)
@@ -189,7 +202,7 @@ class DaemonTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.daemon.stop()
-        remove_tmp(cls.tmp)
+        super().tearDownClass()
 
     def problem(self, body: bytes) -> dict:
         return json.loads(body.decode())

@@ -8,26 +8,18 @@ import os
 import re
 import socket
 import subprocess
-import tempfile
 import time
-import unittest
-from pathlib import Path
 
 import harness
-from harness import Daemon, make_state, openssl_verify, run
+from harness import Daemon, StateTest, openssl_verify, run
 
 
-class UriConfig(unittest.TestCase):
+class OpsTest(StateTest):
+    tmp_prefix = "p11relay-ops-"
+
+
+class UriConfig(OpsTest):
     """tokens.T.uri and keys.K.uri select the same token and keys as label/serial and label/id."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-ops-"))
-        cls.st = make_state(cls.tmp)
-
-    @classmethod
-    def tearDownClass(cls):
-        harness.remove_tmp(cls.tmp)
 
     def uri_config(self, token_uri: str) -> dict:
         st = self.st
@@ -96,20 +88,15 @@ class UriConfig(unittest.TestCase):
         self.assertRegex(p.stderr.decode(), r"colour\.yml:\d+: keys\.rsa2048\.uri: pkcs11 URI: unknown path attribute")
 
 
-class SocketActivation(unittest.TestCase):
+class SocketActivation(OpsTest):
     """Listening sockets passed as systemd does (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES; fds from 3 on)."""
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-ops-"))
-        cls.st = make_state(cls.tmp)
+        super().setUpClass()
         # server.listen names another port: an activated daemon must not bind it.
         cls.config_port = harness.free_port()
         cls.config = cls.st.write_config(cls.st.state_dir / "activated.yml", listen=f"127.0.0.1:{cls.config_port}")
-
-    @classmethod
-    def tearDownClass(cls):
-        harness.remove_tmp(cls.tmp)
 
     def listening(self) -> socket.socket:
         s = socket.socket()
@@ -178,17 +165,8 @@ class SocketActivation(unittest.TestCase):
         self.assertIn("file descriptor 3 is not a listening TCP socket", d.log())
 
 
-class JournalStream(unittest.TestCase):
+class JournalStream(OpsTest):
     """Under systemd (JOURNAL_STREAM names stderr), log lines carry "<N>" syslog priorities for journald."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-ops-"))
-        cls.st = make_state(cls.tmp)
-
-    @classmethod
-    def tearDownClass(cls):
-        harness.remove_tmp(cls.tmp)
 
     def start(self, journal_stream) -> str:
         d = Daemon(self.st)

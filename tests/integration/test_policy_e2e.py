@@ -5,6 +5,7 @@ by OpenSC's pkcs11-tool, and the p11relay CLI — one certificate submits, an ad
 
 Independent checks: openssl verifies the signatures, osslsigncode the Authenticode file.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -59,7 +60,7 @@ class PolicyE2E(unittest.TestCase):
     def tearDown(self):
         # No test leaves a request pending for the next one.
         for r in self.requests(self.admin_cfg):
-            self.cli(self.admin_cfg, "requests", "deny", r["id"], "--reason", "test cleanup", check=False)
+            self.decide("deny", r, "--reason", "test cleanup", check=False)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def env(self, **extra):
@@ -81,6 +82,11 @@ class PolicyE2E(unittest.TestCase):
     def start_cli(self, *args) -> subprocess.Popen:
         return subprocess.Popen([CLI, "-c", str(self.demo_cfg), *map(str, args)], env=self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def start_sign_digest(self, key: str, digest: bytes, out: Path, *extra) -> subprocess.Popen:
+        """`p11relay sign-digest` of a SHA-256 `digest` with `key`, as the demo client, in the background."""
+        return self.start_cli("sign-digest", "--key", key, "--digest-alg", "sha256", "--hex", digest.hex(), *extra,
+                              "--out", out)
 
     def start_pkcs11_tool(self, mech: str, key_id: str, sig: Path) -> subprocess.Popen:
         # Input of its own per test: the daemon hands a signed request back to a repeated identical one.
@@ -110,6 +116,19 @@ class PolicyE2E(unittest.TestCase):
             time.sleep(0.2)
         self.fail("no pending request appeared")
 
+    @contextlib.contextmanager
+    def pending(self, key: str, proc: subprocess.Popen):
+        """The submitter's pending request for `key` once `proc` waits on it (see wait_pending); `proc` is
+        killed on the way out, so a failing test leaves no process behind."""
+        try:
+            yield self.wait_pending(key, proc)
+        finally:
+            proc.kill()
+
+    def decide(self, action: str, req: dict, *args, config=None, check=True):
+        """p11relay requests ACTION ID ARGS, as the admin unless `config` names another client."""
+        return self.cli(config or self.admin_cfg, "requests", action, req["id"], *args, check=check)
+
     def finish(self, proc: subprocess.Popen):
         out, err = proc.communicate(timeout=WAIT)
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
@@ -124,18 +143,15 @@ class PolicyE2E(unittest.TestCase):
     def test_shim_c_sign_blocks_until_an_admin_approves(self):
         sig = self.tmp / "approved.sig"
         proc = self.start_pkcs11_tool("SHA256-RSA-PKCS", "01", sig)
-        try:
-            req = self.wait_pending("rsa2048", proc)
+        with self.pending("rsa2048", proc) as req:
             self.assertEqual(req["client"], "demo")
             self.assertEqual(req["mechanism"], "CKM_RSA_PKCS")
             self.assertEqual(req["digest"], "sha256")
             time.sleep(1)
             self.assertIsNone(proc.poll(), "C_Sign returned before the decision")
-            p = self.cli(self.admin_cfg, "requests", "approve", req["id"], "--comment", "e2e")
+            p = self.decide("approve", req, "--comment", "e2e")
             self.assertIn("approved", p.stdout.decode())
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 0, out + err)
         v = run(["openssl", "dgst", "-sha256", "-verify", str(self.pubkey("rsa2048")), "-signature", str(sig),
                  str(self.data)])
@@ -148,23 +164,17 @@ class PolicyE2E(unittest.TestCase):
     @unittest.skipUnless(PKCS11_TOOL, "pkcs11-tool not installed")
     def test_shim_denial_is_ckr_function_rejected(self):
         proc = self.start_pkcs11_tool("SHA256-RSA-PKCS", "01", self.tmp / "denied.sig")
-        try:
-            req = self.wait_pending("rsa2048", proc)
-            self.cli(self.admin_cfg, "requests", "deny", req["id"], "--reason", "not a release build")
+        with self.pending("rsa2048", proc) as req:
+            self.decide("deny", req, "--reason", "not a release build")
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertNotEqual(code, 0)
         self.assertRegex(out + err, r"CKR_FUNCTION_REJECTED|\(0x200\)")  # older OpenSC prints only the value
 
     @unittest.skipUnless(PKCS11_TOOL, "pkcs11-tool not installed")
     def test_shim_expiry_is_ckr_function_canceled(self):
         proc = self.start_pkcs11_tool("ECDSA-SHA256", "02", self.tmp / "expired.sig")
-        try:
-            self.wait_pending("ec256", proc)
+        with self.pending("ec256", proc):
             code, out, err = self.finish(proc)  # nobody decides
-        finally:
-            proc.kill()
         self.assertNotEqual(code, 0)
         self.assertRegex(out + err, r"CKR_FUNCTION_CANCELED|\(0x50\)")
 
@@ -181,17 +191,13 @@ class PolicyE2E(unittest.TestCase):
         self.assertEqual(self.requests(self.admin_cfg), [])  # doctor left no request for the approvers
 
     def test_cli_denial_exits_4_with_the_reason(self):
-        digest = hashlib.sha256(b"denied").hexdigest()
-        proc = self.start_cli("sign-digest", "--key", "rsa2048", "--digest-alg", "sha256", "--hex", digest,
-                              "--filename", "setup.msi", "--filesize", "4242", "--out", self.tmp / "cli-denied.sig")
-        try:
-            req = self.wait_pending("rsa2048", proc)
+        proc = self.start_sign_digest("rsa2048", hashlib.sha256(b"denied").digest(), self.tmp / "cli-denied.sig",
+                                      "--filename", "setup.msi", "--filesize", "4242")
+        with self.pending("rsa2048", proc) as req:
             self.assertEqual(req["filename"], "setup.msi")
             self.assertEqual(req["filesize"], 4242)
-            self.cli(self.admin_cfg, "requests", "deny", req["id"], "--reason", "not a release build")
+            self.decide("deny", req, "--reason", "not a release build")
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 4, err)
         self.assertIn(f"waiting for approval of request {req['id']} (expires ", err)
         self.assertIn("not a release build", err)
@@ -199,14 +205,9 @@ class PolicyE2E(unittest.TestCase):
         self.assertFalse((self.tmp / "cli-denied.sig").exists())
 
     def test_cli_expiry_exits_4(self):
-        digest = hashlib.sha256(b"expires").hexdigest()
-        proc = self.start_cli("sign-digest", "--key", "ec256", "--digest-alg", "sha256", "--hex", digest,
-                              "--out", self.tmp / "cli-expired.sig")
-        try:
-            req = self.wait_pending("ec256", proc)
+        proc = self.start_sign_digest("ec256", hashlib.sha256(b"expires").digest(), self.tmp / "cli-expired.sig")
+        with self.pending("ec256", proc) as req:
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 4, err)
         self.assertIn(f"request {req['id']}", err)
         self.assertIn("expired", err)
@@ -214,44 +215,36 @@ class PolicyE2E(unittest.TestCase):
     def test_non_admin_cannot_see_or_approve(self):
         digest = hashlib.sha256(b"four eyes").digest()
         sig = self.tmp / "cli-approved.sig"
-        proc = self.start_cli("sign-digest", "--key", "rsa2048", "--digest-alg", "sha256", "--hex", digest.hex(),
-                              "--out", sig)
-        try:
-            req = self.wait_pending("rsa2048", proc)
+        proc = self.start_sign_digest("rsa2048", digest, sig)
+        with self.pending("rsa2048", proc) as req:
             self.assertEqual(self.requests(self.dev2_cfg), [])
             for cfg in (self.dev2_cfg, self.demo_cfg):  # another signer, and the submitter itself
-                p = self.cli(cfg, "requests", "approve", req["id"], check=False)
+                p = self.decide("approve", req, config=cfg, check=False)
                 self.assertEqual(p.returncode, 4, p.stderr)
                 err = p.stderr.decode()
                 self.assertEqual(err.count("\n"), 1, err)
                 self.assertIn(f"request {req['id']} does not exist or this client may not see or decide it", err)
                 self.assertIsNone(proc.poll())
-            p = self.cli(self.admin_cfg, "requests", "show", req["id"])
+            p = self.decide("show", req)
             self.assertIn("state:        pending", p.stdout.decode())
-            self.cli(self.admin_cfg, "requests", "approve", req["id"])
+            self.decide("approve", req)
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 0, err)
         self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, digest, sig.read_bytes(), self.tmp))
-        p = self.cli(self.admin_cfg, "requests", "approve", req["id"], check=False)
+        p = self.decide("approve", req, check=False)
         self.assertEqual(p.returncode, 4, p.stderr)
         self.assertIn("no longer pending", p.stderr.decode())
 
     def test_waiting_survives_a_daemon_restart(self):
         digest = hashlib.sha256(b"restart").digest()
         sig = self.tmp / "restart.sig"
-        proc = self.start_cli("sign-digest", "--key", "rsa2048", "--digest-alg", "sha256", "--hex", digest.hex(),
-                              "--out", sig)
-        try:
-            req = self.wait_pending("rsa2048", proc)
+        proc = self.start_sign_digest("rsa2048", digest, sig)
+        with self.pending("rsa2048", proc) as req:
             self.daemon.restart()
             time.sleep(1)
             self.assertIsNone(proc.poll(), "the client gave up when the daemon restarted")
-            self.cli(self.admin_cfg, "requests", "approve", req["id"])
+            self.decide("approve", req)
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 0, err)
         self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, digest, sig.read_bytes(), self.tmp))
         self.assertEqual(len(re.findall(r"waiting for approval", err)), 1, err)
@@ -265,14 +258,11 @@ class PolicyE2E(unittest.TestCase):
         shutil.copyfile(dlls[0], pe)
         signed = self.tmp / "app-signed.dll"
         proc = self.start_cli("sign", "--key", "rsa2048", "--file", pe, "--output", signed)
-        try:
-            req = self.wait_pending("rsa2048", proc)
+        with self.pending("rsa2048", proc) as req:
             self.assertEqual(req["filename"], "app.dll")
             self.assertEqual(req["filesize"], pe.stat().st_size)
-            self.cli(self.admin_cfg, "requests", "approve", req["id"])
+            self.decide("approve", req)
             code, out, err = self.finish(proc)
-        finally:
-            proc.kill()
         self.assertEqual(code, 0, err)
         v = subprocess.run([OSSLSIGNCODE, "verify", "-in", str(signed), "-CAfile", str(self.st.keys["rsa2048"].certfile)],
                            capture_output=True, timeout=WAIT)
