@@ -45,6 +45,7 @@ class PolicyE2E(unittest.TestCase):
         cfg["keys"]["ec256"]["policy"] = {"approval": "required", "approvers": ["admin"], "approvaltimeout": EXPIRY}
         cfg["server"]["statedir"] = str(cls.st.state_dir / "policy-state")
         cls.st.write_config(config=cfg)
+        cls.cfg = cfg
         cls.daemon = Daemon(cls.st).start()
         url = cls.daemon.url
         cls.demo_cfg = write_cli_config(cls.tmp / "demo.yml", url, cls.st)
@@ -79,14 +80,14 @@ class PolicyE2E(unittest.TestCase):
                                  f"{p.stderr.decode(errors='replace')}\n--- daemon log ---\n{self.daemon.log()[-3000:]}")
         return p
 
-    def start_cli(self, *args) -> subprocess.Popen:
-        return subprocess.Popen([CLI, "-c", str(self.demo_cfg), *map(str, args)], env=self.env(),
+    def start_cli(self, *args, config=None) -> subprocess.Popen:
+        return subprocess.Popen([CLI, "-c", str(config or self.demo_cfg), *map(str, args)], env=self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def start_sign_digest(self, key: str, digest: bytes, out: Path, *extra) -> subprocess.Popen:
+    def start_sign_digest(self, key: str, digest: bytes, out: Path, *extra, config=None) -> subprocess.Popen:
         """`p11relay sign-digest` of a SHA-256 `digest` with `key`, as the demo client, in the background."""
         return self.start_cli("sign-digest", "--key", key, "--digest-alg", "sha256", "--hex", digest.hex(), *extra,
-                              "--out", out)
+                              "--out", out, config=config)
 
     def start_pkcs11_tool(self, mech: str, key_id: str, sig: Path) -> subprocess.Popen:
         # Input of its own per test: the daemon hands a signed request back to a repeated identical one.
@@ -248,6 +249,31 @@ class PolicyE2E(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, digest, sig.read_bytes(), self.tmp))
         self.assertEqual(len(re.findall(r"waiting for approval", err)), 1, err)
+
+    def test_the_wait_stays_with_the_daemon_that_holds_the_request(self):
+        """remote.urls names this daemon and a sibling with its own state directory. While the daemon holding the
+        request is down, the client waits for it: the sibling does not know the request (403)."""
+        sibling_cfg = json.loads(json.dumps(self.cfg))
+        sibling_cfg["server"]["statedir"] = str(self.st.state_dir / "policy-state-sibling")
+        sibling = Daemon(self.st, config=self.st.write_config(self.st.state_dir / "sibling.yml", config=sibling_cfg))
+        sibling.start()
+        self.addCleanup(sibling.stop)
+        both = write_cli_config(self.tmp / "both.yml", self.daemon.url, self.st)
+        both.write_text(both.read_text().replace(f"url: {self.daemon.url}", f"urls: [{self.daemon.url}, {sibling.url}]"))
+        digest = hashlib.sha256(b"held by the first daemon").digest()
+        sig = self.tmp / "sibling.sig"
+        proc = self.start_sign_digest("rsa2048", digest, sig, config=both)
+        with self.pending("rsa2048", proc) as req:
+            self.daemon.stop()
+            try:
+                time.sleep(2)  # the client's polls fail meanwhile; the sibling is up
+                self.assertIsNone(proc.poll(), "the client gave up (or asked the sibling) while its daemon was down")
+            finally:
+                self.daemon.start(port=self.daemon.port)
+            self.decide("approve", req)
+            code, out, err = self.finish(proc)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(openssl_verify(self.st.keys["rsa2048"].certfile, digest, sig.read_bytes(), self.tmp))
 
     @unittest.skipUnless(OSSLSIGNCODE, "osslsigncode not installed")
     def test_authenticode_sign_completes_after_approval(self):
