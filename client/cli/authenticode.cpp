@@ -1,9 +1,12 @@
 // `p11relay sign` (Authenticode on the client: the file is hashed here, only the digest of the signed
 // attributes goes to the daemon) and `p11relay verify`.
 //
-// Memory: the input is read in 1 MiB chunks and hashed in one forward pass (pe_digest_file); the
-// output is streamed to a temp file beside the destination with the checksum computed on the way and
-// renamed into place (write_signed_file). A 2 GB file is never held in memory.
+// One pass over the file in user space: pe_digest_file reads it in 128 KiB chunks and takes the
+// digest and the checksum's word sum together, on a thread of its own while this one talks to the
+// daemon. Meanwhile another thread has the kernel copy the input into a temp file beside the
+// destination (SignedFileWriter, copy_file_range); once the signature is made, the directory entry,
+// the table and the arithmetically derived checksum are written into the copy and it is renamed
+// into place. A 2 GB file is never held in memory.
 #include "client/cli/cli.h"
 
 #include "common/authenticode/der.h"
@@ -23,7 +26,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <atomic>
 #include <filesystem>
+#include <future>
 #include <iostream>
 
 namespace p11relay::cli {
@@ -32,12 +37,40 @@ namespace ac = p11relay::authenticode;
 
 namespace {
 
-constexpr size_t kChunk = 4u << 20;
-
 struct SignOptions {
   std::string key, file, output, digest = "sha256", timestamp_url, tsa_cafile, description, url;
   bool page_hashes = false, append = false, signing_time = false;
   int timestamp_timeout = 30;
+};
+
+// pe_digest_file on another thread, so that the file is hashed while this one talks to the daemon.
+// Destroying it before get() stops the pass: a wrong key name does not cost a pass over 2 GB.
+class BackgroundDigest {
+ public:
+  BackgroundDigest(const std::string& path, const ac::PeDigestOptions& po, uint64_t size)
+      : progress_("hashing " + fs::path(path).filename().string(), size),
+        result_(std::async(std::launch::async, [this, path, po] {
+          return ac::pe_digest_file(path, po, [this](uint64_t done) {
+            progress_.update(done);
+            return !stop_;
+          });
+        })) {}
+  BackgroundDigest(const BackgroundDigest&) = delete;
+  BackgroundDigest& operator=(const BackgroundDigest&) = delete;
+  ~BackgroundDigest() {
+    stop_ = true;
+    if (result_.valid()) result_.wait();
+  }
+  Result<ac::PeInfo> get() {
+    Result<ac::PeInfo> r = result_.get();
+    progress_.finish();
+    return r;
+  }
+
+ private:
+  Progress progress_;
+  std::atomic<bool> stop_{false};
+  std::future<Result<ac::PeInfo>> result_;
 };
 
 Status run_sign(const Globals& g, const SignOptions& o) {
@@ -53,22 +86,21 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   struct stat before {};
   if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
 
-  // Talk to the daemon first: a wrong key name should not cost a pass over a 2 GB file.
+  // Three things at once: the file is hashed on one thread while this one talks to the daemon (its
+  // errors come first), and once the key is known the output is copied on another (SignedFileWriter).
+  ac::PeDigestOptions po;
+  po.alg = *alg;
+  po.page_hashes = o.page_hashes;
+  po.keep_cert_table = false;  // SignedFileWriter reads an existing table from the file to nest
+  BackgroundDigest digest(o.file, po, static_cast<uint64_t>(before.st_size));
   ASSIGN_OR_RETURN(auto c, connect(g));
   ASSIGN_OR_RETURN(auto key, find_key(*c, o.key));
   ASSIGN_OR_RETURN(auto chain, key_chain(key));
   std::vector<X509*> chain_ptrs;
   for (auto& x : chain) chain_ptrs.push_back(x.get());
-
-  ac::PeDigestOptions po;
-  po.alg = *alg;
-  po.page_hashes = o.page_hashes;
-  po.keep_cert_table = false;  // write_signed_file reads an existing table from the file to nest
-  Result<ac::PeInfo> pe_r = internal_error("not hashed");
-  {
-    Progress progress("hashing " + fs::path(o.file).filename().string(), static_cast<uint64_t>(before.st_size));
-    pe_r = ac::pe_digest_file(o.file, po, [&](uint64_t done) { progress.update(done); });
-  }
+  ASSIGN_OR_RETURN(auto writer, ac::SignedFileWriter::open(o.file, output));
+  writer->start_copy();
+  Result<ac::PeInfo> pe_r = digest.get();
   if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
   ac::PeInfo pe = std::move(pe_r).value();
   if (g.verbose)
@@ -104,8 +136,7 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   if (stat(o.file.c_str(), &now) != 0 || now.st_size != before.st_size || now.st_mtim.tv_sec != before.st_mtim.tv_sec ||
       now.st_mtim.tv_nsec != before.st_mtim.tv_nsec)
     return bad_request(o.file + ": the file changed while it was being signed");
-  // Streams input -> temp file beside the output (patch applied, checksum computed on the way) -> rename.
-  RETURN_IF_ERROR(ac::write_signed_file(o.file, output, pe, sd, o.append ? ac::EmbedMode::nest : ac::EmbedMode::replace));
+  RETURN_IF_ERROR(writer->commit(pe, sd, o.append ? ac::EmbedMode::nest : ac::EmbedMode::replace));
   std::cerr << "signed " << output << " with key '" << key.name << "' (" << hash_info(*alg).name
             << (o.page_hashes ? ", page hashes" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
             << (o.append && pe.signed_() ? ", nested" : "") << ")\n";
@@ -132,12 +163,8 @@ Status collect_signed_data(std::span<const uint8_t> sd, std::vector<Bytes>& out,
   return {};
 }
 
-Status check_chain(std::span<const uint8_t> file, const std::string& cafile) {
-  ac::PeDigestOptions po;
-  ac::PeDigester d(po);
-  for (size_t off = 0; off < file.size(); off += kChunk) RETURN_IF_ERROR(d.update(file.subspan(off, std::min(kChunk, file.size() - off))));
-  ASSIGN_OR_RETURN(ac::PeInfo pe, d.finish());
-  ASSIGN_OR_RETURN(std::vector<Bytes> table, ac::parse_cert_table(pe.cert_table));
+Status check_chain(std::span<const uint8_t> cert_table, const std::string& cafile) {
+  ASSIGN_OR_RETURN(std::vector<Bytes> table, ac::parse_cert_table(cert_table));
   std::vector<Bytes> all;
   for (const auto& t : table) RETURN_IF_ERROR(collect_signed_data(t, all, 0));
   X509_STORE_ptr store(X509_STORE_new());
@@ -182,8 +209,7 @@ Status check_chain(std::span<const uint8_t> file, const std::string& cafile) {
 }
 
 Status run_verify(const VerifyOptions& o) {
-  ASSIGN_OR_RETURN(MappedFile m, MappedFile::open(o.file));
-  auto report = ac::verify_pe(m.data());
+  auto report = ac::verify_pe_file(o.file);
   if (!report.ok()) return Error(ErrorCode::internal, o.file + ": signature check FAILED: " + report.error().message);
   for (const auto& s : report->signatures) {
     std::cout << (s.nesting == 0 ? "signature (primary)" : "signature (nested " + std::to_string(s.nesting) + ")")
@@ -204,7 +230,7 @@ Status run_verify(const VerifyOptions& o) {
     std::cout << " (WARNING: the file's checksum should be " << buf << ")\n";
   }
   if (!o.cafile.empty()) {
-    Status s = check_chain(m.data(), o.cafile);
+    Status s = check_chain(report->cert_table, o.cafile);
     if (!s.ok()) return Error(ErrorCode::internal, s.error().message);
     std::cout << "chain:         trusted by " << o.cafile << "\n";
   }

@@ -28,6 +28,21 @@ struct PeDigestOptions {
   size_t max_cert_table = 64 * 1024 * 1024;
 };
 
+// §9.6 arithmetic: the ones' complement sum of 16-bit little-endian words (RFC 1071). Bytes are added
+// at their file offsets (even offset: a word's low byte, odd: its high byte), in pieces of any size,
+// parity and order; two sums of disjoint byte sets add up to the sum of their union.
+class WordSum {
+ public:
+  void add(uint64_t offset, std::span<const uint8_t> data);
+  void add(const WordSum& other) { acc_ += other.acc_; }
+  // Folded to 16 bits with end-around carry: the value §9.6's fold-after-every-word loop reaches
+  // (0 only if every byte added was 0).
+  uint32_t folded() const;
+
+ private:
+  uint64_t acc_ = 0;  // a sum of folded pieces, each < 2^17
+};
+
 struct PeInfo {
   HashAlg alg = HashAlg::sha256;
   Bytes image_digest;
@@ -37,6 +52,12 @@ struct PeInfo {
   uint64_t checksum_offset = 0;  // e_lfanew + 88 (§9.6)
   uint64_t cert_dir_offset = 0;  // e_lfanew + 24 + 128 (PE32) / 144 (PE32+) (§9.5 record 1)
   uint32_t stored_checksum = 0;
+  // §9.6 sums taken in the same pass as the digest, so that neither signing nor verifying reads the
+  // file again for the checksum: the words of the bytes before original_size without the CheckSum
+  // field and the certificate directory (the part a signed file keeps unchanged), and the CheckSum
+  // that the file as it is should have.
+  WordSum image_sum;
+  uint32_t file_checksum = 0;
   uint64_t file_size = 0;
   // Where the image ends: the old table's offset, or EOF when unsigned (§9.2 step 8). The new table
   // goes at original_size rounded up to 8 (§9.2 step 9, §9.5 record 2).
@@ -73,33 +94,21 @@ class PeDigester {
 // The whole file in memory (or mmap'ed): the same digester over one chunk.
 Result<PeInfo> pe_digest(std::span<const uint8_t> file, PeDigestOptions options = {});
 
-// Reads a file in 1 MiB chunks through the digester (never the whole file in memory). `progress`,
-// if set, is called with the bytes read so far (for the CLI's progress bar).
+// Reads a file in 128 KiB chunks through the digester (never the whole file in memory). `progress`,
+// if set, is called with the bytes read so far (for the CLI's progress bar); returning false stops
+// the pass with an error.
 Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options = {},
-                              const std::function<void(uint64_t)>& progress = {});
+                              const std::function<bool(uint64_t)>& progress = {});
 
 // The page-hash algorithm used with a signature digest (§9.2; only SHA-1 and SHA-256 exist).
 std::optional<HashAlg> page_hash_alg_for(HashAlg alg);
 
+// §9.6's last step: the folded sum plus the file length.
+inline uint32_t pe_checksum(const WordSum& sum, uint64_t file_size) {
+  return static_cast<uint32_t>(sum.folded() + file_size);
+}
 // PE CheckSum (§9.6) over the whole file, with the 4 bytes at checksum_offset taken as zero.
 uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset);
-// The same, fed in chunks (used while writing a signed file).
-class PeChecksum {
- public:
-  explicit PeChecksum(uint64_t checksum_offset) : field_(checksum_offset) {}
-  void update(std::span<const uint8_t> data);
-  uint32_t finish() const;
-
- private:
-  void add(uint32_t word) {
-    sum_ += word;
-    sum_ = (sum_ & 0xffff) + (sum_ >> 16);
-  }
-  uint64_t field_;
-  uint64_t pos_ = 0;
-  uint64_t sum_ = 0;
-  int pending_ = -1;  // low byte of a word split across chunks
-};
 // Locates the CheckSum field through the headers and rewrites it.
 Status fix_pe_checksum(std::span<uint8_t> file);
 // Offset of the CheckSum field (validates the headers far enough to find it).

@@ -329,7 +329,7 @@ TEST_CASE("PE checksum (§9.6)") {
   CHECK(pe_checksum(carry, 100) == 0xffff + 4);
 }
 
-TEST_CASE("PeChecksum equals the word-by-word definition for any chunking and field position") {
+TEST_CASE("WordSum and pe_checksum equal the word-by-word definition for any pieces, order and field position") {
   // Reference: §9.6 literally, folding after every 16-bit word.
   auto reference = [](const Bytes& f, uint64_t field) {
     uint64_t sum = 0;
@@ -342,20 +342,46 @@ TEST_CASE("PeChecksum equals the word-by-word definition for any chunking and fi
     sum = (sum & 0xffff) + (sum >> 16);
     return static_cast<uint32_t>(sum + f.size());
   };
-  uint32_t seed = 12345;
+  std::mt19937 rng(12345);
   for (size_t size : {0u, 1u, 7u, 64u, 4097u, 100001u}) {
     Bytes f(size);
-    for (auto& b : f) b = static_cast<uint8_t>((seed = seed * 1103515245u + 12345u) >> 16);
+    for (auto& b : f) b = static_cast<uint8_t>(rng());
     if (size > 100) std::fill(f.begin() + 10, f.begin() + 50, 0xff);  // long carries
     for (uint64_t field : {uint64_t{0}, uint64_t{3}, uint64_t{88}, uint64_t{size / 2 | 1}, uint64_t{size + 10}}) {
-      uint32_t want = reference(f, field);
+      CAPTURE(size);
+      CAPTURE(field);
+      const uint32_t want = reference(f, field);
       CHECK(pe_checksum(f, field) == want);
-      for (size_t chunk : {1u, 2u, 3u, 5u, 8u, 13u, 4096u}) {
-        PeChecksum c(field);
-        for (size_t off = 0; off < f.size(); off += chunk)
-          c.update(std::span<const uint8_t>(f).subspan(off, std::min(chunk, f.size() - off)));
-        CHECK(c.finish() == want);
+      // Pieces of random sizes and parities, added in reverse order, the field left out.
+      for (size_t max_piece : {1u, 2u, 3u, 13u, 4096u}) {
+        std::vector<std::pair<size_t, size_t>> pieces;
+        for (size_t off = 0; off < f.size();) {
+          size_t n = std::min(f.size() - off, std::uniform_int_distribution<size_t>(1, max_piece)(rng));
+          pieces.emplace_back(off, n);
+          off += n;
+        }
+        WordSum parts[2];  // two partial sums, joined at the end
+        for (size_t i = pieces.size(); i-- > 0;) {
+          for (size_t k = pieces[i].first; k < pieces[i].first + pieces[i].second; ++k)
+            if (k < field || k >= field + 4) parts[i % 2].add(k, std::span(&f[k], 1));
+          if (i % 7 == 0 && (pieces[i].first + pieces[i].second <= field || pieces[i].first >= field + 4)) {
+            WordSum whole_piece;  // the same piece in one add: same value as byte by byte
+            whole_piece.add(pieces[i].first, std::span(f).subspan(pieces[i].first, pieces[i].second));
+            WordSum bytewise;
+            for (size_t k = pieces[i].first; k < pieces[i].first + pieces[i].second; ++k) bytewise.add(k, std::span(&f[k], 1));
+            CHECK(whole_piece.folded() == bytewise.folded());
+          }
+        }
+        parts[0].add(parts[1]);
+        CHECK(pe_checksum(parts[0], f.size()) == want);
       }
     }
   }
+  WordSum zero;
+  zero.add(0, Bytes(10, 0));
+  CHECK(zero.folded() == 0);  // only an all-zero input folds to 0; 0xffff + 0 words stays 0xffff
+  WordSum ones;
+  ones.add(0, Bytes(2, 0xff));
+  ones.add(2, Bytes(2, 0));
+  CHECK(ones.folded() == 0xffff);
 }

@@ -3,6 +3,8 @@
 #include "common/authenticode/der.h"
 #include "common/authenticode/signed_data.h"
 
+#include <fcntl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,8 +12,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <memory>
+#include <filesystem>
+#include <random>
 #include <string>
+#include <utility>
 
 namespace p11relay::authenticode {
 
@@ -94,91 +98,156 @@ Result<Bytes> embed_signature(std::span<const uint8_t> file, const PeInfo& pe, s
   return out;
 }
 
+uint32_t signed_checksum(const PeInfo& pe, const binpatch::Patch& patch) {
+  WordSum sum = pe.image_sum;
+  uint64_t size = pe.original_size;
+  for (const auto& r : patch.records) {
+    sum.add(r.offset, r.data);
+    size = std::max<uint64_t>(size, r.offset + r.data.size());
+  }
+  return pe_checksum(sum, size);
+}
+
 namespace {
 
-using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
-
-Status read_exact(std::FILE* f, uint8_t* out, size_t n, const std::string& path) {
-  if (n && std::fread(out, 1, n, f) != n) return bad_request("short read from " + path);
+Status pwrite_all(int fd, std::span<const uint8_t> data, uint64_t offset) {
+  while (!data.empty()) {
+    const ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error(ErrorCode::internal, std::strerror(n < 0 ? errno : EIO));
+    data = data.subspan(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
   return {};
 }
 
 }  // namespace
 
-Status write_signed_file(const std::string& in_path, const std::string& out_path, const PeInfo& pe,
-                         std::span<const uint8_t> signed_data, EmbedMode mode) {
-  File in(std::fopen(in_path.c_str(), "rb"), std::fclose);
-  if (!in) return bad_request("cannot open " + in_path + ": " + std::strerror(errno));
+Result<std::unique_ptr<SignedFileWriter>> SignedFileWriter::open(const std::string& in_path,
+                                                                 const std::string& out_path) {
+  std::unique_ptr<SignedFileWriter> w(new SignedFileWriter);
+  w->in_path_ = in_path;
+  w->out_path_ = out_path;
+  w->in_ = ::open(in_path.c_str(), O_RDONLY | O_CLOEXEC);
   struct stat st {};
-  if (::fstat(::fileno(in.get()), &st) != 0 || static_cast<uint64_t>(st.st_size) != pe.file_size)
-    return bad_request(in_path + " changed since it was hashed");
+  if (w->in_ < 0 || ::fstat(w->in_, &st) != 0) return bad_request("cannot open " + in_path + ": " + std::strerror(errno));
+  w->in_size_ = static_cast<uint64_t>(st.st_size);
+  w->mode_ = st.st_mode & 07777;
+  // The copy has no name until commit (O_TMPFILE, named through /proc/self/fd): a signing killed
+  // while it waits for the token or an approval leaves no 2 GB temp file behind. Where O_TMPFILE or
+  // /proc is missing, a named temp file from the start.
+  std::string dir = std::filesystem::path(out_path).parent_path().string();
+  w->out_ = ::open(dir.empty() ? "." : dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (w->out_ >= 0 && ::access("/proc/self/fd", X_OK) != 0) {
+    ::close(w->out_);
+    w->out_ = -1;
+  }
+  if (w->out_ < 0) {
+    // A unique name beside the output: two signings of the same file must not share a temp file.
+    std::string tmp = out_path + ".p11relay-XXXXXX";
+    w->out_ = ::mkostemp(tmp.data(), O_CLOEXEC);
+    if (w->out_ < 0) return bad_request("cannot create a temp file beside " + out_path + ": " + std::strerror(errno));
+    w->tmp_ = std::move(tmp);
+  }
+  return w;
+}
 
+// Names the O_TMPFILE copy beside the output, for the rename over it.
+Status SignedFileWriter::link_temp() {
+  const std::string proc = "/proc/self/fd/" + std::to_string(out_);
+  std::random_device rng;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, ".p11relay-%08x", rng());
+    std::string name = out_path_ + suffix;
+    if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+      tmp_ = std::move(name);
+      return {};
+    }
+    if (errno != EEXIST) break;
+  }
+  return bad_request("cannot create a temp file beside " + out_path_ + ": " + std::strerror(errno));
+}
+
+SignedFileWriter::~SignedFileWriter() {
+  cancel_ = true;
+  if (copy_.valid()) copy_.wait();
+  if (in_ >= 0) ::close(in_);
+  if (out_ >= 0) ::close(out_);
+  if (!tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+void SignedFileWriter::start_copy() {
+  if (!copy_.valid()) copy_ = std::async(std::launch::async, [this] { return copy_input(); });
+}
+
+// The kernel copies page-cache pages (or shares extents where the filesystem can): no pass through
+// user space. sendfile where copy_file_range cannot (across filesystems on older kernels). In steps
+// of 64 MiB, so that a failed signing does not wait for the copy of a large file.
+Status SignedFileWriter::copy_input() {
+  off_t in_off = 0;
+  bool ranges = true;
+  while (static_cast<uint64_t>(in_off) < in_size_) {
+    if (cancel_) return internal_error("copy cancelled");
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(in_size_ - static_cast<uint64_t>(in_off), 64u << 20));
+    off_t out_off = in_off;
+    ssize_t n = ranges ? ::copy_file_range(in_, &in_off, out_, &out_off, want, 0) : ::sendfile(out_, in_, &in_off, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && ranges && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+      ranges = false;
+      if (::lseek(out_, in_off, SEEK_SET) < 0) return bad_request("cannot seek in the copy: " + std::string(std::strerror(errno)));
+      continue;
+    }
+    if (n < 0) return bad_request("cannot copy " + in_path_ + ": " + std::strerror(errno));
+    if (n == 0) return bad_request(in_path_ + " became shorter while it was being signed");
+  }
+  return {};
+}
+
+Status SignedFileWriter::commit(const PeInfo& pe, std::span<const uint8_t> signed_data, EmbedMode mode) {
+  if (committed_) return internal_error("SignedFileWriter::commit called twice");
+  RETURN_IF_ERROR(copy_.valid() ? copy_.get() : copy_input());
+  if (in_size_ != pe.file_size) return bad_request(in_path_ + " changed since it was hashed");
   Bytes to_embed(signed_data.begin(), signed_data.end());
   if (mode == EmbedMode::nest && pe.signed_()) {
     Bytes table(pe.cert_table_size);
-    if (std::fseek(in.get(), static_cast<long>(pe.cert_table_offset), SEEK_SET) != 0)
-      return bad_request("cannot seek in " + in_path);
-    RETURN_IF_ERROR(read_exact(in.get(), table.data(), table.size(), in_path));
+    if (::pread(in_, table.data(), table.size(), static_cast<off_t>(pe.cert_table_offset)) !=
+        static_cast<ssize_t>(table.size()))
+      return bad_request("short read from " + in_path_);
     ASSIGN_OR_RETURN(std::vector<Bytes> existing, parse_cert_table(table));
     ASSIGN_OR_RETURN(to_embed, add_unsigned_attribute(existing[0], oid::kNestedSignature, signed_data));
-    std::rewind(in.get());
   }
   ASSIGN_OR_RETURN(binpatch::Patch patch, make_pe_patch(pe, to_embed));
-
-  // A unique name beside the output: two signings of the same file must not share a temp file.
-  std::string tmp = out_path + ".p11relay-XXXXXX";
-  int fd = ::mkstemp(tmp.data());
-  if (fd < 0) return bad_request("cannot create a temp file beside " + out_path + ": " + std::strerror(errno));
-  File out(::fdopen(fd, "wb+"), std::fclose);
-  if (!out) {
-    ::close(fd);
-    std::remove(tmp.c_str());
-    return bad_request("cannot create " + tmp + ": " + std::strerror(errno));
-  }
-  auto fail = [&](Error e) -> Status {
-    out.reset();
-    std::remove(tmp.c_str());
-    return e;
-  };
-  PeChecksum sum(pe.checksum_offset);
-  auto emit = [&](std::span<const uint8_t> d) -> bool {
-    sum.update(d);
-    return d.empty() || std::fwrite(d.data(), 1, d.size(), out.get()) == d.size();
-  };
-  Bytes buf(1024 * 1024);
-  uint64_t cur = 0;
-  auto copy_until = [&](uint64_t end) -> bool {
-    while (cur < end) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), end - cur));
-      if (std::fread(buf.data(), 1, n, in.get()) != n || !emit(std::span(buf.data(), n))) return false;
-      cur += n;
-    }
-    return true;
-  };
-  for (const auto& r : patch.records) {  // make_pe_patch's records are sorted and disjoint
-    if (!copy_until(r.offset) || !emit(r.data)) return fail(bad_request("I/O error writing " + tmp));
-    if (r.old_size && std::fseek(in.get(), static_cast<long>(r.offset + r.old_size), SEEK_SET) != 0)
-      return fail(bad_request("cannot seek in " + in_path));
-    cur = r.offset + r.old_size;
-  }
-  if (!copy_until(pe.file_size)) return fail(bad_request("I/O error writing " + tmp));
-  // §9.6: the checksum is the last thing written, at its place in the headers. No fsync (like
-  // osslsigncode and signtool): the rename already keeps readers from seeing a partial file, and
-  // flushing 100 MB to disk cost more than the whole signature.
-  uint32_t c = sum.finish();
-  uint8_t le[4] = {static_cast<uint8_t>(c), static_cast<uint8_t>(c >> 8), static_cast<uint8_t>(c >> 16),
-                   static_cast<uint8_t>(c >> 24)};
-  if (std::fseek(out.get(), static_cast<long>(pe.checksum_offset), SEEK_SET) != 0 ||
-      std::fwrite(le, 1, 4, out.get()) != 4 || std::fflush(out.get()) != 0)
-    return fail(bad_request("I/O error writing " + tmp));
-  ::fchmod(::fileno(out.get()), st.st_mode & 07777);
-  out.reset();
-  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
-    std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    return bad_request("cannot rename " + tmp + " to " + out_path + ": " + why);
-  }
+  // The copy holds the input; the records replace the directory and the old table (or append the
+  // table), and the CheckSum follows from the hashing pass's sum (§9.6).
+  const binpatch::Record& table = patch.records.back();
+  const uint64_t size = table.offset + table.data.size();
+  const uint32_t c = signed_checksum(pe, patch);
+  const uint8_t le[4] = {static_cast<uint8_t>(c), static_cast<uint8_t>(c >> 8), static_cast<uint8_t>(c >> 16),
+                         static_cast<uint8_t>(c >> 24)};
+  Status w = pwrite_all(out_, le, pe.checksum_offset);
+  for (const auto& r : patch.records)
+    if (w.ok()) w = pwrite_all(out_, r.data, r.offset);
+  if (w.ok() && size < in_size_ && ::ftruncate(out_, static_cast<off_t>(size)) != 0)
+    w = Error(ErrorCode::internal, std::strerror(errno));
+  if (!w.ok()) return bad_request("cannot write the signed copy of " + in_path_ + ": " + w.error().message);
+  // No fsync (like osslsigncode and signtool): the rename already keeps readers from seeing a partial
+  // file, and flushing 100 MB to disk cost more than the whole signature.
+  ::fchmod(out_, mode_);
+  if (tmp_.empty()) RETURN_IF_ERROR(link_temp());
+  const int fd = std::exchange(out_, -1);
+  if (::close(fd) != 0) return bad_request("cannot write " + tmp_ + ": " + std::strerror(errno));
+  if (std::rename(tmp_.c_str(), out_path_.c_str()) != 0)
+    return bad_request("cannot rename " + tmp_ + " to " + out_path_ + ": " + std::strerror(errno));
+  tmp_.clear();
+  committed_ = true;
   return {};
+}
+
+Status write_signed_file(const std::string& in_path, const std::string& out_path, const PeInfo& pe,
+                         std::span<const uint8_t> signed_data, EmbedMode mode) {
+  ASSIGN_OR_RETURN(auto w, SignedFileWriter::open(in_path, out_path));
+  return w->commit(pe, signed_data, mode);
 }
 
 }  // namespace p11relay::authenticode

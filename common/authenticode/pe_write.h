@@ -7,6 +7,9 @@
 #include "common/bytes.h"
 #include "common/error.h"
 
+#include <atomic>
+#include <future>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -35,9 +38,45 @@ enum class EmbedMode {
 Result<Bytes> embed_signature(std::span<const uint8_t> file, const PeInfo& pe, std::span<const uint8_t> signed_data,
                               EmbedMode mode = EmbedMode::replace);
 
-// Streaming form of embed_signature for large files (the CLI): copies in_path to out_path with the
-// §9.5 patch applied and the checksum fixed, never holding the file in memory. Writes a temporary
-// file beside out_path and renames it, so in_path == out_path signs in place safely.
+// §9.6 CheckSum of the file that `patch` = make_pe_patch(pe, …) makes of the file `pe` describes,
+// from pe.image_sum (the patch writes the directory and the table, the rest is unchanged): no pass
+// over the signed file.
+uint32_t signed_checksum(const PeInfo& pe, const binpatch::Patch& patch);
+
+// The streaming form of embed_signature for large files (the CLI), in steps so that the copy can run
+// while the file is hashed and signed:
+//   ASSIGN_OR_RETURN(auto w, SignedFileWriter::open(in, out));  // a unique temp file beside out
+//   w->start_copy();                      // optional: the copy on a second thread from now on
+//   … hash, sign …
+//   RETURN_IF_ERROR(w->commit(pe, sd));   // waits for (or makes) the copy; writes the directory,
+//                                         // the table and the arithmetic checksum; renames onto out
+// The input is copied by the kernel (copy_file_range): never held in memory, never read by user
+// space. The copy gets a name (a unique temp name beside out, renamed onto out) only in commit; until
+// commit succeeds the destructor stops the copy and removes it. in_path == out_path signs in place.
+class SignedFileWriter {
+ public:
+  static Result<std::unique_ptr<SignedFileWriter>> open(const std::string& in_path, const std::string& out_path);
+  SignedFileWriter(const SignedFileWriter&) = delete;
+  SignedFileWriter& operator=(const SignedFileWriter&) = delete;
+  ~SignedFileWriter();
+
+  void start_copy();
+  Status commit(const PeInfo& pe, std::span<const uint8_t> signed_data, EmbedMode mode = EmbedMode::replace);
+
+ private:
+  SignedFileWriter() = default;
+  Status copy_input();
+  Status link_temp();
+  std::string in_path_, out_path_, tmp_;  // tmp_: the copy's name, while it has one
+  int in_ = -1, out_ = -1;
+  uint64_t in_size_ = 0;
+  unsigned mode_ = 0600;
+  bool committed_ = false;
+  std::future<Status> copy_;
+  std::atomic<bool> cancel_{false};
+};
+
+// open + commit, on the calling thread.
 Status write_signed_file(const std::string& in_path, const std::string& out_path, const PeInfo& pe,
                          std::span<const uint8_t> signed_data, EmbedMode mode = EmbedMode::replace);
 

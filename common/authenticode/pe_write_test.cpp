@@ -7,7 +7,14 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <array>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <set>
 
 using namespace p11relay;
 using namespace p11relay::authenticode;
@@ -38,7 +45,70 @@ Signed sign_file(const Bytes& file, TestKey& key, bool page_hashes, EmbedMode mo
   return {std::move(*out), std::move(*info)};
 }
 
+void put32(Bytes& b, size_t off, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[off + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t get32(const Bytes& b, size_t off) {
+  return b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
+}
+
+// A minimal PE32 or PE32+ of random bytes: e_lfanew of either parity, one section of `data` bytes,
+// `trailing` bytes after it, a random stored CheckSum. Enough for the digester, not for Windows.
+Bytes random_pe(std::mt19937& rng, bool pe32plus, uint32_t lfanew, size_t data, size_t trailing) {
+  const size_t dirs = pe32plus ? 112 : 96, opt = lfanew + 24, opt_size = dirs + 16 * 8;
+  const size_t sections = opt + opt_size, raw = (sections + 40 + 511) & ~size_t{511};
+  Bytes f(raw + data + trailing);
+  for (auto& b : f) b = static_cast<uint8_t>(rng());
+  f[0] = 'M';
+  f[1] = 'Z';
+  put32(f, 0x3c, lfanew);
+  std::memcpy(&f[lfanew], "PE\0\0", 4);
+  f[lfanew + 6] = 1;  // NumberOfSections
+  f[lfanew + 7] = 0;
+  f[lfanew + 20] = static_cast<uint8_t>(opt_size);
+  f[lfanew + 21] = 0;
+  f[opt] = 0x0b;
+  f[opt + 1] = pe32plus ? 0x02 : 0x01;
+  put32(f, opt + dirs - 4, 16);       // NumberOfRvaAndSizes
+  put32(f, opt + dirs + 32, 0);       // no certificate table
+  put32(f, opt + dirs + 36, 0);
+  put32(f, sections + 16, static_cast<uint32_t>(data));
+  put32(f, sections + 20, static_cast<uint32_t>(raw));
+  return f;
+}
+
 }  // namespace
+
+TEST_CASE("signed_checksum and the written file equal a full recomputation for random PEs") {
+  TempDir dir;
+  std::mt19937 rng(20261125);
+  for (int round = 0; round < 40; ++round) {
+    const bool plus = round % 2 == 0;
+    const uint32_t lfanew = 0x40 + static_cast<uint32_t>(rng() % 64);  // odd and even
+    const size_t data = rng() % 5000, trailing = round % 3 == 0 ? 0 : rng() % 77;
+    CAPTURE(round);
+    Bytes file = random_pe(rng, plus, lfanew, data, trailing);
+    // Twice: unsigned, then re-signed over its own (replaced, shorter or longer) table.
+    for (int pass = 0; pass < 2; ++pass) {
+      CAPTURE(pass);
+      auto info = pe_digest(file);
+      REQUIRE_MESSAGE(info.ok(), info.error().message);
+      CHECK(info->file_checksum == pe_checksum(file, info->checksum_offset));
+      CHECK(info->signed_() == (pass == 1));
+      Bytes sd(1 + rng() % 3000);
+      for (auto& b : sd) b = static_cast<uint8_t>(rng());
+      auto expect = embed_signature(file, *info, sd);  // checksum recomputed over the whole output
+      REQUIRE(expect.ok());
+      auto patch = make_pe_patch(*info, sd);
+      REQUIRE(patch.ok());
+      CHECK(signed_checksum(*info, *patch) == get32(*expect, info->checksum_offset));
+      write_file(dir.file("in.exe"), file);
+      REQUIRE(write_signed_file(dir.file("in.exe"), dir.file("out.exe"), *info, sd).ok());
+      CHECK(read_file(dir.file("out.exe")) == *expect);
+      file = std::move(*expect);
+    }
+  }
+}
 
 TEST_CASE("sign real PEs (mingw-built and Debian DLLs): osslsigncode verifies, digests agree") {
   TempDir dir;
@@ -271,4 +341,39 @@ TEST_CASE("write_signed_file streams the same bytes as embed_signature, also in 
   auto sd = build_signed_data(*info, std::array<X509*, 1>{key.cert.get()}, {}, software_signer(key.key.get()));
   REQUIRE(sd.ok());
   CHECK_FALSE(write_signed_file(dir.file("other.exe"), dir.file("x.exe"), *info, *sd).ok());
+}
+
+TEST_CASE("SignedFileWriter: the copy has a name only in commit, and none is left without a commit") {
+  TempDir dir;
+  std::mt19937 rng(7);
+  const std::string in = dir.file("in.exe"), out = dir.file("out.exe");
+  write_file(in, random_pe(rng, true, 0x80, 300000, 3));
+  auto names = [&] {
+    std::set<std::string> n;
+    for (const auto& e : std::filesystem::directory_iterator(dir.path())) n.insert(e.path().filename().string());
+    return n;
+  };
+  const std::set<std::string> just_in = {"in.exe"};
+  const int probe = ::open(dir.path().c_str(), O_TMPFILE | O_RDWR, 0600);
+  const bool unnamed = probe >= 0 && ::access("/proc/self/fd", X_OK) == 0;
+  if (probe >= 0) ::close(probe);
+  auto info = pe_digest_file(in);
+  REQUIRE(info.ok());
+  const Bytes sd = {0x30, 0x03, 0x02, 0x01, 0x01};
+  {
+    auto w = SignedFileWriter::open(in, out);
+    REQUIRE(w.ok());
+    (*w)->start_copy();
+    if (unnamed) CHECK(names() == just_in);
+  }  // destroyed without commit: stops the copy, removes it
+  CHECK(names() == just_in);
+  auto w = SignedFileWriter::open(in, out);
+  REQUIRE(w.ok());
+  (*w)->start_copy();
+  REQUIRE((*w)->commit(*info, sd).ok());
+  CHECK(names() == std::set<std::string>{"in.exe", "out.exe"});
+  auto expect = embed_signature(read_file(in), *info, sd);
+  REQUIRE(expect.ok());
+  CHECK(read_file(out) == *expect);
+  CHECK_FALSE((*w)->commit(*info, sd).ok());  // once only
 }

@@ -102,7 +102,7 @@ namespace {
 
 // `hashed`: the file already digested (verify_pe's pass); reused when it has the signature's
 // algorithm and no page hashes are needed, so a 100 MB file is not hashed twice.
-Result<SignatureReport> verify_one(ByteSpan file, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
+Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
   SignatureReport rep;
   rep.nesting = nesting;
   ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
@@ -126,7 +126,7 @@ Result<SignatureReport> verify_one(ByteSpan file, ByteSpan signed_data, int nest
   if (hashed && hashed->alg == opt.alg && !opt.page_hashes) {
     pe.image_digest = hashed->image_digest;
   } else {
-    ASSIGN_OR_RETURN(pe, pe_digest(file, opt));
+    ASSIGN_OR_RETURN(pe, digest(opt));
   }
   if (pe.image_digest != spc.digest)
     return bad_request("image digest mismatch: file " + to_hex(pe.image_digest) + ", signature " + to_hex(spc.digest));
@@ -138,7 +138,7 @@ Result<SignatureReport> verify_one(ByteSpan file, ByteSpan signed_data, int nest
       po.alg = *spc.page_alg;
       po.page_hashes = true;
       po.keep_cert_table = false;
-      ASSIGN_OR_RETURN(PeInfo pp, pe_digest(file, po));
+      ASSIGN_OR_RETURN(PeInfo pp, digest(po));
       computed = pp.page_hashes;
     }
     if (computed != spc.page_hashes) return bad_request("page hash mismatch");
@@ -194,20 +194,29 @@ Result<SignatureReport> verify_one(ByteSpan file, ByteSpan signed_data, int nest
 }  // namespace
 
 Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
-  return verify_one(file, signed_data, nesting, nullptr);
+  return verify_one([file](const PeDigestOptions& o) { return pe_digest(file, o); }, signed_data, nesting, nullptr);
 }
 
 Result<VerifyReport> verify_pe(ByteSpan file) {
+  return verify_pe([file](const PeDigestOptions& o) { return pe_digest(file, o); });
+}
+
+Result<VerifyReport> verify_pe_file(const std::string& path) {
+  return verify_pe([&path](const PeDigestOptions& o) { return pe_digest_file(path, o); });
+}
+
+Result<VerifyReport> verify_pe(const PeDigestFn& digest) {
   PeDigestOptions opt;
   opt.keep_cert_table = true;
-  ASSIGN_OR_RETURN(PeInfo pe, pe_digest(file, opt));
+  ASSIGN_OR_RETURN(PeInfo pe, digest(opt));
   VerifyReport rep;
   rep.stored_checksum = pe.stored_checksum;
-  rep.computed_checksum = pe_checksum(file, pe.checksum_offset);
+  rep.computed_checksum = pe.file_checksum;  // summed in the digest's pass
   if (!pe.signed_()) return bad_request("file is not signed");
   ASSIGN_OR_RETURN(std::vector<Bytes> sigs, parse_cert_table(pe.cert_table));
+  rep.cert_table = pe.cert_table;
   for (const auto& sig : sigs) {
-    ASSIGN_OR_RETURN(SignatureReport r, verify_one(file, sig, 0, &pe));
+    ASSIGN_OR_RETURN(SignatureReport r, verify_one(digest, sig, 0, &pe));
     rep.signatures.push_back(std::move(r));
     // Nested signatures (osslsigncode -nest): unsigned attribute 1.3.6.1.4.1.311.2.4.1 of the primary.
     ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(sig));
@@ -216,7 +225,7 @@ Result<VerifyReport> verify_pe(ByteSpan file) {
     for (const auto& a : un) {
       if (!der::equal(a.oid, der::oid_content(oid::kNestedSignature))) continue;
       for (auto v : a.values) {
-        ASSIGN_OR_RETURN(SignatureReport nr, verify_one(file, v, 1, &pe));
+        ASSIGN_OR_RETURN(SignatureReport nr, verify_one(digest, v, 1, &pe));
         rep.signatures.push_back(std::move(nr));
       }
     }

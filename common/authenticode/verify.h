@@ -3,10 +3,12 @@
 // attributes with the embedded signing certificate. Trust in the certificate chain is NOT evaluated.
 #pragma once
 
+#include "common/authenticode/pe_digest.h"
 #include "common/bytes.h"
 #include "common/digest.h"
 #include "common/error.h"
 
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -28,10 +30,18 @@ struct VerifyReport {
   std::vector<SignatureReport> signatures;  // primary first, then nested ones
   uint32_t stored_checksum = 0;
   uint32_t computed_checksum = 0;
+  Bytes cert_table;  // the file's certificate table (for a chain check)
 };
 
-// Every signature in the file must check out; the first failure is the error.
+// How verification gets digests of the file: pe_digest of bytes in memory, or pe_digest_file.
+using PeDigestFn = std::function<Result<PeInfo>(const PeDigestOptions&)>;
+
+// Every signature in the file must check out; the first failure is the error. One pass over the
+// file (digest and checksum together); one more per other digest algorithm or page-hash set.
+Result<VerifyReport> verify_pe(const PeDigestFn& digest);
 Result<VerifyReport> verify_pe(std::span<const uint8_t> file);
+// Reads the file (pe_digest_file) instead of holding or mapping it.
+Result<VerifyReport> verify_pe_file(const std::string& path);
 
 // Checks one ContentInfo(SignedData) against the PE file it came from.
 Result<SignatureReport> verify_signed_data(std::span<const uint8_t> file, std::span<const uint8_t> signed_data,

@@ -34,15 +34,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (whole->image_digest != streamed->image_digest || whole->page_hashes != streamed->page_hashes ||
         whole->cert_table != streamed->cert_table)
       std::abort();
-    (void)pe_checksum(file, whole->checksum_offset);
+    // The checksum sums taken in the digest's pass equal a separate full recomputation.
+    if (whole->file_checksum != pe_checksum(file, whole->checksum_offset) ||
+        streamed->file_checksum != whole->file_checksum)
+      std::abort();
     // Embedding a signature must not change the image digest or page hashes (§9.2: checksum,
-    // directory entry and table are excluded, the 8-byte padding was already hashed).
+    // directory entry and table are excluded, the 8-byte padding was already hashed), and the
+    // arithmetic checksum of the signed file must equal the one recomputed over it.
     static const uint8_t kFakeSignedData[] = {0x30, 0x03, 0x02, 0x01, 0x01};
     auto out = embed_signature(file, *whole, kFakeSignedData, EmbedMode::replace);
     if (out.ok()) {
       auto again = pe_digest(*out, opt);
-      if (!again.ok() || again->image_digest != whole->image_digest || again->page_hashes != whole->page_hashes)
+      if (!again.ok() || again->image_digest != whole->image_digest || again->page_hashes != whole->page_hashes ||
+          again->stored_checksum != again->file_checksum)
         std::abort();
+      auto patch = make_pe_patch(*whole, kFakeSignedData);
+      if (!patch.ok() || signed_checksum(*whole, *patch) != again->stored_checksum) std::abort();
     }
     if (whole->signed_()) {
       auto sigs = parse_cert_table(whole->cert_table);
