@@ -42,6 +42,21 @@ const Bytes& digest_info_prefix(HashAlg alg) {
   return sha256;
 }
 
+// EVP_sha256() & co. make every EVP_DigestInit_ex look the implementation up in the default
+// provider again (a lock and a hash-table search, for each Hasher and after each finish); fetched once
+// here instead. The legacy object where the provider has none (MD5 under FIPS).
+const EVP_MD* fetched_md(HashAlg alg) {
+  static const std::array<EVP_MD*, kHashes.size()> fetched = [] {
+    std::array<EVP_MD*, kHashes.size()> t{};
+    for (size_t i = 0; i < kHashes.size(); ++i)
+      t[i] = EVP_MD_fetch(nullptr, EVP_MD_get0_name(evp_md(kHashes[i].alg)), nullptr);
+    return t;
+  }();
+  for (size_t i = 0; i < kHashes.size(); ++i)
+    if (kHashes[i].alg == alg && fetched[i]) return fetched[i];
+  return evp_md(alg);
+}
+
 }  // namespace
 
 const HashInfo& hash_info(HashAlg alg) {
@@ -117,7 +132,7 @@ std::optional<std::pair<HashAlg, Bytes>> parse_digest_info(std::span<const std::
 }
 
 Hasher::Hasher(HashAlg alg) : alg_(alg), ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(ctx_, evp_md(alg), nullptr) != 1) throw std::bad_alloc();
+  if (!ctx_ || EVP_DigestInit_ex(ctx_, fetched_md(alg), nullptr) != 1) throw std::bad_alloc();
 }
 Hasher::Hasher(Hasher&& o) noexcept : alg_(o.alg_), ctx_(o.ctx_) { o.ctx_ = nullptr; }
 Hasher& Hasher::operator=(Hasher&& o) noexcept {
@@ -134,7 +149,7 @@ Bytes Hasher::finish() {
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx_, out.data(), &n);
   out.resize(n);
-  EVP_DigestInit_ex(ctx_, evp_md(alg_), nullptr);
+  EVP_DigestInit_ex(ctx_, fetched_md(alg_), nullptr);
   return out;
 }
 

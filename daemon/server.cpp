@@ -184,6 +184,9 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
   SSL_CTX_set_alpn_select_cb(c, alpn_select, nullptr);
   SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);  // idle connections keep no record buffers
   SSL_CTX_set_read_ahead(c, 1);                   // one read(2) per burst, not two per record
+  // Room for four full records per read(2) (the default fits one): a 100 MB relic upload takes
+  // ~1600 reads instead of ~6400. Released like the default one when a connection goes idle.
+  SSL_CTX_set_default_read_buffer_len(c, 4 * (SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD));
   ERR_clear_error();
   return ctx;
 }
@@ -415,8 +418,10 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   std::string pending;          // bytes read but not yet parsed (pipelining)
   bool first = true;
 
-  // Reads what is there into `pending`. Waits for readability before taking a buffer, so a
-  // connection waiting for its next request holds none.
+  // Reads what is there. With nothing pending the parser gets it straight from the read buffer (a
+  // 100 MB upload is not copied once more through `pending`); what it leaves (the rest of a read
+  // after a request's headers or end) is kept in `pending` for feed_pending. Waits for readability
+  // before taking a buffer, so a connection waiting for its next request holds none.
   auto fill = [&]() -> asio::awaitable<bool> {
     if (!buf) {
       if (!SSL_has_pending(conn->ssl)) {
@@ -427,7 +432,9 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     }
     int n = co_await tls_call(*conn, TlsOp::read, buf.get(), kReadChunk);
     if (n <= 0) co_return false;
-    pending.append(buf.get(), static_cast<size_t>(n));
+    std::string_view got(buf.get(), static_cast<size_t>(n));
+    if (pending.empty()) got.remove_prefix(parser.feed(got));
+    pending.append(got);
     co_return true;
   };
   auto feed_pending = [&]() {
