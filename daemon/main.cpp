@@ -242,10 +242,12 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     io.stop();
   });
 
+  svc.standby = std::make_unique<IoStandby>(io);
   std::vector<std::thread> threads;
   for (int i = 1; i < io_threads; ++i) threads.emplace_back([&] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
+  svc.standby.reset();
   for (auto& [n, t] : svc.tokens) t->stop();
   return 0;
 }

@@ -369,7 +369,8 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   auto t0 = Clock::now();
   SignJob sign_job = std::move(job).value();
   std::shared_ptr<Token> token = ref->token;
-  auto sig = co_await token_sign(token, sign_job);
+  IoStandby* here = ctx.solo ? svc.standby.get() : nullptr;
+  auto sig = co_await token_sign(token, sign_job, here);
   if (!sig.ok() && counted) svc.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
   if (!sig.ok()) {
     spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,

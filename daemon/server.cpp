@@ -58,6 +58,7 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
+constexpr auto kSoloAfter = std::chrono::milliseconds(50);
 
 }  // namespace
 
@@ -192,6 +193,13 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
 }
 
 Server::Server(asio::io_context& io, Service& service, Router& router) : io_(io), svc_(service), router_(router) {}
+
+bool Server::solo(const Conn* c) {
+  Clock::rep now = Clock::now().time_since_epoch().count();
+  if (last_requester_.exchange(c) != c)
+    crowded_until_.store(now + std::chrono::duration_cast<Clock::duration>(kSoloAfter).count());
+  return now >= crowded_until_.load();
+}
 
 Result<std::unique_ptr<tcp::acceptor>> Server::bind(const std::string& address, const char* what, int fd) {
   if (fd >= 0) {  // passed by systemd, already bound and listening (listen_fds.h checked it)
@@ -491,7 +499,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     if (!svc_.is_current(identity.snapshot.get()))
       identity = identify(svc_.current.load(), peer.get(), SSL_get_peer_cert_chain(conn->ssl));
     RequestContext ctx{req, identity, peer_ip, true,
-                       Clock::now() + std::chrono::seconds(sc.writetimeout)};
+                       Clock::now() + std::chrono::seconds(sc.writetimeout), solo(conn.get())};
     auto started_at = Clock::now();
     RouteDecision d = router_.route(ctx);
     http::Response resp;

@@ -39,6 +39,8 @@ class Server {
   asio::awaitable<void> metrics_accept_loop();
   asio::awaitable<void> sweep_loop();
   Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what, int fd);
+  // Whether `c` has been the only connection sending requests for the last kSoloAfter (RequestContext::solo).
+  bool solo(const Conn* c);
 
   asio::io_context& io_;
   Service& svc_;
@@ -48,6 +50,8 @@ class Server {
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor_;
   std::atomic<size_t> connections_{0};
   std::atomic<bool> stopping_{false};
+  std::atomic<const Conn*> last_requester_{nullptr};
+  std::atomic<Clock::rep> crowded_until_{0};
   std::mutex conns_mu_;
   std::unordered_set<Conn*> conns_;  // open TLS connections, for the deadline sweeper
 };

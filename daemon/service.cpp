@@ -80,9 +80,9 @@ void expire_token_waits(Clock::time_point now) {
     asio::post(w->executor, [w] { w->complete(Error(ErrorCode::timeout, "the token did not answer in time")); });
 }
 
-asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job) {
+asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job, IoStandby* here) {
   auto ex = co_await asio::this_coro::executor;
-  auto init = [token, ex](auto handler, SignJob job) {  // job copied: the caller's stays untouched
+  auto init = [token, ex, here](auto handler, SignJob job) {  // job copied: the caller's stays untouched
     using H = decltype(handler);
     auto wait = std::make_shared<SignWait<H>>(std::move(handler), ex);
     wait->deadline = job.deadline;
@@ -95,14 +95,82 @@ asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, c
     // (two context switches per signature). With jobs waiting, the worker goes on signing and the
     // io threads finish the request. A refusal inside sign() is posted too: the coroutine is not
     // resumed from inside its own initiation.
-    token->sign(std::move(job), [wait, token](Result<Bytes> r) {
+    auto done = [wait, token](Result<Bytes> r) {
       if (!wait->initiating.load() && token->queue_depth() == 0) return wait->complete(std::move(r));
       asio::post(wait->executor, [wait, r = std::move(r)]() mutable { wait->complete(std::move(r)); });
-    });
+    };
+    if (!here) {
+      token->sign(std::move(job), std::move(done));
+    } else {
+      // Right after this handler, on this thread (defer: no other thread is woken), once the
+      // coroutine is suspended: if the call hangs, the sweeper can still answer it (504) from the
+      // standby thread.
+      asio::defer(ex, [wait, token, here, job = std::move(job), done = std::move(done)]() mutable {
+        std::optional<Result<Bytes>> r;
+        if (here->enter()) {
+          r = token->sign_here(job);
+          here->leave();
+        }
+        if (!r) return token->sign(std::move(job), std::move(done));
+        wait->complete(std::move(*r));
+      });
+    }
     wait->initiating = false;
   };
   co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Result<Bytes>)>(
       init, asio::use_awaitable, job);
+}
+
+IoStandby::IoStandby(asio::io_context& io) : io_(io), thread_([this] { main(); }) {}
+
+IoStandby::~IoStandby() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+bool IoStandby::enter() {
+  Clock::rep now = Clock::now().time_since_epoch().count(), none = 0;
+  if (!since_.compare_exchange_strong(none, now)) return false;
+  last_enter_.store(now);
+  if (!ticking_.load()) {
+    {
+      std::lock_guard lock(mu_);
+      ticking_ = true;
+    }
+    cv_.notify_one();
+  }
+  return true;
+}
+
+void IoStandby::leave() { since_.store(0); }
+
+void IoStandby::main() {
+  const Clock::rep take_over = std::chrono::duration_cast<Clock::duration>(kTakeOver).count();
+  const Clock::rep quiet = std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(1)).count();
+  std::unique_lock lock(mu_);
+  while (!stop_) {
+    if (!ticking_) {
+      cv_.wait(lock, [&] { return stop_ || ticking_.load(); });
+      continue;
+    }
+    if (cv_.wait_for(lock, kTakeOver / 2, [&] { return stop_; })) break;
+    Clock::rep now = Clock::now().time_since_epoch().count(), call = since_.load();
+    if (call != 0 && now - call >= take_over) {
+      lock.unlock();
+      spdlog::warn("a token call has held the network thread for {} ms: a standby thread serves the network until it returns",
+                   kTakeOver.count());
+      while (since_.load() == call && !io_.stopped()) io_.run_one_for(kTakeOver / 2);
+      asio::post(io_, [] {});  // wakes the network thread if it went idle while this one held the reactor
+      lock.lock();
+    } else if (call == 0 && now - last_enter_.load() > quiet) {
+      ticking_ = false;  // quiet: sleep until the next call (enter() wakes us)
+      if (since_.load() != 0) ticking_ = true;  // an enter() that still saw us ticking
+    }
+  }
 }
 
 Result<Bytes> token_sign_blocking(Token& token, SignJob job) {

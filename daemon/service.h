@@ -12,11 +12,13 @@
 #include <asio.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 namespace p11relay::daemon {
 
@@ -26,6 +28,35 @@ struct RequestContext {
   std::string peer_ip;
   bool tls = true;
   Clock::time_point deadline;  // writetimeout: handlers give up at this point (504)
+  // No other connection sent a request lately (Server): a fast token may sign on this thread (token_sign).
+  bool solo = false;
+};
+
+// While a token call runs on the network thread (token_sign with a standby), this thread stands by:
+// if the call holds the network thread for more than kTakeOver (a hung token), it serves the
+// io_context itself until the call returns, so other connections, the deadline sweeper (504 for
+// the hung request) and the health checks go on. It ticks only while such calls happen.
+class IoStandby {
+ public:
+  explicit IoStandby(asio::io_context& io);
+  ~IoStandby();  // before the io_context goes
+  IoStandby(const IoStandby&) = delete;
+  IoStandby& operator=(const IoStandby&) = delete;
+  // One token call at a time: false when another one is running (then queue for a worker instead).
+  bool enter();
+  void leave();
+  static constexpr auto kTakeOver = std::chrono::milliseconds(20);
+
+ private:
+  void main();
+  asio::io_context& io_;
+  std::atomic<Clock::rep> since_{0};      // start of the running call, 0 when none
+  std::atomic<Clock::rep> last_enter_{0};
+  std::atomic<bool> ticking_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 // Receives a request body as it arrives (after de-chunking and Content-Encoding decoding), for
@@ -84,6 +115,7 @@ struct Service {
   // Policy state (docs/policy.md), keyed by names so it outlives config reloads: quota counters (only
   // keys with a quota touch them) and held requests (null without server.statedir).
   std::unique_ptr<Quotas> quotas = std::make_unique<Quotas>();
+  std::unique_ptr<IoStandby> standby;  // set by main once the io_context exists
   std::unique_ptr<Approvals> approvals;
 
   // Key config + served key for a name (alias resolved), if the caller may use it.
@@ -109,7 +141,11 @@ struct SignerContext {
 // Awaits a signature from a token, giving up at `deadline` with a 504 (the token job is then
 // dropped if it has not started). The caller resumes on its executor or, when the token has nothing
 // else queued, on the token's worker thread; the deadline is enforced by expire_token_waits.
-asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job);
+// With `here` (a solo connection on the network thread), a fast idle token signs right on this
+// thread instead of waking a worker (Token::sign_here): one thread hop and two context switches less
+// per signature.
+asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job,
+                                          IoStandby* here = nullptr);
 // Answers every token_sign whose deadline has passed (the server's sweeper calls it every 100 ms).
 void expire_token_waits(Clock::time_point now);
 

@@ -140,7 +140,14 @@ Status Token::start() {
       reason_ = first.error().message;
     }
   }
-  for (int i = 0; i < config_.numworkers; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+  {
+    std::lock_guard lock(mu_);
+    for (int i = 0; i < config_.numworkers; ++i) {
+      sessions_.push_back(std::make_unique<WorkerSession>());
+      free_.push_back(sessions_.back().get());
+    }
+  }
+  for (int i = 0; i < config_.numworkers; ++i) workers_.emplace_back([this] { worker_main(); });
   recovery_ = std::thread([this] { recovery_main(); });
   return first;
 }
@@ -160,6 +167,7 @@ void Token::stop() {
   {
     std::lock_guard lock(mu_);
     left.swap(queue_);
+    for (auto& ws : sessions_) ws->close();  // workers have ended, and so have the io threads (sign_here)
     close_locked();
   }
   for (auto& j : left) {
@@ -484,65 +492,109 @@ void Token::ping(Clock::time_point deadline, std::function<void(Status)> done) {
   cv_.notify_one();
 }
 
-void Token::worker_main(int index) {
-  WorkerSession ws;
+void Token::worker_main() {
   for (;;) {
     Job job;
+    Result<WorkerSession*> ws = nullptr;
     uint64_t gen = 0;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || (!queue_.empty() && state_ == TokenState::ready); });
+      cv_.wait(lock, [&] { return stopping_ || (!queue_.empty() && state_ == TokenState::ready && !free_.empty()); });
       if (stopping_) break;
       job = std::move(queue_.front());
       queue_.pop_front();
       gen = generation_;
-      if (ws.generation != gen || !ws.module) {
-        ws.close();
-        ws.module = module_;
-        ws.generation = gen;
-        CK_RV rv = module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ws.session);
-        if (rv != CKR_OK) {
-          ws.session = CK_INVALID_HANDLE;
-          lock.unlock();
-          Error e(ErrorCode::token_not_present, "cannot open a session on token '" + config_.name + "': " + ckr_hex(rv),
-                  rv);
-          e.with_retry_after(1);
-          if (job.kind == Job::sign) job.done(e);
-          else job.ping_done(e);
-          on_device_error(rv, "C_OpenSession", gen);
-          continue;
-        }
-      }
+      ws = take_session_locked();
     }
-    if (Clock::now() > job.sign_job.deadline) {
-      // The caller has given up (and answered 504); signing now would produce a signature nobody
-      // receives and the audit log would not show.
-      Error e(ErrorCode::timeout, "request timed out while waiting for token '" + config_.name + "'");
+    if (!ws.ok()) {
+      Error e = ws.error();
       if (job.kind == Job::sign) job.done(e);
       else job.ping_done(e);
+      on_device_error(e.ckr, "C_OpenSession", gen);
       continue;
     }
+    auto t0 = Clock::now();
     if (job.kind == Job::ping) {
-      job.ping_done(run_ping(ws));
+      Status st = Clock::now() > job.sign_job.deadline
+                      ? Status(Error(ErrorCode::timeout, "request timed out while waiting for token '" + config_.name + "'"))
+                      : run_ping(**ws);
+      release_session(*ws, Clock::duration::zero());
+      job.ping_done(st);
     } else {
-      auto r = run_sign(ws, job.sign_job);
-      if (!r.ok() && is_device_error(r.error().ckr)) {
-        CK_RV rv = r.error().ckr;
-        Error e = r.error();
-        e.code = rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ? ErrorCode::token_not_present
-                                                                         : ErrorCode::unavailable;
-        e.http_status = 503;
-        e.with_retry_after(1);
-        job.done(e);
-        on_device_error(rv, "C_Sign", gen);
-        ws.close();
-        continue;
-      }
+      auto r = sign_in(**ws, job.sign_job);
+      release_session(*ws, Clock::now() - t0);
       job.done(std::move(r));
     }
   }
+}
+
+Result<Token::WorkerSession*> Token::take_session_locked() {
+  WorkerSession* ws = free_.back();
+  free_.pop_back();
+  if (ws->generation != generation_ || !ws->module) {
+    ws->close();
+    ws->module = module_;
+    ws->generation = generation_;
+    CK_RV rv = module_->fl()->C_OpenSession(slot_id_, CKF_SERIAL_SESSION, nullptr, nullptr, &ws->session);
+    if (rv != CKR_OK) {
+      ws->session = CK_INVALID_HANDLE;
+      ws->module.reset();
+      free_.push_back(ws);
+      return Error(ErrorCode::token_not_present, "cannot open a session on token '" + config_.name + "': " + ckr_hex(rv),
+                   rv)
+          .with_retry_after(1);
+    }
+  }
+  return ws;
+}
+
+void Token::release_session(WorkerSession* ws, Clock::duration sign_time) {
+  bool more;
+  {
+    std::lock_guard lock(mu_);
+    free_.push_back(ws);
+    if (sign_time > Clock::duration::zero()) sign_time_ = (sign_time_ * 7 + sign_time) / 8;
+    more = !queue_.empty();
+  }
+  if (more) cv_.notify_one();
+}
+
+Result<Bytes> Token::sign_in(WorkerSession& ws, const SignJob& job) {
+  if (Clock::now() > job.deadline) {
+    // The caller has given up (and answered 504); signing now would produce a signature nobody
+    // receives and the audit log would not show.
+    return Error(ErrorCode::timeout, "request timed out while waiting for token '" + config_.name + "'");
+  }
+  auto r = run_sign(ws, job);
+  if (r.ok() || !is_device_error(r.error().ckr)) return r;
+  CK_RV rv = r.error().ckr;
+  Error e = r.error();
+  e.code = rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ? ErrorCode::token_not_present : ErrorCode::unavailable;
+  e.http_status = 503;
+  e.with_retry_after(1);
+  on_device_error(rv, "C_Sign", ws.generation);
   ws.close();
-  (void)index;
+  return e;
+}
+
+std::optional<Result<Bytes>> Token::sign_here(const SignJob& job) {
+  Result<WorkerSession*> ws = nullptr;
+  uint64_t gen = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || state_ != TokenState::ready || !queue_.empty() || free_.empty() || sign_time_ >= kSignHereMax)
+      return std::nullopt;
+    gen = generation_;
+    ws = take_session_locked();
+  }
+  if (!ws.ok()) {
+    on_device_error(ws.error().ckr, "C_OpenSession", gen);
+    return ws.take_error();
+  }
+  auto t0 = Clock::now();
+  auto r = sign_in(**ws, job);
+  release_session(*ws, Clock::now() - t0);
+  return r;
 }
 
 void Token::on_device_error(CK_RV rv, const std::string& where, uint64_t generation) {

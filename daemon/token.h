@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -70,6 +71,12 @@ class Token : public std::enable_shared_from_this<Token> {
 
   // Queues a signature. `done` runs on a worker thread (or inline when refused at once).
   void sign(SignJob job, Done done);
+  // Signs on the calling thread when that costs no waiting and no thread hop: the token is ready,
+  // nothing is queued, one of its numworkers sessions is free and its recent signatures took less
+  // than kSignHereMax. nullopt: use sign(). A call that hangs holds the calling thread (see
+  // IoStandby in service.h for the network thread).
+  std::optional<Result<Bytes>> sign_here(const SignJob& job);
+  static constexpr std::chrono::microseconds kSignHereMax{5000};
   // Cheap liveness check through the queue (so a hung token fails its health check).
   void ping(Clock::time_point deadline, std::function<void(Status)> done);
 
@@ -92,8 +99,13 @@ class Token : public std::enable_shared_from_this<Token> {
 
   Status open_locked();  // open + login + load keys; mu_ held
   void close_locked();
-  void worker_main(int index);
+  void worker_main();
   void recovery_main();
+  // A free session, (re)opened for the current generation; mu_ held, free_ not empty. On a
+  // C_OpenSession failure the session goes back and the error is returned.
+  Result<WorkerSession*> take_session_locked();
+  void release_session(WorkerSession* ws, Clock::duration sign_time);
+  Result<Bytes> sign_in(WorkerSession& ws, const SignJob& job);  // deadline, C_Sign, device errors
   Result<Bytes> run_sign(WorkerSession& ws, const SignJob& job);
   Status run_ping(WorkerSession& ws);
   void on_device_error(CK_RV rv, const std::string& where, uint64_t generation);
@@ -115,6 +127,11 @@ class Token : public std::enable_shared_from_this<Token> {
   unsigned nslots_ = 0;
   CK_SLOT_ID slot_id_ = 0;
   std::vector<std::shared_ptr<const ServedKey>> keys_;
+  // numworkers sessions, shared by the worker threads and sign_here: at most that many token calls
+  // at once. Taken and given back under mu_.
+  std::vector<std::unique_ptr<WorkerSession>> sessions_;
+  std::vector<WorkerSession*> free_;
+  Clock::duration sign_time_ = kSignHereMax;  // moving average of C_SignInit + C_Sign
   std::vector<std::thread> workers_;
   std::thread recovery_;
   int failures_ = 0;

@@ -534,6 +534,54 @@ class HungToken(FaultsBase):
         self.assertEqual(st, 200, body)
         self.assertTrue(self.alive())
 
+    def test_4b_hung_sign_on_the_network_thread(self):
+        # A keep-alive connection that is the only one signing makes the daemon sign on its network
+        # thread (token_sign with IoStandby). A hang there must not stop the daemon: the standby thread
+        # takes the network over, the hung request still gets its 504 in time, other tokens are served.
+        conn = self.daemon.connect()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.3:
+            st, _, body = self.daemon.request("POST", "/v1/keys/ec256/sign", {
+                "mechanism": "CKM_ECDSA", "input": base64.b64encode(hashlib.sha256(b"solo").digest()).decode()},
+                conn=conn)
+            self.assertEqual(st, 200, body)
+        self.set_faults(hang_ms=4000, fault_label=self.st.token_label)
+        result = {}
+
+        def hung():
+            t = time.monotonic()
+            st, _, body = self.daemon.request("POST", "/v1/keys/ec256/sign", {
+                "mechanism": "CKM_ECDSA", "input": base64.b64encode(hashlib.sha256(b"hung").digest()).decode()},
+                conn=conn)
+            result.update(status=st, secs=time.monotonic() - t, body=body)
+
+        th = threading.Thread(target=hung)
+        th.start()
+        time.sleep(0.3)
+        lat = []
+        for i in range(10):
+            t = time.monotonic()
+            st, _, body = self.daemon.sign("ec2", "CKM_ECDSA", hashlib.sha256(bytes([i])).digest())
+            lat.append(time.monotonic() - t)
+            self.assertEqual(st, 200, body)
+        th.join(30)
+        conn.close()
+        measure("4b.hung sign on the network thread", f"{result['status']} after {result['secs']:.2f} s")
+        measure("4b.other token max latency meanwhile (s)", f"{max(lat):.3f}")
+        self.assertIn("a standby thread serves the network", self.daemon.log())
+        self.assertEqual(result["status"], 504, result["body"])
+        self.assertLess(result["secs"], 2 + 1.5)
+        self.assertGreaterEqual(result["secs"], 1.8)
+        self.set_faults()
+        t0 = time.monotonic()
+        while True:
+            st, _, body = self.daemon.sign("ec256", "CKM_ECDSA", hashlib.sha256(b"after").digest())
+            if st == 200 or time.monotonic() - t0 > 15:
+                break
+            time.sleep(0.1)
+        self.assertEqual(st, 200, body)
+        self.assertTrue(self.alive())
+
 
 # ---- 5. wrong PIN at start -----------------------------------------------------------------------------------
 class WrongPinAtStart(FaultsBase):
