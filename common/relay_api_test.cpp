@@ -1,6 +1,7 @@
 #include "common/relay_api.h"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 using namespace p11relay;
 using namespace p11relay::relay;
@@ -125,4 +126,29 @@ TEST_CASE("policy problem codes map to their CKR") {
   CHECK(decode_problem(403, encode_problem(Error(ErrorCode::policy_denied, "x"))).code == ErrorCode::policy_denied);
   CHECK(decode_problem(409, encode_problem(Error(ErrorCode::not_pending, "x"))).http_status == 409);
   CHECK(decode_problem(429, "not json").code == ErrorCode::quota);
+}
+
+TEST_CASE("the common sign request and response take the direct path and read as the json ones") {
+  SignRequest r;
+  r.mechanism = "CKM_ECDSA";
+  r.input = Bytes(32, 0xab);
+  r.digest_alg = HashAlg::sha256;
+  std::string direct = encode_sign_request(r);
+  nlohmann::json j = {{"mechanism", "CKM_ECDSA"}, {"input", base64_encode(r.input)}, {"digest", "sha256"}};
+  CHECK(direct == j.dump());
+  r.digest_alg.reset();
+  CHECK(encode_sign_request(r) == nlohmann::json({{"mechanism", "CKM_ECDSA"}, {"input", base64_encode(r.input)}}).dump());
+  auto d = decode_sign_request(direct);
+  REQUIRE(d.ok());
+  CHECK(d->input == Bytes(32, 0xab));
+  CHECK(d->digest_alg == HashAlg::sha256);
+  // A mechanism name that would need escaping goes through the json writer.
+  r.mechanism = "CKM_\"X";
+  CHECK(nlohmann::json::parse(encode_sign_request(r))["mechanism"] == "CKM_\"X");
+
+  Bytes sig = {1, 2, 3, 250};
+  CHECK(*decode_sign_response(encode_sign_response(sig)) == sig);
+  CHECK(*decode_sign_response(R"({ "signature" : "AQID+g==" })") == sig);  // other spacing: the parser
+  CHECK_FALSE(decode_sign_response(R"({"signature":"AQID+g="})").ok());    // bad base64 either way
+  CHECK_FALSE(decode_sign_response(R"({"signature":"AQ\"ID"})").ok());
 }

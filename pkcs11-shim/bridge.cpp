@@ -543,17 +543,20 @@ Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pu
   const std::string& name = op.key->desc.name;
   auto t0 = Clock::now();
   auto sig = m.transport().sign(name, req);
-  char ms[32];
-  std::snprintf(ms, sizeof ms, "%.2f",
-                std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0);
+  auto ms = [t0] {  // formatted only when a line is logged
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f",
+                  std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0);
+    return std::string(buf);
+  };
   if (!sig.ok()) {
     Error e = sig.take_error();
-    SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " + ms +
+    SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " + ms() +
                           " ms: " + e.message + " (" + ckr_text(e.ckr) + ")");
     if (e.ckr == CKR_OK) e.ckr = CKR_DEVICE_ERROR;
     return e;
   }
-  SHIM_LOG(debug, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " ok in " + ms + " ms");
+  SHIM_LOG(debug, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " ok in " + ms() + " ms");
   Bytes out = std::move(sig).value();
   size_t want = op.key->signature_size;
   if (op.mech->kind != SignKind::ecdsa && out.size() < want) out.insert(out.begin(), want - out.size(), 0);
