@@ -2,7 +2,9 @@
 
 #include "common/digest.h"
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs7.h>
 #include <openssl/x509v3.h>
@@ -150,6 +152,78 @@ Result<EVP_PKEY_ptr> parse_spki(std::span<const std::uint8_t> der) {
     return bad_request("not a DER SubjectPublicKeyInfo");
   }
   return key;
+}
+
+namespace {
+
+Result<EVP_PKEY_ptr> public_key_from_params(const char* type, OSSL_PARAM_BLD* bld) {
+  OSSL_PARAM* params = bld ? OSSL_PARAM_BLD_to_param(bld) : nullptr;
+  EVP_PKEY_CTX_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
+  EVP_PKEY* key = nullptr;
+  bool ok = params && ctx && EVP_PKEY_fromdata_init(ctx.get()) == 1 &&
+            EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, params) == 1;
+  OSSL_PARAM_free(params);
+  OSSL_PARAM_BLD_free(bld);
+  if (!ok) {
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return bad_request(std::string("the token's ") + type + " public key attributes do not form a key");
+  }
+  return EVP_PKEY_ptr(key);
+}
+
+}  // namespace
+
+Result<EVP_PKEY_ptr> rsa_public_key(std::span<const std::uint8_t> modulus, std::span<const std::uint8_t> exponent) {
+  if (modulus.empty() || exponent.empty() || modulus.size() > 2048 || exponent.size() > 64)
+    return bad_request("RSA public key attributes missing or out of range");
+  BIGNUM* n = BN_bin2bn(modulus.data(), static_cast<int>(modulus.size()), nullptr);
+  BIGNUM* e = BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr);
+  OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
+  if (!n || !e || !bld || OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1) {
+    OSSL_PARAM_BLD_free(bld);
+    bld = nullptr;
+  }
+  auto key = public_key_from_params("RSA", bld);  // the params hold copies of n and e
+  BN_free(n);
+  BN_free(e);
+  return key;
+}
+
+Result<EVP_PKEY_ptr> ec_public_key(std::span<const std::uint8_t> ec_params, std::span<const std::uint8_t> ec_point) {
+  // ECParameters ::= CHOICE { namedCurve OBJECT IDENTIFIER, ... }: only named curves are served.
+  const unsigned char* p = ec_params.data();
+  ASN1_OBJECT* oid = d2i_ASN1_OBJECT(nullptr, &p, static_cast<long>(ec_params.size()));
+  int nid = oid && p == ec_params.data() + ec_params.size() ? OBJ_obj2nid(oid) : NID_undef;
+  ASN1_OBJECT_free(oid);
+  const char* group = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
+  if (!group) {
+    ERR_clear_error();
+    return bad_request("CKA_EC_PARAMS does not name a known curve");
+  }
+  // CKA_EC_POINT is a DER OCTET STRING holding the point; some tokens return the bare point. A bare
+  // uncompressed point starts with 0x04 as well, so both readings are tried (the DER one first).
+  std::vector<Bytes> candidates;
+  p = ec_point.data();
+  ASN1_OCTET_STRING* os = d2i_ASN1_OCTET_STRING(nullptr, &p, static_cast<long>(ec_point.size()));
+  if (os && p == ec_point.data() + ec_point.size())
+    candidates.emplace_back(ASN1_STRING_get0_data(os), ASN1_STRING_get0_data(os) + ASN1_STRING_length(os));
+  ASN1_OCTET_STRING_free(os);
+  ERR_clear_error();
+  candidates.emplace_back(ec_point.begin(), ec_point.end());
+  for (const Bytes& point : candidates) {
+    if (point.empty()) continue;
+    OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
+    if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
+      OSSL_PARAM_BLD_free(bld);
+      bld = nullptr;
+    }
+    auto key = public_key_from_params("EC", bld);
+    if (key.ok()) return key;
+  }
+  return bad_request("CKA_EC_POINT is not a point on the curve CKA_EC_PARAMS names");
 }
 
 std::string spki_fingerprint(X509* cert) { return to_hex(hash(HashAlg::sha256, spki_der(cert))); }

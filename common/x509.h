@@ -20,6 +20,11 @@ std::string x509_pem(X509* cert);
 Bytes spki_der(X509* cert);
 Bytes spki_der(EVP_PKEY* key);
 Result<EVP_PKEY_ptr> parse_spki(std::span<const std::uint8_t> der);
+// Public keys from the attributes a PKCS#11 token gives (big-endian CKA_MODULUS / CKA_PUBLIC_EXPONENT;
+// DER CKA_EC_PARAMS naming a curve and CKA_EC_POINT, DER OCTET STRING per the spec or the raw point as
+// some tokens return it).
+Result<EVP_PKEY_ptr> rsa_public_key(std::span<const std::uint8_t> modulus, std::span<const std::uint8_t> exponent);
+Result<EVP_PKEY_ptr> ec_public_key(std::span<const std::uint8_t> ec_params, std::span<const std::uint8_t> ec_point);
 // Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo: the client identity relic uses.
 std::string spki_fingerprint(X509* cert);
 // RFC 2253 style ("CN=rsa2048") and OpenSSL slash style ("/CN=rsa2048").

@@ -39,6 +39,55 @@ std::string trim_padded(const unsigned char* s, size_t n) {
   return out;
 }
 
+// One attribute's value; empty when the object does not have it (or it is sensitive or absurdly long).
+Bytes get_attribute(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type) {
+  CK_ATTRIBUTE a{type, nullptr, 0};
+  if (fl->C_GetAttributeValue(s, h, &a, 1) != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+      a.ulValueLen > 65536)
+    return {};
+  Bytes v(a.ulValueLen);
+  a.pValue = v.data();
+  if (fl->C_GetAttributeValue(s, h, &a, 1) != CKR_OK) return {};
+  v.resize(a.ulValueLen);
+  return v;
+}
+
+// The first object of class `cls` with this CKA_ID (or, for a key without one, this label).
+CK_OBJECT_HANDLE find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const Bytes& id,
+                             const std::string& label) {
+  std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof cls}};
+  if (!id.empty()) tmpl.push_back({CKA_ID, const_cast<uint8_t*>(id.data()), id.size()});
+  else tmpl.push_back({CKA_LABEL, const_cast<char*>(label.data()), label.size()});
+  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  CK_ULONG n = 0;
+  if (fl->C_FindObjectsInit(s, tmpl.data(), tmpl.size()) != CKR_OK) return CK_INVALID_HANDLE;
+  if (fl->C_FindObjects(s, &h, 1, &n) != CKR_OK || n != 1) h = CK_INVALID_HANDLE;
+  fl->C_FindObjectsFinal(s);
+  return h;
+}
+
+// A key's public half read through the function list: from its public-key object, else (RSA) from the
+// private-key object's public attributes. (libp11 0.4.12's PKCS11_get_public_key leaks the objects it
+// makes for this, and with them the slot list: LeakSanitizer, upstream libp11 PR #566.)
+EVP_PKEY_ptr read_public_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, const Bytes& id, const std::string& label) {
+  CK_OBJECT_HANDLE priv = find_object(fl, s, CKO_PRIVATE_KEY, id, label);
+  CK_OBJECT_HANDLE pub = find_object(fl, s, CKO_PUBLIC_KEY, id, label);
+  for (CK_OBJECT_HANDLE h : {pub, priv}) {
+    if (h == CK_INVALID_HANDLE) continue;
+    Bytes type = get_attribute(fl, s, h, CKA_KEY_TYPE);
+    if (type.size() != sizeof(CK_KEY_TYPE)) continue;
+    CK_KEY_TYPE kt;
+    std::memcpy(&kt, type.data(), sizeof kt);
+    Result<EVP_PKEY_ptr> key = bad_request("unsupported key type");
+    if (kt == CKK_RSA)
+      key = rsa_public_key(get_attribute(fl, s, h, CKA_MODULUS), get_attribute(fl, s, h, CKA_PUBLIC_EXPONENT));
+    else if (kt == CKK_EC)
+      key = ec_public_key(get_attribute(fl, s, h, CKA_EC_PARAMS), get_attribute(fl, s, h, CKA_EC_POINT));
+    if (key.ok()) return std::move(key).value();
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 // A loaded PKCS#11 module. libp11 loads it (C_Initialize included) and we use libp11 for slot and
@@ -352,16 +401,7 @@ Status Token::open_locked() {
     }
     // Public key: from the token if it can give one, else from the certificate (LESSONS.md #12: a
     // token holding only the private key and a certificate must still work).
-    EVP_PKEY* tokpub = PKCS11_get_public_key(const_cast<PKCS11_KEY*>(match));
-    ERR_clear_error();
-    if (tokpub) {
-      // The caller owns the EVP_PKEY libp11 0.4.12 returns (LeakSanitizer found it unreferenced after the
-      // slots were released): copy it through DER, then drop our reference.
-      Bytes der = spki_der(tokpub);
-      EVP_PKEY_free(tokpub);
-      auto parsed = parse_spki(der);
-      if (parsed.ok()) sk->public_key = std::move(parsed).value();
-    }
+    sk->public_key = read_public_key(fl, s, id, match->label ? match->label : "");
     if (!sk->public_key && !sk->chain.empty()) {
       EVP_PKEY* cp = X509_get_pubkey(sk->chain[0].get());
       sk->public_key.reset(cp);
