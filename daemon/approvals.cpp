@@ -314,6 +314,14 @@ bool Approvals::watch(const std::string& id, const std::string& state, std::func
   return true;
 }
 
+void Approvals::drop_watchers() {
+  std::map<std::string, std::vector<std::function<void()>>> dropped;
+  {
+    std::lock_guard lock(mu_);
+    dropped.swap(watchers_);
+  }
+}
+
 size_t Approvals::size() {
   std::lock_guard lock(mu_);
   return requests_.size();

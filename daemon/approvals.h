@@ -97,6 +97,10 @@ class Approvals {
 
   size_t size();
 
+  // Drops every watcher without waking it: at shutdown, once the io_context has stopped, because the
+  // watchers hold timers of that io_context, which is destroyed before this object.
+  void drop_watchers();
+
  private:
   std::optional<HeldRequest> lookup_locked(const std::string& id, int64_t now);
   HeldRequest* find_identity_locked(const std::string& idem, int64_t now);

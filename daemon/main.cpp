@@ -249,6 +249,9 @@ int run(const std::string& config_path, const std::string& listen_override, cons
   for (auto& t : threads) t.join();
   svc.standby.reset();
   for (auto& [n, t] : svc.tokens) t->stop();
+  // Long-polls and relic /sign calls waiting for an approval left timers of `io` in the watchers; they
+  // must go before `io` does (ASan: heap-use-after-free at exit).
+  if (svc.approvals) svc.approvals->drop_watchers();
   return 0;
 }
 
