@@ -48,7 +48,7 @@ def foreign_env(env: dict) -> dict:
         return env
     env = dict(env)
     env["LD_PRELOAD"] = SANITIZER_PRELOAD
-    env["ASAN_OPTIONS"] = "detect_leaks=0:" + env.get("ASAN_OPTIONS", "")
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"  # the last setting wins
     return env
 
 ALL_KEYS = provision.DEFAULT_KEYS + (

@@ -95,7 +95,7 @@ class PolicyE2E(unittest.TestCase):
         self.data.write_bytes(f"{self.id()}: signed only after an administrator said yes\n".encode() * 100)
         return subprocess.Popen([PKCS11_TOOL, "--module", SHIM, "--login", "--pin", PIN, "-s", "-m", mech,
                                  "--id", key_id, "-i", str(self.data), "-o", str(sig)],
-                                env=self.env(P11RELAY_CONFIG=str(self.shim_cfg)),
+                                env=harness.foreign_env(self.env(P11RELAY_CONFIG=str(self.shim_cfg))),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def requests(self, config, *extra) -> list:
