@@ -37,6 +37,9 @@ struct Config {
 // Finds the config: $P11RELAY_CONFIG, else $XDG_CONFIG_HOME/p11relay/client.yml (~/.config/...),
 // else /etc/p11relay/client.yml. Errors name the file and the problem.
 Result<Config> load_config(const std::string& explicit_path = {});
+// Whether load_config() has anything to load: $P11RELAY_CONFIG is set or one of the files exists. The module
+// registered with p11-kit for every user stays silent (no slots, no message) for users without one.
+bool config_present();
 Result<Config> parse_config(const std::string& yaml_text, const std::string& source_name);
 
 class Client {

@@ -207,33 +207,46 @@ Result<Config> parse_config(const std::string& yaml_text, const std::string& sou
   }
 }
 
+namespace {
+
+std::vector<std::string> config_candidates() {
+  std::vector<std::string> candidates;
+  const char* xdg = std::getenv("XDG_CONFIG_HOME");
+  const char* home = std::getenv("HOME");
+  if (xdg && *xdg) candidates.push_back(std::string(xdg) + "/p11relay/client.yml");
+  else if (home && *home) candidates.push_back(std::string(home) + "/.config/p11relay/client.yml");
+  candidates.push_back("/etc/p11relay/client.yml");
+  return candidates;
+}
+
+}  // namespace
+
+bool config_present() {
+  const char* env = std::getenv("P11RELAY_CONFIG");
+  if (env && *env) return true;
+  std::error_code ec;
+  for (const auto& c : config_candidates())
+    if (fs::exists(c, ec)) return true;
+  return false;
+}
+
 Result<Config> load_config(const std::string& explicit_path) {
   std::string path = explicit_path;
-  std::vector<std::string> tried;
   if (path.empty()) {
     const char* env = std::getenv("P11RELAY_CONFIG");
     if (env && *env) path = env;
   }
   if (path.empty()) {
-    std::vector<std::string> candidates;
-    const char* xdg = std::getenv("XDG_CONFIG_HOME");
-    const char* home = std::getenv("HOME");
-    if (xdg && *xdg) candidates.push_back(std::string(xdg) + "/p11relay/client.yml");
-    else if (home && *home) candidates.push_back(std::string(home) + "/.config/p11relay/client.yml");
-    candidates.push_back("/etc/p11relay/client.yml");
-    for (const auto& c : candidates) {
+    std::string tried;
+    for (const auto& c : config_candidates()) {
       std::error_code ec;
-      tried.push_back(c);
       if (fs::exists(c, ec)) {
         path = c;
         break;
       }
+      tried += (tried.empty() ? "" : ", ") + c;
     }
-    if (path.empty()) {
-      std::string list;
-      for (const auto& t : tried) list += (list.empty() ? "" : ", ") + t;
-      return config_error("no client configuration: set P11RELAY_CONFIG or create one of " + list);
-    }
+    if (path.empty()) return config_error("no client configuration: set P11RELAY_CONFIG or create one of " + tried);
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return config_error(path + ": cannot be read");

@@ -135,7 +135,21 @@ std::string ckr_text(CK_RV rv) {
 // ---------------------------------------------------------------------------------------------
 // General purpose
 
+// The module p11-kit loads for a user who has no client configuration: no slots and not a word on stderr
+// (every p11-kit program would print it). C_GetInfo says why the list is empty.
+class UnconfiguredTransport : public Transport {
+ public:
+  Result<std::vector<relay::KeyDescription>> list_keys() override { return std::vector<relay::KeyDescription>{}; }
+  Result<Bytes> sign(const std::string&, const relay::SignRequest&) override {
+    return config_error("no client configuration");
+  }
+};
+
 Result<std::unique_ptr<Module>> default_module_factory() {
+  if (!client::config_present()) {
+    logger().open("", LogLevel::off);
+    return std::make_unique<Module>(client::Config{}, std::make_unique<UnconfiguredTransport>());
+  }
   auto config = client::load_config();
   if (!config.ok()) {
     // No log file is known yet: this one line goes to stderr (never stdout).
@@ -198,7 +212,8 @@ Status GetInfo(CK_INFO_PTR pInfo) {
   pInfo->cryptokiVersion = {CRYPTOKI_VERSION_MAJOR, CRYPTOKI_VERSION_MINOR};
   pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID, "p11relay");
   pInfo->flags = 0;
-  pad(pInfo->libraryDescription, sizeof pInfo->libraryDescription, "p11relay remote signing token");
+  pad(pInfo->libraryDescription, sizeof pInfo->libraryDescription,
+      m->config().source.empty() ? "p11relay (no client config)" : "p11relay remote signing token");
   pInfo->libraryVersion = {0, 1};
   return {};
 }

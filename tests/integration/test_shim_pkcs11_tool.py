@@ -3,6 +3,7 @@
 objects, sign with SHA256-RSA-PKCS, RSA-PKCS-PSS, SHA256-RSA-PKCS-PSS and ECDSA-SHA256, verify with openssl
 against the certificate."""
 import hashlib
+from pathlib import Path
 
 from shim_util import PIN, TOKEN_LABEL, ShimTest, main, run
 
@@ -102,6 +103,22 @@ class PkcsToolTest(ShimTest):
         self.assertIn("CKR_GENERAL_ERROR", err)
         self.assertIn(f"{bad}:2: unknown key 'colour' in 'remote'", err)
         self.assertNotIn(b"p11relay-pkcs11", p.stdout)  # never on stdout
+
+    def test_no_config_at_all_is_silent_and_has_no_slots(self):
+        # What every p11-kit program does for a user without a client config once the package registered
+        # the module: no slots, no stderr line; C_GetInfo says why.
+        if Path("/etc/p11relay/client.yml").exists():
+            self.skipTest("/etc/p11relay/client.yml exists on this machine")
+        home = self.tmp / "empty-home"
+        home.mkdir(exist_ok=True)
+        env = {k: v for k, v in self.env.items() if k not in ("P11RELAY_CONFIG", "XDG_CONFIG_HOME")}
+        env["HOME"] = str(home)
+        listed = self.pkcs11_tool("-L", env=env, check=False)  # pkcs11-tool exits 1 on "No slots."
+        self.assertEqual(listed.stderr.replace(b"No slots.\n", b""), b"")  # pkcs11-tool's own line only
+        self.assertNotIn(TOKEN_LABEL, listed.stdout.decode())
+        info = self.pkcs11_tool("-I", env=env, check=False).stdout.decode()
+        self.assertIn("p11relay (no client config)", info)
+        self.assertIn(b"p11relay remote signing token", self.pkcs11_tool("-I").stdout)  # configured
 
 
 if __name__ == "__main__":
