@@ -52,26 +52,32 @@ Bytes get_attribute(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_HAND
   return v;
 }
 
-// The first object of class `cls` with this CKA_ID (or, for a key without one, this label).
-CK_OBJECT_HANDLE find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const Bytes& id,
-                             const std::string& label) {
+// Finds the first object of class `cls` with this CKA_ID and this CKA_LABEL (each only when not empty).
+// `found` is CK_INVALID_HANDLE when there is none or the search failed (the CK_RV says which).
+CK_RV find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const Bytes& id,
+                  const std::string& label, CK_OBJECT_HANDLE& found) {
   std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof cls}};
   if (!id.empty()) tmpl.push_back({CKA_ID, const_cast<uint8_t*>(id.data()), id.size()});
-  else tmpl.push_back({CKA_LABEL, const_cast<char*>(label.data()), label.size()});
-  CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+  if (!label.empty()) tmpl.push_back({CKA_LABEL, const_cast<char*>(label.data()), label.size()});
+  found = CK_INVALID_HANDLE;
+  CK_RV rv = fl->C_FindObjectsInit(s, tmpl.data(), tmpl.size());
+  if (rv != CKR_OK) return rv;
   CK_ULONG n = 0;
-  if (fl->C_FindObjectsInit(s, tmpl.data(), tmpl.size()) != CKR_OK) return CK_INVALID_HANDLE;
-  if (fl->C_FindObjects(s, &h, 1, &n) != CKR_OK || n != 1) h = CK_INVALID_HANDLE;
+  rv = fl->C_FindObjects(s, &found, 1, &n);
   fl->C_FindObjectsFinal(s);
-  return h;
+  if (rv != CKR_OK || n != 1) found = CK_INVALID_HANDLE;
+  return rv;
 }
 
 // A key's public half read through the function list: from its public-key object, else (RSA) from the
 // private-key object's public attributes. (libp11 0.4.12's PKCS11_get_public_key leaks the objects it
 // makes for this, and with them the slot list: LeakSanitizer, upstream libp11 PR #566.)
 EVP_PKEY_ptr read_public_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, const Bytes& id, const std::string& label) {
-  CK_OBJECT_HANDLE priv = find_object(fl, s, CKO_PRIVATE_KEY, id, label);
-  CK_OBJECT_HANDLE pub = find_object(fl, s, CKO_PUBLIC_KEY, id, label);
+  // By CKA_ID alone (the public key's label may differ), by label for a key without an ID.
+  std::string by_label = id.empty() ? label : "";
+  CK_OBJECT_HANDLE priv, pub;
+  find_object(fl, s, CKO_PRIVATE_KEY, id, by_label, priv);
+  find_object(fl, s, CKO_PUBLIC_KEY, id, by_label, pub);
   for (CK_OBJECT_HANDLE h : {pub, priv}) {
     if (h == CK_INVALID_HANDLE) continue;
     Bytes type = get_attribute(fl, s, h, CKA_KEY_TYPE);
@@ -709,20 +715,11 @@ Result<Bytes> Token::run_sign(WorkerSession& ws, const SignJob& job) {
   if (it == ws.handles.end()) {
     std::shared_ptr<const ServedKey> sk = key(job.key);
     if (!sk) return Error(ErrorCode::forbidden, "key is not served");
-    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    std::vector<CK_ATTRIBUTE> tmpl = {{CKA_CLASS, &cls, sizeof cls}};
-    Bytes id = sk->description.id;
-    if (!id.empty()) tmpl.push_back({CKA_ID, id.data(), id.size()});
-    std::string label = sk->description.label;
-    if (!label.empty()) tmpl.push_back({CKA_LABEL, label.data(), label.size()});
-    CK_RV rv = fl->C_FindObjectsInit(ws.session, tmpl.data(), tmpl.size());
-    if (rv != CKR_OK) return Error(ErrorCode::device_error, "C_FindObjectsInit failed: " + ckr_hex(rv), rv);
-    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-    CK_ULONG n = 0;
-    rv = fl->C_FindObjects(ws.session, &h, 1, &n);
-    fl->C_FindObjectsFinal(ws.session);
-    if (rv != CKR_OK) return Error(ErrorCode::device_error, "C_FindObjects failed: " + ckr_hex(rv), rv);
-    if (n != 1) return Error(ErrorCode::device_error, "private key object vanished from the token", CKR_KEY_HANDLE_INVALID);
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = find_object(fl, ws.session, CKO_PRIVATE_KEY, sk->description.id, sk->description.label, h);
+    if (rv != CKR_OK) return Error(ErrorCode::device_error, "finding the private key failed: " + ckr_hex(rv), rv);
+    if (h == CK_INVALID_HANDLE)
+      return Error(ErrorCode::device_error, "private key object vanished from the token", CKR_KEY_HANDLE_INVALID);
     it = ws.handles.emplace(job.key, h).first;
   }
 

@@ -13,7 +13,7 @@ import unittest
 from pathlib import Path
 
 import harness
-from harness import DaemonTest, openssl_verify, ecdsa_raw_to_der
+from harness import DaemonTest, KeySpec, openssl_verify, ecdsa_raw_to_der
 
 RELIC = "https://relic.sas.com/"
 
@@ -217,6 +217,38 @@ class RelayApi(DaemonTest):
                                                     "input": base64.b64encode(self.digest(bytes([i]))).decode()})
             self.assertEqual(st, 200)
         conn.close()
+
+
+class KeysWithoutPublicKeyObjects(DaemonTest):
+    """A token holding only private keys (LESSONS.md #12). The daemon reads an RSA key's public half from the
+    private key's CKA_MODULUS/CKA_PUBLIC_EXPONENT (rsabare has no certificate anywhere, so nothing else could
+    give it) and an EC key's from the certificate on the token; both are served and sign verifiably."""
+    keys = (KeySpec("rsabare", "21", "rsa:2048", config_cert=False, cert_on_token=False, public_on_token=False),
+            KeySpec("ecnopub", "22", "EC:prime256v1", config_cert=False, public_on_token=False))
+
+    def spki_of(self, certfile) -> bytes:
+        pem = subprocess.run(["openssl", "x509", "-in", str(certfile), "-pubkey", "-noout"], check=True,
+                             capture_output=True).stdout
+        return subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pem, check=True,
+                              capture_output=True).stdout
+
+    def test_both_keys_are_served_with_the_right_public_key_and_sign(self):
+        st, _, body = self.daemon.request("GET", "/v1/keys")
+        self.assertEqual(st, 200, body)
+        keys = {k["name"]: k for k in json.loads(body)["keys"]}
+        self.assertEqual(set(keys), {"rsabare", "ecnopub"}, self.daemon.log()[-2000:])
+        self.assertEqual(keys["rsabare"]["certificates"], [])
+        for name in keys:
+            self.assertEqual(base64.b64decode(keys[name]["spki"]), self.spki_of(self.st.keys[name].certfile), name)
+        d = hashlib.sha256(b"no public key object").digest()
+        st, _, body = self.daemon.sign("rsabare", "CKM_RSA_PKCS", bytes.fromhex("3031300d060960864801650304020105000420") + d)
+        self.assertEqual(st, 200, body)
+        self.assertTrue(openssl_verify(self.st.keys["rsabare"].certfile, d, base64.b64decode(json.loads(body)["signature"]),
+                                       self.tmp))
+        st, _, body = self.daemon.sign("ecnopub", "CKM_ECDSA", d)
+        self.assertEqual(st, 200, body)
+        raw = base64.b64decode(json.loads(body)["signature"])
+        self.assertTrue(openssl_verify(self.st.keys["ecnopub"].certfile, d, ecdsa_raw_to_der(raw), self.tmp))
 
 
 class Timeouts(DaemonTest):
