@@ -89,20 +89,23 @@ Result<HeldRequest> decode_held(std::string_view text) {
   if (!valid_id(r.info.id)) return bad("bad id");
   try {
     r.kind = j.at("kind").get<std::string>();
-    r.mech = j.at("mech").get<CK_MECHANISM_TYPE>();
+    auto mech = json_integer(j, "mech"), created = json_integer(j, "created"), expires = json_integer(j, "expires");
+    if (!mech || *mech < 0 || !created || !expires) return bad("mech, created and expires must be integers");
+    r.mech = static_cast<CK_MECHANISM_TYPE>(*mech);
+    r.created = *created;
+    r.expires = *expires;
     auto input = base64_decode(j.at("input").get<std::string>());
     if (!input) return bad("bad input");
     r.input = *input;
     if (j.contains("pss")) {
       const auto& p = j["pss"];
       auto h = hash_by_name(p.at("hash").get<std::string>()), m = hash_by_name(p.at("mgf").get<std::string>());
-      if (!h || !m) return bad("bad pss parameters");
-      r.pss = relay::PssParams{*h, *m, p.at("salt_length").get<unsigned long>()};
+      auto salt = json_integer(p, "salt_length");
+      if (!h || !m || !salt || *salt < 0) return bad("bad pss parameters");
+      r.pss = relay::PssParams{*h, *m, static_cast<unsigned long>(*salt)};
     }
     r.digest_name = j.value("digest_name", "");
     r.idem = j.at("idem").get<std::string>();
-    r.created = j.at("created").get<int64_t>();
-    r.expires = j.at("expires").get<int64_t>();
     r.client_entry = j.value("client_entry", "");
     r.approver_fingerprint = j.value("approver_fingerprint", "");
   } catch (const json::exception& e) {

@@ -170,10 +170,11 @@ Status Quotas::load(std::time_t now) {
   for (const auto& [name, v] : j.items()) {
     if (!v.is_object()) continue;
     Counter c;
-    c.hour = v.value("hour", int64_t{0});
-    c.day = v.value("day", int64_t{0});
-    c.in_hour = c.hour == hour ? v.value("in_hour", 0) : 0;
-    c.in_day = c.day == day ? v.value("in_day", 0) : 0;
+    c.hour = json_integer(v, "hour").value_or(0);
+    c.day = json_integer(v, "day").value_or(0);
+    auto count = [&](const char* key) { return static_cast<int>(std::clamp<int64_t>(json_integer(v, key).value_or(0), 0, INT32_MAX)); };
+    c.in_hour = c.hour == hour ? count("in_hour") : 0;
+    c.in_day = c.day == day ? count("in_day") : 0;
     if (c.in_hour > 0 || c.in_day > 0) counters_[name] = c;
   }
   return {};

@@ -4,6 +4,7 @@
 #include "tests/test_util.h"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -175,6 +176,13 @@ TEST_CASE("quota counters persist; a corrupted file is reported and ignored") {
   Quotas q(file);
   CHECK_FALSE(q.load(t).ok());
   CHECK(q.take("c", "k", p, t).ok());
+  // Mistyped and out-of-range numbers count as zero (were: an exception out of load(), or a float converted
+  // with undefined behaviour).
+  std::ofstream(file, std::ios::trunc) << R"({"a":{"hour":"x","day":1e300,"in_hour":[],"in_day":1e30},)"
+                                       << R"("b":{"hour":18446744073709551615,"in_hour":-7}})";
+  Quotas hostile(file);
+  CHECK(hostile.load(t).ok());
+  CHECK(hostile.take("a", "k", p, t).ok());
 }
 
 TEST_CASE("decision bodies") {
@@ -322,6 +330,24 @@ TEST_CASE("state file round trip and hostile content") {
                           "\"mech\":1,\"input\":\"\",\"idem\":\"\",\"created\":1,\"expires\":2}",
                           "{\"request\":{\"id\":\"r-0123456789abcdef\",\"state\":\"pending\"},\"kind\":5}"})
     CHECK_MESSAGE(!decode_held(bad).ok(), bad);
+  // Numbers that are not integers in range (fuzz_approvals: a float 'created' was converted with undefined
+  // behaviour); UBSan in CI's sanitizer run would stop here before the fix.
+  std::string good = encode_held(h);
+  auto with = [&](const std::string& field, const std::string& value) {
+    auto j = nlohmann::json::parse(good);
+    if (field == "salt_length") j["pss"][field] = nlohmann::json::parse(value);
+    else j[field] = nlohmann::json::parse(value);
+    return j.dump();
+  };
+  for (const char* field : {"created", "expires", "mech", "salt_length"})
+    for (const char* value : {"1e30", "-1e300", "1.5", "\"7\"", "18446744073709551615", "null"}) {
+      CAPTURE(field);
+      CAPTURE(value);
+      CHECK_FALSE(decode_held(with(field, value)).ok());
+    }
+  CHECK_FALSE(decode_held(with("mech", "-1")).ok());
+  CHECK_FALSE(decode_held(with("salt_length", "-1")).ok());
+  CHECK(decode_held(with("created", "-5")).ok());  // an integer, even a strange one, is a valid time
 }
 
 TEST_CASE("expire_due expires unread requests at their expiry and wakes their waiters; signing ones wait") {

@@ -1,5 +1,7 @@
 #include "daemon/statefile.h"
 
+#include <nlohmann/json.hpp>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -74,6 +76,18 @@ std::vector<std::string> list_state_files(const std::string& dir, std::string_vi
       out.push_back(e.path().string());
   }
   return out;
+}
+
+std::optional<std::int64_t> json_integer(const nlohmann::json& object, const char* key) {
+  if (!object.is_object()) return std::nullopt;
+  auto it = object.find(key);
+  if (it == object.end()) return std::nullopt;
+  if (it->is_number_unsigned())
+    return it->get<std::uint64_t>() <= static_cast<std::uint64_t>(INT64_MAX)
+               ? std::optional<std::int64_t>(static_cast<std::int64_t>(it->get<std::uint64_t>()))
+               : std::nullopt;
+  if (it->is_number_integer()) return it->get<std::int64_t>();
+  return std::nullopt;
 }
 
 }  // namespace p11relay::daemon
