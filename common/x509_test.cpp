@@ -63,7 +63,9 @@ TEST_CASE("rsa_public_key rebuilds the key from CKA_MODULUS and CKA_PUBLIC_EXPON
 }
 
 TEST_CASE("ec_public_key takes the DER OCTET STRING of the spec and the bare point some tokens return") {
-  for (auto [name, nid] : {std::pair{"P-256", NID_X9_62_prime256v1}, std::pair{"P-384", NID_secp384r1}}) {
+  for (const auto& curve : {std::pair{"P-256", NID_X9_62_prime256v1}, std::pair{"P-384", NID_secp384r1}}) {
+    const char* name = curve.first;
+    int nid = curve.second;
     CAPTURE(name);
     EVP_PKEY_ptr key(EVP_EC_gen(name));
     REQUIRE(key);

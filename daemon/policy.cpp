@@ -172,7 +172,9 @@ Status Quotas::load(std::time_t now) {
     Counter c;
     c.hour = json_integer(v, "hour").value_or(0);
     c.day = json_integer(v, "day").value_or(0);
-    auto count = [&](const char* key) { return static_cast<int>(std::clamp<int64_t>(json_integer(v, key).value_or(0), 0, INT32_MAX)); };
+    auto count = [&counter = v](const char* key) {  // (clang 14: a structured binding cannot be captured)
+      return static_cast<int>(std::clamp<int64_t>(json_integer(counter, key).value_or(0), 0, INT32_MAX));
+    };
     c.in_hour = c.hour == hour ? count("in_hour") : 0;
     c.in_day = c.day == day ? count("in_day") : 0;
     if (c.in_hour > 0 || c.in_day > 0) counters_[name] = c;

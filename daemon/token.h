@@ -134,7 +134,6 @@ class Token : public std::enable_shared_from_this<Token> {
   Clock::duration sign_time_ = kSignHereMax;  // moving average of C_SignInit + C_Sign
   std::vector<std::thread> workers_;
   std::thread recovery_;
-  int failures_ = 0;
 };
 
 }  // namespace p11relay::daemon
