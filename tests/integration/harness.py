@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -271,9 +272,23 @@ def openssl_verify(certfile: Path, digest: bytes, signature: bytes, tmp: Path, *
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a listener the test configures itself (listenmetrics, a second address). Taken below the
+    kernel's ephemeral range: a port the kernel handed out with bind(0) and got back goes to the next bind(0)
+    soon, e.g. the daemon's own `--listen 127.0.0.1:0`, which then collided with listenmetrics."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def main():
