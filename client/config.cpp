@@ -219,34 +219,30 @@ std::vector<std::string> config_candidates() {
   return candidates;
 }
 
-}  // namespace
-
-bool config_present() {
+// $P11RELAY_CONFIG, else the first candidate that exists.
+std::optional<std::string> find_config() {
   const char* env = std::getenv("P11RELAY_CONFIG");
-  if (env && *env) return true;
+  if (env && *env) return std::string(env);
   std::error_code ec;
   for (const auto& c : config_candidates())
-    if (fs::exists(c, ec)) return true;
-  return false;
+    if (fs::exists(c, ec)) return c;
+  return std::nullopt;
 }
+
+}  // namespace
+
+bool config_present() { return find_config().has_value(); }
 
 Result<Config> load_config(const std::string& explicit_path) {
   std::string path = explicit_path;
   if (path.empty()) {
-    const char* env = std::getenv("P11RELAY_CONFIG");
-    if (env && *env) path = env;
-  }
-  if (path.empty()) {
-    std::string tried;
-    for (const auto& c : config_candidates()) {
-      std::error_code ec;
-      if (fs::exists(c, ec)) {
-        path = c;
-        break;
-      }
-      tried += (tried.empty() ? "" : ", ") + c;
+    auto found = find_config();
+    if (!found) {
+      std::string tried;
+      for (const auto& c : config_candidates()) tried += (tried.empty() ? "" : ", ") + c;
+      return config_error("no client configuration: set P11RELAY_CONFIG or create one of " + tried);
     }
-    if (path.empty()) return config_error("no client configuration: set P11RELAY_CONFIG or create one of " + tried);
+    path = *found;
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return config_error(path + ": cannot be read");
