@@ -73,11 +73,11 @@ CK_RV find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_CLASS 
 // private-key object's public attributes. (libp11 0.4.12's PKCS11_get_public_key leaks the objects it
 // makes for this, and with them the slot list: LeakSanitizer, upstream libp11 PR #566.)
 EVP_PKEY_ptr read_public_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, const Bytes& id, const std::string& label) {
-  // By CKA_ID alone (the public key's label may differ), by label for a key without an ID.
-  std::string by_label = id.empty() ? label : "";
+  // The private key as signing finds it (CKA_ID and label); its public key by CKA_ID alone (its label may
+  // differ), or by label for a key without an ID.
   CK_OBJECT_HANDLE priv, pub;
-  find_object(fl, s, CKO_PRIVATE_KEY, id, by_label, priv);
-  find_object(fl, s, CKO_PUBLIC_KEY, id, by_label, pub);
+  find_object(fl, s, CKO_PRIVATE_KEY, id, label, priv);
+  find_object(fl, s, CKO_PUBLIC_KEY, id, id.empty() ? label : std::string(), pub);
   for (CK_OBJECT_HANDLE h : {pub, priv}) {
     if (h == CK_INVALID_HANDLE) continue;
     Bytes type = get_attribute(fl, s, h, CKA_KEY_TYPE);
