@@ -2,8 +2,8 @@
 //
 // Why blocking and hand-rolled rather than Asio: this library is loaded into arbitrary PKCS#11
 // applications through the shim. It must not start threads, must not install signal handlers, must
-// survive fork() and must never raise SIGPIPE (LESSONS.md #1, #3). A plain socket per request with
-// poll() timeouts gives exactly that.
+// survive fork() and must never raise SIGPIPE (docs/architecture.md, failure modes 1 and 3). A plain socket per
+// request with poll() timeouts gives exactly that.
 #include "client/client.h"
 
 #include "common/x509.h"

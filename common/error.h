@@ -1,4 +1,4 @@
-// One error type for the whole product (see STYLE.md): it knows its PKCS#11 return value, its HTTP
+// One error type for the whole product: it knows its PKCS#11 return value, its HTTP
 // status and its problem type, so the daemon can send it as problem+json and the shim can map the same
 // document back to the same CKR_ value.
 #pragma once

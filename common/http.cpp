@@ -238,7 +238,7 @@ int RequestParser::on_header_value(http_parser* p, const char* at, size_t len) {
   self->in_value_ = true;
   if (self->req_.headers.empty()) return 1;
   // Debian's http_parser is built non-strict and lets a NUL through at the start of a value ("Host:\0x");
-  // RFC 9110 §5.5 forbids NUL, CR and LF in field values. Found by tests/fuzz/fuzz_http (issue 6).
+  // RFC 9110 §5.5 forbids NUL, CR and LF in field values. Found by tests/fuzz/fuzz_http.
   if (std::string_view(at, len).find_first_of(std::string_view("\0\r\n", 3)) != std::string_view::npos) {
     self->fail(400, "invalid character in a header value");
     return 1;

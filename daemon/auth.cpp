@@ -48,7 +48,7 @@ ClientIdentity Authenticator::identify(X509* leaf, STACK_OF(X509) * intermediate
     // A pinned certificate outside its validity period is not recognised (401), although its key is
     // listed: the TLS layer lets expired / not-yet-valid certificates through on purpose so that this
     // is a clean HTTP answer rather than a handshake alert (server.cpp verify_callback). Found by
-    // tests/integration/test_faults.py (issue 6): an expired client certificate used to be accepted.
+    // tests/integration/test_faults.py: an expired client certificate used to be accepted.
     const ASN1_TIME* nb = X509_get0_notBefore(leaf);
     const ASN1_TIME* na = X509_get0_notAfter(leaf);
     if (!nb || !na || X509_cmp_current_time(nb) >= 0 || X509_cmp_current_time(na) <= 0) {

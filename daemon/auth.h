@@ -1,4 +1,4 @@
-// Who is calling, and what may they use (relic-protocol.md §4). Identity is the SHA-256 of the
+// Who is calling, and what may they use (docs/relic-protocol.md §4). Identity is the SHA-256 of the
 // client certificate's SubjectPublicKeyInfo, computed once per connection; a client entry with a
 // `certificate` CA bundle matches certificates that chain to it. Deny by default.
 #pragma once

@@ -1,4 +1,4 @@
-// Request body decoding for relic's HTTP compression (relic-protocol.md §6): gzip and the Snappy
+// Request body decoding for relic's HTTP compression (docs/relic-protocol.md §6): gzip and the Snappy
 // framing format ("x-snappy-framed"), streaming, with an output limit (no decompression bombs).
 #pragma once
 

@@ -1,5 +1,5 @@
 // p11relayd configuration: relic's server config keys where they mean the same thing
-// (relic-protocol.md §11), plus ours. Plain structs; yaml-cpp only in config.cpp; validated at load.
+// (docs/relic-protocol.md §11), plus ours. Plain structs; yaml-cpp only in config.cpp; validated at load.
 #pragma once
 
 #include "common/bytes.h"

@@ -1,4 +1,4 @@
-// Signing policy per key (docs/policy.md, issue 8): which digests, mechanisms, relic sigtypes and
+// Signing policy per key (docs/policy.md): which digests, mechanisms, relic sigtypes and
 // time windows are allowed, whether a signature needs an administrator's approval, and quotas per
 // (client, key). Deny by default: MD5, SHA-1 and raw input that is not a digest are refused unless
 // the key's policy lists them. Plain data and pure functions; the mutable quota counters live in

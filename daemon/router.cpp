@@ -424,7 +424,7 @@ RouteDecision Router::route(RequestContext& ctx) {
     return d;
   }
 
-  // Relic API (relic-protocol.md §2).
+  // Relic API (docs/relic-protocol.md §2).
   if (p == "/health") {
     if (only("GET")) d.response = health(svc_);
     return d;

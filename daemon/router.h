@@ -17,7 +17,7 @@ class Router {
   Service& svc_;
 };
 
-// Relic-style responses (relic-protocol.md §3).
+// Relic-style responses (docs/relic-protocol.md §3).
 http::Response relic_problem(int status, const std::string& type, const std::string& detail = {},
                              const std::string& title = {}, const std::string& param = {});
 http::Response relic_unhandled();  // 500 text/plain

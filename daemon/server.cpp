@@ -26,7 +26,7 @@ namespace {
 
 int verify_callback(int preverify_ok, X509_STORE_CTX* ctx) {
   if (preverify_ok) return 1;
-  // relic semantics (relic-protocol.md §1): a client certificate is requested but not chain-verified
+  // relic semantics (docs/relic-protocol.md §1): a client certificate is requested but not chain-verified
   // at the TLS layer; identity is decided by its public key afterwards. Still refuse what no chain
   // could make acceptable: keys below the security level, broken signatures.
   switch (X509_STORE_CTX_get_error(ctx)) {
@@ -415,7 +415,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     co_return;
   }
 
-  // Identity once per connection (relic-protocol.md §4.1), and again on the first request after a
+  // Identity once per connection (docs/relic-protocol.md §4.1), and again on the first request after a
   // config reload: a removed client loses access, an added one gains it, without reconnecting.
   ClientIdentity identity;
   X509_ptr peer(SSL_get1_peer_certificate(conn->ssl));

@@ -76,7 +76,7 @@ struct RouteDecision {
   uint64_t max_body = 0;
 };
 
-// Health per relic (relic-protocol.md §2.1): counter starts at tokencheckfailures, reset when every
+// Health per relic (docs/relic-protocol.md §2.1): counter starts at tokencheckfailures, reset when every
 // token answers a ping, decremented otherwise; healthy while the counter is > 0 and the last check
 // is younger than 3 × tokencheckinterval, unless server.disabled.
 struct Health {

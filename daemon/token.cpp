@@ -336,7 +336,7 @@ Status Token::open_locked() {
   };
 
   // Keys and certificates through libp11. Some drivers show objects only a moment after login
-  // (LESSONS.md #9): enumerate a few times before giving up on a configured key.
+  // (docs/architecture.md, failure mode 9): enumerate a few times before giving up on a configured key.
   PKCS11_KEY* pkeys = nullptr;
   unsigned int npkeys = 0;
   PKCS11_CERT* certs = nullptr;
@@ -405,8 +405,8 @@ Status Token::open_locked() {
         }
       }
     }
-    // Public key: from the token if it can give one, else from the certificate (LESSONS.md #12: a
-    // token holding only the private key and a certificate must still work).
+    // Public key: from the token if it can give one, else from the certificate (docs/architecture.md, failure mode
+    // 12: a token holding only the private key and a certificate must still work).
     sk->public_key = read_public_key(fl, s, id, match->label ? match->label : "");
     if (!sk->public_key && !sk->chain.empty()) {
       EVP_PKEY* cp = X509_get_pubkey(sk->chain[0].get());

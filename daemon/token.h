@@ -1,4 +1,4 @@
-// One token, one owner (ARCHITECTURE.md principle 4). A Token opens its PKCS#11 token once through
+// One token, one owner (docs/architecture.md, invariant 5). A Token opens its PKCS#11 token once through
 // libp11, logs in with the PIN from the daemon's config, finds the configured keys and their
 // certificates, and runs signing jobs on its own worker threads (one PKCS#11 session each) from a
 // bounded queue. It re-opens and re-logs-in by itself after device errors; a wrong PIN is never

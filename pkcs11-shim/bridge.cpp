@@ -19,7 +19,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The one global (STYLE.md). atomic<shared_ptr>: a C_Finalize racing other calls leaves them holding a
+// The one global. atomic<shared_ptr>: a C_Finalize racing other calls leaves them holding a
 // live module; no lock that a fork() could copy in the locked state is taken on the hot path.
 std::atomic<std::shared_ptr<Module>> g_module;
 std::mutex g_init_mu;  // serialises C_Initialize / C_Finalize only
@@ -379,7 +379,7 @@ Status Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR 
   if (userType != CKU_USER) return ck(CKR_USER_TYPE_INVALID, "unknown user type");
   if (!pPin && ulPinLen) return ck(CKR_ARGUMENTS_BAD, "pPin is NULL");
   if (m->logged_in(s->slot)) return ck(CKR_USER_ALREADY_LOGGED_IN, "already logged in");
-  // The PIN is never forwarded (ARCHITECTURE.md principle 3): identity is the client certificate. If the
+  // The PIN is never forwarded (docs/architecture.md, invariant 1): identity is the client certificate. If the
   // client config names a PIN, it must match; the comparison is over SHA-256 digests with
   // CRYPTO_memcmp so neither content nor length leaks through timing.
   if (const auto& want = m->config().pin) {

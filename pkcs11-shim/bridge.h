@@ -64,7 +64,7 @@ Status Unsupported(CK_RV rv);
 Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv);
 Status UnsupportedInSlot(CK_SLOT_ID slotID, CK_RV rv);
 
-// Turns a bridge result into the CK_RV and logs it once (STYLE.md: LogAndResolve).
+// Turns a bridge result into the CK_RV and logs it once (kmsp11's LogAndResolve).
 CK_RV resolve(const char* function, const Status& status) noexcept;
 CK_RV resolve_exception(const char* function) noexcept;
 

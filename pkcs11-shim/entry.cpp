@@ -1,4 +1,4 @@
-// The Cryptoki C ABI of p11relay-pkcs11.so, and nothing else (STYLE.md, kmsp11 main.cc): each C_X is
+// The Cryptoki C ABI of p11relay-pkcs11.so, and nothing else (after kmsp11's main.cc): each C_X is
 // noexcept, calls its bridge function and turns the result, or any exception, into a CK_RV. Only
 // C_GetFunctionList, C_GetInterfaceList and C_GetInterface are exported (p11relay-pkcs11.map); the
 // functions below are reached through the function list, so they never interpose on another module's.

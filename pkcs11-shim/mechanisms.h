@@ -1,4 +1,4 @@
-// The signing mechanisms the shim offers and how each maps onto a relay request (ARCHITECTURE.md:
+// The signing mechanisms the shim offers and how each maps onto a relay request (docs/architecture.md,
 // hash locally, send only the digest / DigestInfo).
 #pragma once
 

@@ -1,4 +1,4 @@
-// The one global object of the shim (STYLE.md: made in C_Initialize, pid noted, no atfork work):
+// The one global object of the shim (made in C_Initialize, pid noted, no atfork work):
 // configuration, transport, the token/object snapshot, sessions and login state.
 #pragma once
 
@@ -23,7 +23,7 @@ namespace p11relay::shim {
 // Errors inside the shim carry the CKR_ value the C function returns.
 inline Error ck(CK_RV rv, std::string message) { return Error(ErrorCode::bad_request, std::move(message), rv); }
 
-// A sign or verify operation: local state only (ARCHITECTURE.md principle 1), so a daemon restart
+// A sign or verify operation: local state only (docs/architecture.md, invariant 3), so a daemon restart
 // between C_SignInit and C_Sign costs nothing.
 struct SignOp {
   const SignMech* mech = nullptr;

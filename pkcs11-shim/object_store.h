@@ -1,5 +1,5 @@
-// Tokens and objects built locally from one GET /v1/keys answer (LESSONS.md #4): C_FindObjects* and
-// C_GetAttributeValue never go to the network.
+// Tokens and objects built locally from one GET /v1/keys answer (docs/architecture.md, failure mode 4):
+// C_FindObjects* and C_GetAttributeValue never go to the network.
 #pragma once
 
 #include "common/error.h"

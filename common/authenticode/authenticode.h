@@ -1,4 +1,4 @@
-// Umbrella header for Authenticode signing of PE files (relic-protocol.md §7, §9, §10; issue 5).
+// Umbrella header for Authenticode signing of PE files (docs/relic-protocol.md §7, §9, §10).
 //
 // Daemon, relic pe-coff (upload streamed, answer is a binpatch):
 //   PeDigester d({.alg = alg, .page_hashes = ph, .keep_cert_table = false});

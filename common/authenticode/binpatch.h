@@ -1,4 +1,4 @@
-// relic's binary patch format (relic-protocol.md §7): what the Relic API's pe-coff signer returns and
+// relic's binary patch format (docs/relic-protocol.md §7): what the Relic API's pe-coff signer returns and
 // what relic clients apply. All integers big-endian.
 #pragma once
 

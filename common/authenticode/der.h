@@ -1,4 +1,4 @@
-// Minimal DER writer and bounds-checked reader for the Authenticode structures (relic-protocol.md §9.3,
+// Minimal DER writer and bounds-checked reader for the Authenticode structures (docs/relic-protocol.md §9.3,
 // §9.4). We build and splice DER ourselves instead of round-tripping through OpenSSL's PKCS7 objects
 // because OpenSSL re-encodes SignerInfo attribute sets on i2d, which would change the bytes an existing
 // (possibly foreign) signature was computed over when we nest a signature or add a timestamp.

@@ -255,7 +255,7 @@ Status PeDigester::State::after_parse() {
 // Image digest: every byte before the image end except CheckSum and the certificate directory.
 // This is the linear form osslsigncode uses; for every file that §9.2's section walk accepts it
 // hashes exactly the same bytes (headers, gap, contiguous sections, trailing data), and it also
-// accepts the valid files whose section padding relic's walk rejects (LESSONS.md #12).
+// accepts the valid files whose section padding relic's walk rejects (docs/architecture.md, failure mode 12).
 // The same bytes go into image_sum; the directory and what follows the image into rest_sum.
 void PeDigester::State::hash_image(uint64_t offset, std::span<const uint8_t> data) {
   const uint64_t end = offset + data.size();

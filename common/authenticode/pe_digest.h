@@ -1,5 +1,5 @@
 // Authenticode image digest of a PE32/PE32+ file, computed in one forward pass over arbitrary chunks
-// (relic-protocol.md §9.2): the daemon hashes relic uploads as they arrive and never holds the file.
+// (docs/relic-protocol.md §9.2): the daemon hashes relic uploads as they arrive and never holds the file.
 #pragma once
 
 #include "common/bytes.h"

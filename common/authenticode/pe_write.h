@@ -1,5 +1,5 @@
 // Putting a signature into a PE: the certificate table (WIN_CERTIFICATE), relic's two-record binpatch
-// (relic-protocol.md §9.5), nesting a second signature (osslsigncode -nest), checksum fix-up (§9.6).
+// (docs/relic-protocol.md §9.5), nesting a second signature (osslsigncode -nest), checksum fix-up (§9.6).
 #pragma once
 
 #include "common/authenticode/binpatch.h"

@@ -1,5 +1,5 @@
 // SpcIndirectDataContent, signed attributes and the PKCS#7 SignedData of an Authenticode signature
-// (relic-protocol.md §9.3, §9.4). The private-key operation is a callback so the same code serves the
+// (docs/relic-protocol.md §9.3, §9.4). The private-key operation is a callback so the same code serves the
 // CLI (digest sent to the daemon over the relay API) and the daemon (token worker).
 #pragma once
 

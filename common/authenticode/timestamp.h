@@ -1,4 +1,4 @@
-// RFC 3161 counter-signatures for Authenticode (relic-protocol.md §10, §9.4): TimeStampReq over the
+// RFC 3161 counter-signatures for Authenticode (docs/relic-protocol.md §10, §9.4): TimeStampReq over the
 // SignerInfo's signature value, POSTed to the TSA over plain HTTP, reply checked (status, imprint,
 // nonce, token signature), token stored as unsigned attribute 1.3.6.1.4.1.311.3.3.1.
 #pragma once

@@ -1,4 +1,4 @@
-// relic's pe-coff signer on the server (relic-protocol.md §2.6, §9): the relic client uploads the
+// relic's pe-coff signer on the server (docs/relic-protocol.md §2.6, §9): the relic client uploads the
 // PE; we hash it in one forward pass as it arrives (never holding the file), sign the Authenticode
 // attributes on the token, and answer with relic's two-record binary patch.
 #include "common/authenticode/binpatch.h"
@@ -65,7 +65,8 @@ class PeCoffSigner : public BodyConsumer {
         digester_(ac::PeDigestOptions{alg, page_hashes, /*keep_cert_table=*/false}) {}
 
   Status consume(std::string_view chunk) override {
-    // A PE we cannot parse is the client's problem: 4xx with the reason (LESSONS.md #12), not relic's 500.
+    // A PE we cannot parse is the client's problem: 4xx with the reason, not relic's 500
+    // (docs/architecture.md, failure mode 12).
     auto st = digester_.update({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()});
     if (!st.ok()) return Error(ErrorCode::bad_request, "not a PE file we can sign: " + st.error().message);
     return {};

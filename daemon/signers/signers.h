@@ -1,4 +1,4 @@
-// Relic signer modules served by p11relayd (relic-protocol.md §8). Each registers a factory for its
+// Relic signer modules served by p11relayd (docs/relic-protocol.md §8). Each registers a factory for its
 // sigtype in Service::signers; an unregistered sigtype answers relic's unknown-signature-type.
 #pragma once
 

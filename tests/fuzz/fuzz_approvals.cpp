@@ -1,4 +1,4 @@
-// libFuzzer target: the approval workflow's JSON (issue 8) — the approve/deny bodies and the held-request
+// libFuzzer target: the approval workflow's JSON — the approve/deny bodies and the held-request
 // state files the daemon decodes (daemon/approvals.h), and the REQUEST object and list the clients decode
 // (common/relay_api.h). A decoded state file encodes and decodes again to the same request.
 #include "common/relay_api.h"

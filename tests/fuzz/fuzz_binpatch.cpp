@@ -1,4 +1,4 @@
-// libFuzzer target: binpatch parse / serialize / apply on hostile patches (relic-protocol.md §7).
+// libFuzzer target: binpatch parse / serialize / apply on hostile patches (docs/relic-protocol.md §7).
 #include "common/authenticode/binpatch.h"
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // libFuzzer target: the PE digester (whole buffer and streamed in input-chosen chunks, with and
 // without page hashes), the certificate-table and SignedData parsers, and verify_pe. Any crash,
-// sanitizer report or whole/streamed disagreement is a bug (issue 5: hostile input must be an error).
+// sanitizer report or whole/streamed disagreement is a bug (hostile input must be an error).
 #include "common/authenticode/pe_digest.h"
 #include "common/authenticode/pe_write.h"
 #include "common/authenticode/signed_data.h"

@@ -1,4 +1,4 @@
-"""A test driver that speaks relic's client protocol (relic-protocol.md §5.2, §7, §9.5, §9.6): GET /directory,
+"""A test driver that speaks relic's client protocol (docs/relic-protocol.md §5.2, §7, §9.5, §9.6): GET /directory,
 POST /sign with the PE as a chunked (optionally compressed) body, apply the binpatch, fix the PE checksum."""
 from __future__ import annotations
 

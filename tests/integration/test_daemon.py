@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""p11relayd end to end: relic API and relay API over real mTLS against a SoftHSMv2 token (issue 3)."""
+"""p11relayd end to end: relic API and relay API over real mTLS against a SoftHSMv2 token."""
 import base64
 import hashlib
 import json
@@ -220,7 +220,7 @@ class RelayApi(DaemonTest):
 
 
 class KeysWithoutPublicKeyObjects(DaemonTest):
-    """A token holding only private keys (LESSONS.md #12). The daemon reads an RSA key's public half from the
+    """A token holding only private keys (docs/architecture.md, failure mode 12). The daemon reads an RSA key's public half from the
     private key's CKA_MODULUS/CKA_PUBLIC_EXPONENT (rsabare has no certificate anywhere, so nothing else could
     give it) and an EC key's from the certificate on the token; both are served and sign verifiably."""
     keys = (KeySpec("rsabare", "21", "rsa:2048", config_cert=False, cert_on_token=False, public_on_token=False),

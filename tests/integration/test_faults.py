@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Faults, hostile input and limits (issue 6): the real p11relayd in front of tests/faulty-pkcs11 (SoftHSMv2
+"""Faults, hostile input and limits: the real p11relayd in front of tests/faulty-pkcs11 (SoftHSMv2
 behind a fault injector driven by a control file) and the real shim (p11relay-pkcs11.so via shim-driver).
 
 Scenarios (numbers as in the issue): 1 token removed / device errors during a run, 2 SIGKILL + restart during a

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Operating p11relayd (issue 7): RFC 7512 pkcs11: URIs in the config and socket activation, against a
+"""Operating p11relayd: RFC 7512 pkcs11: URIs in the config and socket activation, against a
 real SoftHSMv2 token over real mutual TLS."""
 import base64
 import http.client

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Issue 8, daemon side: key policies, quotas and the approval workflow against the real p11relayd, a real
+"""Daemon side: key policies, quotas and the approval workflow against the real p11relayd, a real
 SoftHSMv2 token and real mutual TLS, driven over HTTP from Python (docs/policy.md)."""
 import base64
 import hashlib

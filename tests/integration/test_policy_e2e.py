@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Approval workflow end to end (issue 8, docs/policy.md): a real p11relayd with a key whose policy needs an
+"""Approval workflow end to end (docs/policy.md): a real p11relayd with a key whose policy needs an
 administrator's approval, a real SoftHSMv2 token, real mutual TLS, and real clients: the PKCS#11 module loaded
 by OpenSC's pkcs11-tool, and the p11relay CLI — one certificate submits, an admin's second certificate decides.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""relic clients signing PE files on the server (issue 5, server side): upload, binpatch, osslsigncode verify."""
+"""relic clients signing PE files on the server: upload, binpatch, osslsigncode verify."""
 import glob
 import json
 import os

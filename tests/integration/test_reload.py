@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""p11relayd reloads clients and key roles on SIGHUP (issue 7) without dropping connections: a real daemon,
+"""p11relayd reloads clients and key roles on SIGHUP without dropping connections: a real daemon,
 SoftHSMv2 token and mutual TLS; connections held open (keep-alive) across the reload."""
 import base64
 import http.client

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Sign rate through p11relay-pkcs11.so (mTLS to a local p11relayd in front of SoftHSMv2) against SoftHSMv2
-loaded directly, same token, same run: one C_SignInit + C_Sign per signature (LESSONS.md baseline).
+loaded directly, same token, same run: one C_SignInit + C_Sign per signature (the baseline in docs/benchmarks.md).
 Prints a table; asserts only that every signature succeeded. P11RELAY_BENCH_SECONDS sets the duration."""
 import json
 import os
