@@ -36,4 +36,19 @@ struct TempDir {
   }
 };
 
+// How many test cases of this run were skipped because a tool they need is missing (P11R_SKIP).
+inline int& skipped_cases() {
+  static int n = 0;
+  return n;
+}
+
 }  // namespace p11relay::testing
+
+// Ends the current doctest case as skipped: the reason is printed, and the test program exits 77 (meson's
+// SKIP) instead of 0 when nothing failed, so a missing tool shows in meson's totals instead of a pass.
+#define P11R_SKIP(why)                                  \
+  do {                                                  \
+    MESSAGE("SKIP: " << why);                           \
+    ++::p11relay::testing::skipped_cases();             \
+    return;                                             \
+  } while (0)

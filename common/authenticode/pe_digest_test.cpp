@@ -57,8 +57,7 @@ TEST_CASE("image digest equals osslsigncode's, streamed in any chunking") {
   TempDir dir;
   auto pes = test_pes(dir);
   if (pes.empty() || !have_osslsigncode()) {
-    MESSAGE("skipped: no mingw compiler / PE files / osslsigncode on this machine");
-    return;
+    P11R_SKIP("no mingw compiler / PE files / osslsigncode on this machine");
   }
   TestKey key = make_test_key(KeyType::rsa, dir, "digest-signer");
   std::mt19937 rng(42);
@@ -121,8 +120,7 @@ TEST_CASE("page hashes only for SHA-1 and SHA-256") {
   TempDir dir;
   std::string p = build_mingw_pe(dir, 64);
   if (p.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   Bytes f = read_file(p);
   PeDigestOptions opt;
@@ -142,8 +140,7 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   std::string p = build_mingw_pe(dir, 32);
   if (p.empty()) p = build_mingw_pe(dir, 64);
   if (p.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   const Bytes good = read_file(p);
   REQUIRE(pe_digest(good).ok());
@@ -256,8 +253,7 @@ TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
   TempDir dir;
   std::string p = build_mingw_pe(dir, 32);
   if (p.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   Bytes f = read_file(p);
   const uint32_t pe_off = rd32(f, 0x3c);
@@ -292,8 +288,7 @@ TEST_CASE("page hashes refuse a section over the headers (fuzz_pe regression)") 
   TempDir dir;
   std::string p = build_mingw_pe(dir, 64);
   if (p.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   Bytes f = read_file(p);
   const uint32_t pe_off = rd32(f, 0x3c);

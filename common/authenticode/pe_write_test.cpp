@@ -113,8 +113,7 @@ TEST_CASE("signed_checksum and the written file equal a full recomputation for r
 TEST_CASE("sign real PEs (mingw-built and Debian DLLs): osslsigncode verifies, digests agree") {
   TempDir dir;
   if (!have_osslsigncode()) {
-    MESSAGE("skipped: osslsigncode not installed");
-    return;
+    P11R_SKIP("osslsigncode not installed");
   }
   std::vector<std::string> files;
   for (int bits : {32, 64}) {
@@ -202,8 +201,7 @@ TEST_CASE("relic pe-coff patch (§9.5) applied + checksum fix gives the same fil
   TempDir dir;
   std::string p = build_mingw_pe(dir, 32);
   if (p.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   TestKey key = make_test_key(KeyType::rsa, dir, "patch signer");
   const Bytes original = read_file(p);
@@ -256,8 +254,7 @@ TEST_CASE("re-sign and nest onto a signature made by osslsigncode") {
   TempDir dir;
   std::string exe = build_mingw_pe(dir, 64);
   if (exe.empty() || !have_osslsigncode()) {
-    MESSAGE("skipped: no mingw compiler or osslsigncode");
-    return;
+    P11R_SKIP("no mingw compiler or osslsigncode");
   }
   TestKey theirs = make_test_key(KeyType::rsa, dir, "osslsigncode signer");
   TestKey ours = make_test_key(KeyType::ec, dir, "p11relay signer");
@@ -305,8 +302,7 @@ TEST_CASE("write_signed_file streams the same bytes as embed_signature, also in 
   TempDir dir;
   std::string exe = build_mingw_pe(dir, 32);
   if (exe.empty()) {
-    MESSAGE("skipped: no mingw compiler");
-    return;
+    P11R_SKIP("no mingw compiler");
   }
   TestKey key = make_test_key(KeyType::rsa, dir, "stream signer");
   Bytes unaligned = read_file(exe);

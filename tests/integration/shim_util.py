@@ -86,4 +86,4 @@ class ShimTest(unittest.TestCase):
 
 
 def main():
-    unittest.main(verbosity=2)
+    harness.main()

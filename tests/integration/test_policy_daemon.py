@@ -318,4 +318,4 @@ class PolicyConfig(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    harness.main()

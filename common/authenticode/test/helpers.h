@@ -7,6 +7,7 @@
 #include "common/bytes.h"
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
+#include "tests/test_util.h"
 
 #include <string>
 #include <vector>
