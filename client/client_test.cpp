@@ -115,7 +115,7 @@ struct TestServer {
   SSL_CTX* ctx = nullptr;
   Handler handler;
   std::atomic<bool> stop{false};
-  std::atomic<int> connections{0}, requests{0};
+  std::atomic<int> connections{0}, requests{0}, resumed{0};
   std::thread acceptor;
   std::mutex mu;
   std::vector<std::thread> workers;
@@ -127,6 +127,8 @@ struct TestServer {
     SSL_CTX_use_PrivateKey(ctx, pki().server_key.get());
     // Mutual TLS like p11relayd: a client certificate is required (self-signed ones accepted).
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, [](int, X509_STORE_CTX*) { return 1; });
+    // Session resumption like p11relayd (TLS 1.3 tickets); refuse_resumption() undoes it.
+    SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>("test"), 4);
     listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     ::setsockopt(listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -151,6 +153,10 @@ struct TestServer {
   }
 
   std::string url() const { return "https://127.0.0.1:" + std::to_string(port) + "/"; }
+
+  // Like a server whose client verification has no session id context: an offered ticket makes
+  // OpenSSL abort the handshake with an internal-error alert.
+  void refuse_resumption() { SSL_CTX_set_session_id_context(ctx, nullptr, 0); }
 
   void accept_loop() {
     while (!stop) {
@@ -179,6 +185,7 @@ struct TestServer {
     int hs;
     while ((hs = SSL_accept(ssl)) <= 0 && !stop && SSL_get_error(ssl, hs) == SSL_ERROR_WANT_READ) {
     }
+    if (hs == 1 && SSL_session_reused(ssl)) ++resumed;
     http::RequestParser parser;
     char buf[16384];
     bool open = hs == 1;
@@ -389,6 +396,23 @@ TEST_CASE("a keep-alive connection the server dropped is replaced transparently"
     REQUIRE_MESSAGE(r.ok(), r.error().message);
   }
   CHECK(s.connections == 3);
+  CHECK(s.resumed == 2);  // each reconnect resumed the TLS session from the previous connection's ticket
+}
+
+TEST_CASE("a server that breaks off a resumption attempt gets full handshakes from then on") {
+  TestServer s([&](const http::Request&, int) { return response(200, keys_body()); });
+  s.close_after_response = true;
+  s.refuse_resumption();
+  auto cfg = config_for({s.url()});
+  cfg.retries = 0;  // the fallback is not a retry
+  auto c = make_client(cfg);
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    auto r = c->list_keys();
+    REQUIRE_MESSAGE(r.ok(), r.error().message);
+  }
+  CHECK(s.connections == 4);  // one refused resumption attempt, then plain handshakes
+  CHECK(s.resumed == 0);
 }
 
 TEST_CASE("server authentication: CA + IP SAN, wrong CA, host name mismatch, pinned SPKI fingerprint") {

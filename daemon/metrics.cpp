@@ -71,6 +71,15 @@ std::string Metrics::render(const std::vector<TokenGauge>& tokens) const {
   o << "# HELP p11relay_connections Open client connections.\n# TYPE p11relay_connections gauge\n"
        "p11relay_connections "
     << connections_.load() << "\n";
+  o << "# HELP p11relay_connections_accepted_total TCP connections accepted on the TLS listeners.\n"
+       "# TYPE p11relay_connections_accepted_total counter\n"
+       "p11relay_connections_accepted_total "
+    << connections_accepted_.load() << "\n";
+  o << "# HELP p11relay_tls_handshakes_total Completed TLS handshakes, full or resumed from a session ticket.\n"
+       "# TYPE p11relay_tls_handshakes_total counter\n"
+       "p11relay_tls_handshakes_total{resumed=\"false\"} "
+    << handshakes_full_.load() << "\n"
+    << "p11relay_tls_handshakes_total{resumed=\"true\"} " << handshakes_resumed_.load() << "\n";
   o << "# HELP p11relay_config_reload_total Configuration reloads (SIGHUP), by result.\n"
        "# TYPE p11relay_config_reload_total counter\n"
        "p11relay_config_reload_total{result=\"ok\"} "

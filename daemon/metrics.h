@@ -17,7 +17,11 @@ class Metrics {
   void request(const std::string& api, int status);
   void signature(const std::string& key, const std::string& client, const std::string& outcome, double seconds);
   void handshake_failure() { ++handshake_failures_; }
-  void connection_opened() { ++connections_; }
+  void handshake_done(bool resumed) { ++(resumed ? handshakes_resumed_ : handshakes_full_); }
+  void connection_opened() {
+    ++connections_;
+    ++connections_accepted_;
+  }
   void connection_closed() { --connections_; }
   void config_reload(bool ok) { ++(ok ? reloads_ok_ : reloads_rejected_); }
 
@@ -42,6 +46,8 @@ class Metrics {
   std::map<std::string, Histogram> latency_;               // key → histogram
   std::atomic<unsigned long long> handshake_failures_{0};
   std::atomic<long long> connections_{0};
+  std::atomic<unsigned long long> connections_accepted_{0};
+  std::atomic<unsigned long long> handshakes_full_{0}, handshakes_resumed_{0};
   std::atomic<unsigned long long> reloads_ok_{0}, reloads_rejected_{0};
 };
 

@@ -155,8 +155,7 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
   SSL_CTX* c = ctx->native_handle();
   SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
   SSL_CTX_set_security_level(c, 2);
-  SSL_CTX_set_options(c, SSL_OP_NO_TICKET | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   // TLS 1.2: forward-secret AEAD suites only. TLS 1.3 suites are all acceptable as they are.
   if (SSL_CTX_set_cipher_list(c, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!RC4:!3DES") != 1)
     return config_error("cannot set TLS cipher list: " + openssl_error_string());
@@ -168,11 +167,18 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
     return config_error("server.keyfile does not match server.certfile");
   static const unsigned char kSid[] = "p11relayd";
   SSL_CTX_set_session_id_context(c, kSid, sizeof kSid - 1);
-  // No session resumption: our clients (shim, CLI, relic) keep connections alive instead, and the
-  // server-side cache would hold every session, peer certificate included (~5 KiB per connection
-  // ever made, up to 20480 of them).
+  // Resumption with stateless TLS 1.3 tickets only: a client reconnecting after an idle close saves the
+  // certificate exchange and signatures, and the daemon keeps no per-session state (a server-side cache
+  // would hold every session, peer certificate included, ~5 KiB per connection ever made). The ticket
+  // carries the client certificate, and the identity is looked up again in the current config on every
+  // connection (Server::identify), so a resumed session grants nothing a removed client could still use.
+  // No 0-RTT: early data is never accepted (OpenSSL's default max_early_data of 0), so a replayed sign
+  // request cannot sign twice. Ticket keys live in this context: a reload or restart just means a full
+  // handshake.
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
-  SSL_CTX_set_num_tickets(c, 0);
+  SSL_CTX_set_num_tickets(c, 1);
+  SSL_CTX_set_max_early_data(c, 0);
+  SSL_CTX_set_timeout(c, 3600);
   if (!cfg.clientca.empty()) {
     // Optional CA-verified mode: the TLS layer itself requires a certificate chaining to clientca.
     if (SSL_CTX_load_verify_locations(c, cfg.clientca.c_str(), nullptr) != 1)
@@ -414,6 +420,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : "closed or refused");
     co_return;
   }
+  svc_.metrics.handshake_done(SSL_session_reused(conn->ssl) == 1);
 
   // Identity once per connection (docs/relic-protocol.md §4.1), and again on the first request after a
   // config reload: a removed client loses access, an added one gains it, without reconnecting.
