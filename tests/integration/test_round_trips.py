@@ -86,7 +86,7 @@ class RoundTrips(DaemonTest):
         data.write_bytes(b"x" * 100)
         d = self.counted(lambda: self.run_ok(
             ["pkcs11-tool", "--module", harness.SHIM, "--token-label", shim_util.TOKEN_LABEL, "--login", "--pin",
-             shim_util.PIN, "--sign", "--label", "ec256", "-m", "ECDSA-SHA256", "-i", str(data),
+             shim_util.PIN, "--sign", "--id", "02", "-m", "ECDSA-SHA256", "-i", str(data),
              "-o", str(self.tmp / "sig.bin")]))
         # the key list (GET /v1/keys, once per process) and the signature; C_SignInit is local
         self.assertEqual((d["connections"], d["full"], d["requests"]), (1, 1, 2), d)
