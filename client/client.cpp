@@ -478,6 +478,18 @@ struct Client::Impl {
   Result<std::unique_ptr<Conn>> connect_once(Pool& p, size_t u, SSL_SESSION* resume, bool& reached) {
     const Url& url = urls[u];
     auto deadline = Clock::now() + milliseconds(config.connect_timeout_ms);
+    auto c = std::make_unique<Conn>();
+    ASSIGN_OR_RETURN(c->fd, tcp_connect(url, deadline));
+    reached = true;
+    int one = 1;
+    ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    ::setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    RETURN_IF_ERROR(tls_handshake(p, *c, url, resume, deadline));
+    return c;
+  }
+
+  // A non-blocking TCP connection to the first of url's addresses that answers before the deadline.
+  static Result<int> tcp_connect(const Url& url, Clock::time_point deadline) {
     struct addrinfo hints {};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
@@ -486,7 +498,6 @@ struct Client::Impl {
     if (gai != 0) return network_error(url.text + ": cannot resolve '" + url.host + "': " + gai_strerror(gai));
     std::unique_ptr<struct addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
     std::string last = "no address";
-    auto c = std::make_unique<Conn>();
     for (auto* ai = res; ai; ai = ai->ai_next) {
       int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
       if (fd < 0) {
@@ -507,28 +518,23 @@ struct Client::Impl {
         r = err == 0 ? 0 : -1;
         errno = err;
       }
-      if (r != 0) {
-        last = std::strerror(errno);
-        ::close(fd);
-        continue;
-      }
-      c->fd = fd;
-      break;
+      if (r == 0) return fd;
+      last = std::strerror(errno);
+      ::close(fd);
     }
-    if (c->fd < 0) return network_error(url.text + ": connect failed: " + last);
-    reached = true;
-    int one = 1;
-    ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    ::setsockopt(c->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    return network_error(url.text + ": connect failed: " + last);
+  }
 
-    c->ssl.reset(SSL_new(p.ctx.get()));
-    if (!c->ssl) return internal_error("SSL_new: " + openssl_error_string());
-    SSL* ssl = c->ssl.get();
-    SSL_set_app_data(ssl, c.get());
+  // TLS on c.fd: resumes `resume` when given, verifies the server (CA + name, or the pinned SPKI).
+  Status tls_handshake(Pool& p, Conn& c, const Url& url, SSL_SESSION* resume, Clock::time_point deadline) {
+    c.ssl.reset(SSL_new(p.ctx.get()));
+    if (!c.ssl) return internal_error("SSL_new: " + openssl_error_string());
+    SSL* ssl = c.ssl.get();
+    SSL_set_app_data(ssl, &c);
     if (resume) SSL_set_session(ssl, resume);
     BIO* bio = BIO_new(nosig_method());
     if (!bio) return internal_error("BIO_new: " + openssl_error_string());
-    BIO_set_data(bio, new SockData{c->fd});
+    BIO_set_data(bio, new SockData{c.fd});
     BIO_set_init(bio, 1);
     SSL_set_bio(ssl, bio, bio);
     if (!url.is_ip) SSL_set_tlsext_host_name(ssl, url.host.c_str());
@@ -538,7 +544,7 @@ struct Client::Impl {
                          : X509_VERIFY_PARAM_set1_host(param, url.host.c_str(), 0);
       if (ok != 1) return internal_error("cannot set the expected server name");
     }
-    auto hs = ssl_io(*c, deadline, "TLS handshake", [&] { return SSL_connect(ssl); });
+    auto hs = ssl_io(c, deadline, "TLS handshake", [&] { return SSL_connect(ssl); });
     if (!hs.ok()) {
       long v = SSL_get_verify_result(ssl);
       if (v != X509_V_OK)
@@ -553,7 +559,7 @@ struct Client::Impl {
       if (fp != config.server_fingerprint)
         return network_error(url.text + ": server key fingerprint " + fp + " does not match serverfingerprint");
     }
-    return c;
+    return {};
   }
 
   std::string build_request(const Url& url, const std::string& method, const std::string& target,
