@@ -1,5 +1,7 @@
 #include "pkcs11-shim/bridge.h"
 
+#include "pkcs11-shim/bridge_internal.h"
+
 #include "common/mechanism.h"
 #include "pkcs11-shim/log.h"
 
@@ -17,13 +19,15 @@
 namespace p11relay::shim::bridge {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 // The one global. atomic<shared_ptr>: a C_Finalize racing other calls leaves them holding a
 // live module; no lock that a fork() could copy in the locked state is taken on the hot path.
 std::atomic<std::shared_ptr<Module>> g_module;
 std::mutex g_init_mu;  // serialises C_Initialize / C_Finalize only
 ModuleFactory g_factory;
+
+}  // namespace
+
+namespace detail {
 
 Result<std::shared_ptr<Module>> module() {
   auto m = g_module.load();
@@ -39,16 +43,6 @@ Result<std::shared_ptr<Session>> session_of(Module& m, CK_SESSION_HANDLE h) {
   return s;
 }
 
-void pad(CK_UTF8CHAR* dst, size_t n, const std::string& s) {
-  std::memset(dst, ' ', n);
-  std::memcpy(dst, s.data(), std::min(n, s.size()));
-}
-
-CK_STATE session_state(Module& m, const Session& s) {
-  return m.logged_in(s.slot) ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
-}
-
-// Objects a session can see: private ones only after C_Login (v2.40 §4.1 CKA_PRIVATE).
 Result<std::shared_ptr<const Object>> visible_object(Module& m, const Session& s, CK_OBJECT_HANDLE h, CK_RV invalid) {
   auto o = s.token ? s.token->object(h) : nullptr;
   if (!o) return ck(invalid, "unknown object handle " + std::to_string(h));
@@ -57,6 +51,33 @@ Result<std::shared_ptr<const Object>> visible_object(Module& m, const Session& s
     return ck(invalid, "object " + std::to_string(h) + " is private and the user is not logged in");
   }
   return o;
+}
+
+Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID) {
+  auto t = m.token(slotID);
+  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
+  if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
+  return t;
+}
+
+}  // namespace detail
+
+using namespace detail;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void pad(CK_UTF8CHAR* dst, size_t n, const std::string& s) {
+  std::memset(dst, ' ', n);
+  std::memcpy(dst, s.data(), std::min(n, s.size()));
+}
+
+// v2.40 §5.6 (session states): R/O or R/W, public or user, from the application's login state.
+CK_STATE session_state(Module& m, const Session& s) {
+  bool user = m.logged_in(s.slot);
+  if (s.flags & CKF_RW_SESSION) return user ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION;
+  return user ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
 }
 
 template <typename T>
@@ -116,6 +137,12 @@ std::string ckr_text(CK_RV rv) {
       {CKR_SIGNATURE_LEN_RANGE, "CKR_SIGNATURE_LEN_RANGE"},
       {CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT"},
       {CKR_TOKEN_WRITE_PROTECTED, "CKR_TOKEN_WRITE_PROTECTED"},
+      {CKR_ACTION_PROHIBITED, "CKR_ACTION_PROHIBITED"},
+      {CKR_SESSION_READ_ONLY, "CKR_SESSION_READ_ONLY"},
+      {CKR_SESSION_READ_ONLY_EXISTS, "CKR_SESSION_READ_ONLY_EXISTS"},
+      {CKR_SESSION_EXISTS, "CKR_SESSION_EXISTS"},
+      {CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "CKR_USER_ANOTHER_ALREADY_LOGGED_IN"},
+      {CKR_NO_EVENT, "CKR_NO_EVENT"},
       {CKR_USER_ALREADY_LOGGED_IN, "CKR_USER_ALREADY_LOGGED_IN"},
       {CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN"},
       {CKR_BUFFER_TOO_SMALL, "CKR_BUFFER_TOO_SMALL"},
@@ -258,13 +285,14 @@ Status GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo) {
   pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID, t->desc.manufacturer);
   pad(pInfo->model, sizeof pInfo->model, t->desc.model);
   pad(pInfo->serialNumber, sizeof pInfo->serialNumber, t->desc.serial);
-  // Write-protected: the relay only signs. Login required: private keys appear after C_Login, as on
-  // the real token (the PIN itself never leaves this process).
-  pInfo->flags = CKF_RNG | CKF_WRITE_PROTECTED | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
+  // Not CKF_WRITE_PROTECTED: like a USB signing token, R/W sessions open and what the token does not
+  // allow is refused call by call (bridge_write.cpp). Login required: private keys appear after C_Login,
+  // as on the real token (the PIN itself never leaves this process).
+  pInfo->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
   pInfo->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
   pInfo->ulSessionCount = m->session_count(slotID);
-  pInfo->ulMaxRwSessionCount = 0;
-  pInfo->ulRwSessionCount = 0;
+  pInfo->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
+  pInfo->ulRwSessionCount = m->session_count(slotID, true);
   pInfo->ulMaxPinLen = 255;
   pInfo->ulMinPinLen = 0;
   pInfo->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
@@ -278,13 +306,6 @@ Status GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo) {
 }
 
 namespace {
-
-Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID) {
-  auto t = m.token(slotID);
-  if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
-  if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
-  return t;
-}
 
 std::vector<CK_MECHANISM_TYPE> all_mechanisms(const Token& t) {
   auto out = t.mechanisms();
@@ -326,8 +347,6 @@ Status GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_
   return {};
 }
 
-Status InitToken(CK_SLOT_ID slotID) { return UnsupportedInSlot(slotID, CKR_TOKEN_WRITE_PROTECTED); }
-
 // ---------------------------------------------------------------------------------------------
 // Sessions and login
 
@@ -340,7 +359,6 @@ Status OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_SESSION_HANDLE_PTR phSe
   if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
   if (!(flags & CKF_SERIAL_SESSION)) return ck(CKR_SESSION_PARALLEL_NOT_SUPPORTED, "CKF_SERIAL_SESSION must be set");
   if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
-  if (flags & CKF_RW_SESSION) return ck(CKR_TOKEN_WRITE_PROTECTED, "the relay token is read-only (no R/W sessions)");
   auto s = m->open_session(slotID, flags, t);
   *phSession = s->handle;
   return {};
@@ -370,24 +388,46 @@ Status GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo) {
   return {};
 }
 
+namespace detail {
+
+// The PIN is never forwarded (docs/architecture.md, invariant 1): identity is the client certificate. If the
+// client config names a PIN (pkcs11.pin), it must match; the comparison is over SHA-256 digests with
+// CRYPTO_memcmp so neither content nor length leaks through timing. No configured PIN: any PIN matches.
+bool pin_matches(Module& m, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen) {
+  const auto& want = m.config().pin;
+  if (!want) return true;
+  unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
+  SHA256(pPin ? pPin : reinterpret_cast<const unsigned char*>(""), pPin ? ulPinLen : 0, a);
+  SHA256(reinterpret_cast<const unsigned char*>(want->data()), want->size(), b);
+  return CRYPTO_memcmp(a, b, sizeof a) == 0;
+}
+
+}  // namespace detail
+
+namespace {
+
+// v2.40 C_Login with CKU_SO: the relay token has no security officer, so every SO PIN is incorrect;
+// the state rules come first (a logged-in user, then any R/O session of the application).
+Status login_so(Module& m, const Session& s) {
+  if (m.logged_in(s.slot)) return ck(CKR_USER_ANOTHER_ALREADY_LOGGED_IN, "the normal user is logged in");
+  if (m.session_count(s.slot) > m.session_count(s.slot, true))
+    return ck(CKR_SESSION_READ_ONLY_EXISTS, "an SO login needs every session of the application to be R/W");
+  return ck(CKR_PIN_INCORRECT, "the relay token has no security officer (CKU_SO); log in as CKU_USER");
+}
+
+}  // namespace
+
 Status Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen) {
   ASSIGN_OR_RETURN(auto m, module());
   ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  if (userType == CKU_SO) return ck(CKR_SESSION_READ_ONLY_EXISTS, "no SO login on a read-only relay token");
+  if (!pPin && ulPinLen) return ck(CKR_ARGUMENTS_BAD, "pPin is NULL");
+  if (userType == CKU_SO) return login_so(*m, *s);
   if (userType == CKU_CONTEXT_SPECIFIC)
     return ck(CKR_OPERATION_NOT_INITIALIZED, "no key here needs CKA_ALWAYS_AUTHENTICATE");
   if (userType != CKU_USER) return ck(CKR_USER_TYPE_INVALID, "unknown user type");
-  if (!pPin && ulPinLen) return ck(CKR_ARGUMENTS_BAD, "pPin is NULL");
   if (m->logged_in(s->slot)) return ck(CKR_USER_ALREADY_LOGGED_IN, "already logged in");
-  // The PIN is never forwarded (docs/architecture.md, invariant 1): identity is the client certificate. If the
-  // client config names a PIN, it must match; the comparison is over SHA-256 digests with
-  // CRYPTO_memcmp so neither content nor length leaks through timing.
-  if (const auto& want = m->config().pin) {
-    unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
-    SHA256(pPin ? pPin : reinterpret_cast<const unsigned char*>(""), pPin ? ulPinLen : 0, a);
-    SHA256(reinterpret_cast<const unsigned char*>(want->data()), want->size(), b);
-    if (CRYPTO_memcmp(a, b, sizeof a) != 0) return ck(CKR_PIN_INCORRECT, "PIN does not match the client config");
-  }
+  if (!pin_matches(*m, pPin, ulPinLen))
+    return ck(CKR_PIN_INCORRECT, "the PIN does not match pkcs11.pin in the client config");
   m->set_logged_in(s->slot, true);
   SHIM_LOG(info, "C_Login accepted for slot " + std::to_string(s->slot) + " (the PIN is not forwarded)");
   return {};
@@ -728,20 +768,14 @@ Status SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeed
 Status Unsupported(CK_RV rv) {
   ASSIGN_OR_RETURN(auto m, module());
   (void)m;
-  return ck(rv, "not supported by a read-only relay token");
+  return ck(rv, "not supported by the relay token");
 }
 
 Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv) {
   ASSIGN_OR_RETURN(auto m, module());
   ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
   (void)s;
-  return ck(rv, "not supported by a read-only relay token");
-}
-
-Status UnsupportedInSlot(CK_SLOT_ID slotID, CK_RV rv) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!m->token(slotID)) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
-  return ck(rv, "not supported by a read-only relay token");
+  return ck(rv, "not supported by the relay token");
 }
 
 CK_RV resolve(const char* function, const Status& status) noexcept {

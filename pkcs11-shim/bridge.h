@@ -26,7 +26,6 @@ Status GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo);
 Status GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo);
 Status GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechanismList, CK_ULONG_PTR pulCount);
 Status GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo);
-Status InitToken(CK_SLOT_ID slotID);
 Status OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_SESSION_HANDLE_PTR phSession);
 Status CloseSession(CK_SESSION_HANDLE hSession);
 Status CloseAllSessions(CK_SLOT_ID slotID);
@@ -58,11 +57,29 @@ Status VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG 
 Status GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData, CK_ULONG ulRandomLen);
 Status SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen);
 
-// What a read-only signing token does not do: CKR_CRYPTOKI_NOT_INITIALIZED, then (for session
-// functions) CKR_SESSION_HANDLE_INVALID, then `rv` (CKR_FUNCTION_NOT_SUPPORTED / CKR_TOKEN_WRITE_PROTECTED).
+// What the token does not allow, with the spec's code for each call (bridge_write.cpp).
+Status InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel);
+Status InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen);
+Status SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin,
+              CK_ULONG ulNewLen);
+Status CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                    CK_OBJECT_HANDLE_PTR phObject);
+Status CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                  CK_OBJECT_HANDLE_PTR phNewObject);
+Status DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject);
+Status SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate,
+                         CK_ULONG ulCount);
+Status GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate,
+                   CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey);
+Status GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate,
+                       CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
+                       CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey,
+                       CK_OBJECT_HANDLE_PTR phPrivateKey);
+
+// What a signing token does not do at all: CKR_CRYPTOKI_NOT_INITIALIZED, then (for session
+// functions) CKR_SESSION_HANDLE_INVALID, then `rv`.
 Status Unsupported(CK_RV rv);
 Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv);
-Status UnsupportedInSlot(CK_SLOT_ID slotID, CK_RV rv);
 
 // Turns a bridge result into the CK_RV and logs it once (kmsp11's LogAndResolve).
 CK_RV resolve(const char* function, const Status& status) noexcept;

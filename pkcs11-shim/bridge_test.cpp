@@ -214,7 +214,8 @@ TEST_CASE("slot and token info") {
   CHECK(std::string((char*)ti.label, 32) == "p11relay-demo                   ");
   CHECK(std::string((char*)ti.serialNumber, 16) == "0123456789abcdef");
   CHECK(std::string((char*)ti.model, 16) == "SoftHSM v2      ");
-  CHECK((ti.flags & CKF_WRITE_PROTECTED));
+  CHECK_FALSE((ti.flags & CKF_WRITE_PROTECTED));  // R/W sessions open, as on a USB signing token
+  CHECK(ti.ulMaxRwSessionCount == CK_EFFECTIVELY_INFINITE);
   CHECK((ti.flags & CKF_LOGIN_REQUIRED));
   CHECK((ti.flags & CKF_TOKEN_INITIALIZED));
   CHECK((ti.flags & CKF_USER_PIN_INITIALIZED));
@@ -270,15 +271,43 @@ TEST_CASE("mechanism list and info") {
   CHECK(s.f->C_GetMechanismInfo(slot, CKM_AES_CBC, nullptr) == CKR_ARGUMENTS_BAD);
 }
 
-TEST_CASE("sessions are read-only and serial; session info follows the login state") {
+TEST_CASE("R/W sessions open (CKF_SERIAL_SESSION | CKF_RW_SESSION, as Go's pkcs11 and OpenSSH open them)") {
+  Shim s;
+  CK_SLOT_ID slot = s.slot();
+  CK_SESSION_HANDLE rw = 0, ro = 0;
+  REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &rw) == CKR_OK);
+  CK_SESSION_INFO si;
+  REQUIRE(s.f->C_GetSessionInfo(rw, &si) == CKR_OK);
+  CHECK(si.state == CKS_RW_PUBLIC_SESSION);
+  CHECK(si.flags == (CKF_SERIAL_SESSION | CKF_RW_SESSION));
+  REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &ro) == CKR_OK);
+  CK_TOKEN_INFO ti;
+  REQUIRE(s.f->C_GetTokenInfo(slot, &ti) == CKR_OK);
+  CHECK(ti.ulSessionCount == 2);
+  CHECK(ti.ulRwSessionCount == 1);
+  // v2.40 C_Login: the state rules for CKU_SO first; the relay token has no security officer.
+  CHECK(s.f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR) "x", 1) == CKR_SESSION_READ_ONLY_EXISTS);
+  REQUIRE(s.f->C_CloseSession(ro) == CKR_OK);
+  CHECK(s.f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR) "x", 1) == CKR_PIN_INCORRECT);
+  REQUIRE(s.f->C_Login(rw, CKU_USER, (CK_UTF8CHAR_PTR) "1234", 4) == CKR_OK);
+  CHECK(s.f->C_Login(rw, CKU_SO, (CK_UTF8CHAR_PTR) "x", 1) == CKR_USER_ANOTHER_ALREADY_LOGGED_IN);
+  REQUIRE(s.f->C_GetSessionInfo(rw, &si) == CKR_OK);
+  CHECK(si.state == CKS_RW_USER_FUNCTIONS);
+  // Signing works in a R/W session like in a R/O one.
+  CK_OBJECT_HANDLE ec = s.key(rw, CKO_PRIVATE_KEY, "ec256");
+  CHECK(s.sign(rw, {CKM_ECDSA_SHA256, nullptr, 0}, ec, kData).ok());
+  REQUIRE(s.f->C_Logout(rw) == CKR_OK);
+  REQUIRE(s.f->C_GetSessionInfo(rw, &si) == CKR_OK);
+  CHECK(si.state == CKS_RW_PUBLIC_SESSION);
+}
+
+TEST_CASE("serial sessions; session info follows the login state") {
   Shim s;
   CK_SLOT_ID slot = s.slot();
   CK_SESSION_HANDLE h = 0;
   CHECK(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, nullptr) == CKR_ARGUMENTS_BAD);
   CHECK(s.f->C_OpenSession(slot + 1, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_SLOT_ID_INVALID);
   CHECK(s.f->C_OpenSession(slot, 0, nullptr, nullptr, &h) == CKR_SESSION_PARALLEL_NOT_SUPPORTED);
-  CHECK(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h) ==
-        CKR_TOKEN_WRITE_PROTECTED);
   REQUIRE(s.f->C_OpenSession(slot, CKF_SERIAL_SESSION, nullptr, nullptr, &h) == CKR_OK);
   CK_SESSION_INFO si;
   CHECK(s.f->C_GetSessionInfo(h, nullptr) == CKR_ARGUMENTS_BAD);
@@ -723,7 +752,7 @@ TEST_CASE("C_Digest: local hashing with size queries, multi-part") {
   CHECK(s.f->C_DigestFinal(h, d.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
 }
 
-TEST_CASE("random, and what a read-only relay token does not do") {
+TEST_CASE("random, and what a signing token does not do") {
   Shim s;
   CK_SESSION_HANDLE h = s.open();
   Bytes r(48, 0);
@@ -736,22 +765,47 @@ TEST_CASE("random, and what a read-only relay token does not do") {
   CK_MECHANISM m = {CKM_RSA_PKCS, nullptr, 0};
   CK_OBJECT_HANDLE o;
   CK_ULONG n = 0;
-  CHECK(s.f->C_CreateObject(h, nullptr, 0, &o) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_CopyObject(h, 1, nullptr, 0, &o) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_DestroyObject(h, 1) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_SetAttributeValue(h, 1, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_InitPIN(h, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_SetPIN(h, nullptr, 0, nullptr, 0) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_InitToken(s.slot(), nullptr, 0, nullptr) == CKR_TOKEN_WRITE_PROTECTED);
-  CHECK(s.f->C_InitToken(s.slot() + 1, nullptr, 0, nullptr) == CKR_SLOT_ID_INVALID);
+  CK_OBJECT_HANDLE cert = s.find(h, {}).at(0);
+  CHECK(s.f->C_InitToken(s.slot(), nullptr, 0, nullptr) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_InitToken(s.slot() + 1, nullptr, 0, (CK_UTF8CHAR_PTR) "label") == CKR_SLOT_ID_INVALID);
+  CHECK(s.f->C_InitToken(s.slot(), nullptr, 0, (CK_UTF8CHAR_PTR) "label") == CKR_SESSION_EXISTS);
+  CHECK(s.f->C_InitPIN(h, (CK_UTF8CHAR_PTR) "1", 1) == CKR_USER_NOT_LOGGED_IN);
+  CHECK(s.f->C_InitPIN(h, nullptr, 1) == CKR_ARGUMENTS_BAD);
+  // R/O session: token objects are not changed there (v2.40 C_DestroyObject, C_SetAttributeValue, C_SetPIN).
+  CK_BBOOL yes = CK_TRUE;
+  CK_ATTRIBUTE token_obj = {CKA_TOKEN, &yes, sizeof yes};
+  CHECK(s.f->C_CreateObject(h, &token_obj, 1, &o) == CKR_SESSION_READ_ONLY);
+  CHECK(s.f->C_CreateObject(h, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);  // a session object
+  CHECK(s.f->C_CreateObject(h, nullptr, 1, &o) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_DestroyObject(h, cert) == CKR_SESSION_READ_ONLY);
+  CHECK(s.f->C_SetAttributeValue(h, cert, &token_obj, 1) == CKR_SESSION_READ_ONLY);
+  CHECK(s.f->C_SetPIN(h, (CK_UTF8CHAR_PTR) "1", 1, (CK_UTF8CHAR_PTR) "2", 1) == CKR_SESSION_READ_ONLY);
+  CHECK(s.f->C_CopyObject(h, cert, nullptr, 0, &o) == CKR_ACTION_PROHIBITED);
+  CHECK(s.f->C_DestroyObject(h, 999999) == CKR_OBJECT_HANDLE_INVALID);
+  CHECK(s.f->C_CopyObject(h, 999999, nullptr, 0, &o) == CKR_OBJECT_HANDLE_INVALID);
+  CHECK(s.f->C_SetAttributeValue(h, 999999, nullptr, 0) == CKR_OBJECT_HANDLE_INVALID);
+  // R/W session: the objects say CKA_DESTROYABLE / CKA_MODIFIABLE / CKA_COPYABLE false.
+  CK_SESSION_HANDLE rw = 0;
+  REQUIRE(s.f->C_OpenSession(s.slot(), CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &rw) == CKR_OK);
+  CHECK(s.f->C_DestroyObject(rw, cert) == CKR_ACTION_PROHIBITED);
+  CHECK(s.f->C_SetAttributeValue(rw, cert, &token_obj, 1) == CKR_ACTION_PROHIBITED);
+  CHECK(s.f->C_CopyObject(rw, cert, nullptr, 0, &o) == CKR_ACTION_PROHIBITED);
+  CHECK(s.f->C_CreateObject(rw, &token_obj, 1, &o) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_SetPIN(rw, (CK_UTF8CHAR_PTR) "1", 1, (CK_UTF8CHAR_PTR) "2", 1) == CKR_FUNCTION_NOT_SUPPORTED);
+  CHECK(s.f->C_GenerateKeyPair(rw, &m, nullptr, 0, nullptr, 0, &o, &o) == CKR_MECHANISM_INVALID);
+  CHECK(s.f->C_GenerateKeyPair(rw, nullptr, nullptr, 0, nullptr, 0, &o, &o) == CKR_ARGUMENTS_BAD);
+  CHECK(s.f->C_GenerateKey(rw, &m, nullptr, 0, &o) == CKR_MECHANISM_INVALID);
+  CHECK(s.f->C_GenerateKey(rw + 100, &m, nullptr, 0, &o) == CKR_SESSION_HANDLE_INVALID);
+  // Nothing above harmed the sessions.
+  CK_SESSION_INFO si;
+  CHECK(s.f->C_GetSessionInfo(rw, &si) == CKR_OK);
+  CHECK(s.f->C_GetSessionInfo(h, &si) == CKR_OK);
   CHECK(s.f->C_EncryptInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_DecryptInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_Encrypt(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_Decrypt(h, nullptr, 0, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_SignRecoverInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_VerifyRecoverInit(h, &m, 1) == CKR_FUNCTION_NOT_SUPPORTED);
-  CHECK(s.f->C_GenerateKeyPair(h, &m, nullptr, 0, nullptr, 0, &o, &o) == CKR_FUNCTION_NOT_SUPPORTED);
-  CHECK(s.f->C_GenerateKey(h, &m, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_WrapKey(h, &m, 1, 1, nullptr, &n) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_UnwrapKey(h, &m, 1, nullptr, 0, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);
   CHECK(s.f->C_DeriveKey(h, &m, 1, nullptr, 0, &o) == CKR_FUNCTION_NOT_SUPPORTED);

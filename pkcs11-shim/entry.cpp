@@ -36,12 +36,12 @@ P11R_ENTRY(C_GetMechanismList, (CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pMechan
            bridge::GetMechanismList(slotID, pMechanismList, pulCount))
 P11R_ENTRY(C_GetMechanismInfo, (CK_SLOT_ID slotID, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR pInfo),
            bridge::GetMechanismInfo(slotID, type, pInfo))
-P11R_ENTRY(C_InitToken, (CK_SLOT_ID slotID, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR),
-           bridge::InitToken(slotID))
-P11R_ENTRY(C_InitPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR, CK_ULONG),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
-P11R_ENTRY(C_SetPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
+P11R_ENTRY(C_InitToken, (CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel),
+           bridge::InitToken(slotID, pPin, ulPinLen, pLabel))
+P11R_ENTRY(C_InitPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen),
+           bridge::InitPIN(hSession, pPin, ulPinLen))
+P11R_ENTRY(C_SetPIN, (CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin, CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen),
+           bridge::SetPIN(hSession, pOldPin, ulOldLen, pNewPin, ulNewLen))
 P11R_ENTRY(C_OpenSession, (CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR, CK_NOTIFY, CK_SESSION_HANDLE_PTR phSession),
            bridge::OpenSession(slotID, flags, phSession))
 P11R_ENTRY(C_CloseSession, (CK_SESSION_HANDLE hSession),
@@ -58,18 +58,18 @@ P11R_ENTRY(C_Login, (CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8C
            bridge::Login(hSession, userType, pPin, ulPinLen))
 P11R_ENTRY(C_Logout, (CK_SESSION_HANDLE hSession),
            bridge::Logout(hSession))
-P11R_ENTRY(C_CreateObject, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
-P11R_ENTRY(C_CopyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
-P11R_ENTRY(C_DestroyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
+P11R_ENTRY(C_CreateObject, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject),
+           bridge::CreateObject(hSession, pTemplate, ulCount, phObject))
+P11R_ENTRY(C_CopyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phNewObject),
+           bridge::CopyObject(hSession, hObject, pTemplate, ulCount, phNewObject))
+P11R_ENTRY(C_DestroyObject, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject),
+           bridge::DestroyObject(hSession, hObject))
 P11R_ENTRY(C_GetObjectSize, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ULONG_PTR pulSize),
            bridge::GetObjectSize(hSession, hObject, pulSize))
 P11R_ENTRY(C_GetAttributeValue, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount),
            bridge::GetAttributeValue(hSession, hObject, pTemplate, ulCount))
-P11R_ENTRY(C_SetAttributeValue, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG),
-           bridge::UnsupportedInSession(hSession, CKR_TOKEN_WRITE_PROTECTED))
+P11R_ENTRY(C_SetAttributeValue, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount),
+           bridge::SetAttributeValue(hSession, hObject, pTemplate, ulCount))
 P11R_ENTRY(C_FindObjectsInit, (CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount),
            bridge::FindObjectsInit(hSession, pTemplate, ulCount))
 P11R_ENTRY(C_FindObjects, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject, CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount),
@@ -134,10 +134,10 @@ P11R_ENTRY(C_SignEncryptUpdate, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR, CK_ULO
            bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
 P11R_ENTRY(C_DecryptVerifyUpdate, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR),
            bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
-P11R_ENTRY(C_GenerateKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR),
-           bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
-P11R_ENTRY(C_GenerateKeyPair, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR, CK_ATTRIBUTE_PTR, CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR, CK_OBJECT_HANDLE_PTR),
-           bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
+P11R_ENTRY(C_GenerateKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phKey),
+           bridge::GenerateKey(hSession, pMechanism, pTemplate, ulCount, phKey))
+P11R_ENTRY(C_GenerateKeyPair, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_ATTRIBUTE_PTR pPublicKeyTemplate, CK_ULONG ulPublicKeyAttributeCount, CK_ATTRIBUTE_PTR pPrivateKeyTemplate, CK_ULONG ulPrivateKeyAttributeCount, CK_OBJECT_HANDLE_PTR phPublicKey, CK_OBJECT_HANDLE_PTR phPrivateKey),
+           bridge::GenerateKeyPair(hSession, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount, pPrivateKeyTemplate, ulPrivateKeyAttributeCount, phPublicKey, phPrivateKey))
 P11R_ENTRY(C_WrapKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR),
            bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
 P11R_ENTRY(C_UnwrapKey, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR),

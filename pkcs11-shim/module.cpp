@@ -127,10 +127,11 @@ void Module::close_all_sessions(CK_SLOT_ID slot) {
   logged_in_.erase(slot);
 }
 
-CK_ULONG Module::session_count(CK_SLOT_ID slot) {
+CK_ULONG Module::session_count(CK_SLOT_ID slot, bool rw_only) {
   std::lock_guard<std::mutex> g(mu_);
-  return static_cast<CK_ULONG>(
-      std::count_if(sessions_.begin(), sessions_.end(), [&](const auto& kv) { return kv.second->slot == slot; }));
+  return static_cast<CK_ULONG>(std::count_if(sessions_.begin(), sessions_.end(), [&](const auto& kv) {
+    return kv.second->slot == slot && (!rw_only || (kv.second->flags & CKF_RW_SESSION));
+  }));
 }
 
 bool Module::logged_in(CK_SLOT_ID slot) {

@@ -81,7 +81,8 @@ class Module {
   std::shared_ptr<Session> session(CK_SESSION_HANDLE h);
   bool close_session(CK_SESSION_HANDLE h);
   void close_all_sessions(CK_SLOT_ID slot);
-  CK_ULONG session_count(CK_SLOT_ID slot);
+  // Sessions of this application with the slot's token; `rw_only` counts the R/W ones.
+  CK_ULONG session_count(CK_SLOT_ID slot, bool rw_only = false);
 
   bool logged_in(CK_SLOT_ID slot);
   void set_logged_in(CK_SLOT_ID slot, bool in);
