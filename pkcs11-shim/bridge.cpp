@@ -60,55 +60,6 @@ Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID)
   return t;
 }
 
-}  // namespace detail
-
-using namespace detail;
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-void pad(CK_UTF8CHAR* dst, size_t n, const std::string& s) {
-  std::memset(dst, ' ', n);
-  std::memcpy(dst, s.data(), std::min(n, s.size()));
-}
-
-// v2.40 §5.6 (session states): R/O or R/W, public or user, from the application's login state.
-CK_STATE session_state(Module& m, const Session& s) {
-  bool user = m.logged_in(s.slot);
-  if (s.flags & CKF_RW_SESSION) return user ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION;
-  return user ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
-}
-
-template <typename T>
-Status copy_list(const std::vector<T>& items, T* out, CK_ULONG_PTR count) {
-  if (!out) {
-    *count = items.size();
-    return {};
-  }
-  if (*count < items.size()) {
-    *count = items.size();
-    return ck(CKR_BUFFER_TOO_SMALL, "list buffer too small");
-  }
-  std::copy(items.begin(), items.end(), out);
-  *count = items.size();
-  return {};
-}
-
-// Size query convention (v2.40 §5.2): NULL buffer → length and CKR_OK; short buffer → length and
-// CKR_BUFFER_TOO_SMALL. Returns true when the caller should go on and produce the output.
-Result<bool> output_ready(CK_BYTE_PTR out, CK_ULONG_PTR out_len, size_t needed) {
-  if (!out) {
-    *out_len = needed;
-    return false;
-  }
-  if (*out_len < needed) {
-    *out_len = needed;
-    return ck(CKR_BUFFER_TOO_SMALL, "output buffer too small");
-  }
-  return true;
-}
-
 std::string ckr_text(CK_RV rv) {
   static const std::pair<CK_RV, const char*> names[] = {
       {CKR_OK, "CKR_OK"},
@@ -155,6 +106,39 @@ std::string ckr_text(CK_RV rv) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "CKR_0x%08lx", static_cast<unsigned long>(rv));
   return buf;
+}
+
+}  // namespace detail
+
+using namespace detail;
+
+namespace {
+
+void pad(CK_UTF8CHAR* dst, size_t n, const std::string& s) {
+  std::memset(dst, ' ', n);
+  std::memcpy(dst, s.data(), std::min(n, s.size()));
+}
+
+// v2.40 §5.6 (session states): R/O or R/W, public or user, from the application's login state.
+CK_STATE session_state(Module& m, const Session& s) {
+  bool user = m.logged_in(s.slot);
+  if (s.flags & CKF_RW_SESSION) return user ? CKS_RW_USER_FUNCTIONS : CKS_RW_PUBLIC_SESSION;
+  return user ? CKS_RO_USER_FUNCTIONS : CKS_RO_PUBLIC_SESSION;
+}
+
+template <typename T>
+Status copy_list(const std::vector<T>& items, T* out, CK_ULONG_PTR count) {
+  if (!out) {
+    *count = items.size();
+    return {};
+  }
+  if (*count < items.size()) {
+    *count = items.size();
+    return ck(CKR_BUFFER_TOO_SMALL, "list buffer too small");
+  }
+  std::copy(items.begin(), items.end(), out);
+  *count = items.size();
+  return {};
 }
 
 }  // namespace
@@ -501,241 +485,6 @@ Status FindObjectsFinal(CK_SESSION_HANDLE hSession) {
   if (!s->find) return ck(CKR_OPERATION_NOT_INITIALIZED, "no search active");
   s->find.reset();
   return {};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Digest (local)
-
-Status DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (s->digest) return ck(CKR_OPERATION_ACTIVE, "a digest is active");
-  auto alg = digest_mechanism_hash(pMechanism->mechanism);
-  if (!alg) return ck(CKR_MECHANISM_INVALID, "not a digest mechanism: " + mechanism_name(pMechanism->mechanism));
-  s->digest.emplace(*alg);
-  return {};
-}
-
-Status Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
-              CK_ULONG_PTR pulDigestLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if ((!pData && ulDataLen) || !pulDigestLen) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
-  if (s->digest->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Digest after C_DigestUpdate");
-  auto ready = output_ready(pDigest, pulDigestLen, hash_info(s->digest->hasher.alg()).size);
-  if (!ready.ok()) return ready.take_error();  // operation kept
-  if (!*ready) return {};
-  s->digest->hasher.update({pData, ulDataLen});
-  Bytes d = s->digest->hasher.finish();
-  std::memcpy(pDigest, d.data(), d.size());
-  *pulDigestLen = d.size();
-  s->digest.reset();
-  return {};
-}
-
-Status DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
-  s->digest->hasher.update({pPart, ulPartLen});
-  s->digest->multipart = true;
-  return {};
-}
-
-Status DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pulDigestLen) return ck(CKR_ARGUMENTS_BAD, "pulDigestLen is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->digest) return ck(CKR_OPERATION_NOT_INITIALIZED, "no digest active");
-  auto ready = output_ready(pDigest, pulDigestLen, hash_info(s->digest->hasher.alg()).size);
-  if (!ready.ok()) return ready.take_error();
-  if (!*ready) return {};
-  Bytes d = s->digest->hasher.finish();
-  std::memcpy(pDigest, d.data(), d.size());
-  *pulDigestLen = d.size();
-  s->digest.reset();
-  return {};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sign (one round trip in C_Sign / C_SignFinal) and verify (local)
-
-namespace {
-
-Result<SignOp> start_op(Module& m, const Session& s, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey, bool sign) {
-  ASSIGN_OR_RETURN(auto key, visible_object(m, s, hKey, CKR_KEY_HANDLE_INVALID));
-  if (key->cls != CKO_PRIVATE_KEY && key->cls != CKO_PUBLIC_KEY)
-    return ck(CKR_KEY_HANDLE_INVALID, "object " + std::to_string(hKey) + " is not a key");
-  if (!key->key || key->cls != (sign ? CKO_PRIVATE_KEY : CKO_PUBLIC_KEY))
-    return ck(CKR_KEY_FUNCTION_NOT_PERMITTED, sign ? "only private keys sign" : "verify with the public key object");
-  const SignMech* mech = find_sign_mechanism(pMechanism->mechanism);
-  if (!mech) return ck(CKR_MECHANISM_INVALID, "mechanism " + mechanism_name(pMechanism->mechanism) + " is not supported");
-  bool rsa_mech = mech->kind != SignKind::ecdsa;
-  if (rsa_mech != (key->key->key_type == CKK_RSA))
-    return ck(CKR_KEY_TYPE_INCONSISTENT, mechanism_name(mech->mech) + " does not fit the key type");
-  if (!key->key->allows(mech->mech))
-    return ck(CKR_MECHANISM_INVALID, mechanism_name(mech->mech) + " is not allowed for key '" + key->key->desc.name + "'");
-  SignOp op;
-  op.mech = mech;
-  op.key = key->key;
-  if (mech->kind == SignKind::rsa_pss) {
-    ASSIGN_OR_RETURN(op.pss, pss_params(*mech, *pMechanism, key->key->bits));
-  }
-  if (mech->hash) op.hasher.emplace(*mech->hash);
-  return op;
-}
-
-// The network part, run without holding the session lock.
-Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
-  ASSIGN_OR_RETURN(relay::SignRequest req, make_sign_request(*op.mech, op.pss, op.finish(), op.key->signature_size));
-  const std::string& name = op.key->desc.name;
-  auto t0 = Clock::now();
-  auto sig = m.transport().sign(name, req);
-  auto ms = [t0] {  // formatted only when a line is logged
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.2f",
-                  std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0);
-    return std::string(buf);
-  };
-  if (!sig.ok()) {
-    Error e = sig.take_error();
-    SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " + ms() +
-                          " ms: " + e.message + " (" + ckr_text(e.ckr) + ")");
-    if (e.ckr == CKR_OK) e.ckr = CKR_DEVICE_ERROR;
-    return e;
-  }
-  SHIM_LOG(debug, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " ok in " + ms() + " ms");
-  Bytes out = std::move(sig).value();
-  size_t want = op.key->signature_size;
-  if (op.mech->kind != SignKind::ecdsa && out.size() < want) out.insert(out.begin(), want - out.size(), 0);
-  if (out.size() != want)
-    return ck(CKR_DEVICE_ERROR, "daemon returned a " + std::to_string(out.size()) + "-byte signature, expected " +
-                                    std::to_string(want));
-  std::memcpy(pSignature, out.data(), out.size());
-  *pulSignatureLen = out.size();
-  return {};
-}
-
-}  // namespace
-
-Status SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (s->sign) return ck(CKR_OPERATION_ACTIVE, "a signature is active");
-  ASSIGN_OR_RETURN(SignOp op, start_op(*m, *s, pMechanism, hKey, true));
-  s->sign = std::move(op);
-  return {};
-}
-
-Status Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
-            CK_ULONG_PTR pulSignatureLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if ((!pData && ulDataLen) || !pulSignatureLen) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  SignOp op;
-  {
-    std::lock_guard<std::mutex> g(s->mu);
-    if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
-    if (s->sign->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate; use C_SignFinal");
-    auto ready = output_ready(pSignature, pulSignatureLen, s->sign->key->signature_size);
-    if (!ready.ok()) return ready.take_error();  // CKR_BUFFER_TOO_SMALL keeps the operation
-    if (!*ready) return {};                      // length query: no network
-    op = std::move(*s->sign);
-    s->sign.reset();  // every other outcome ends the operation (v2.40 §5.12)
-  }
-  op.update({pData, ulDataLen});
-  return finish_sign(*m, std::move(op), pSignature, pulSignatureLen);
-}
-
-Status SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
-  s->sign->update({pPart, ulPartLen});
-  s->sign->multipart = true;
-  return {};
-}
-
-Status SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pulSignatureLen) return ck(CKR_ARGUMENTS_BAD, "pulSignatureLen is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  SignOp op;
-  {
-    std::lock_guard<std::mutex> g(s->mu);
-    if (!s->sign) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_SignInit first");
-    auto ready = output_ready(pSignature, pulSignatureLen, s->sign->key->signature_size);
-    if (!ready.ok()) return ready.take_error();
-    if (!*ready) return {};
-    op = std::move(*s->sign);
-    s->sign.reset();
-  }
-  return finish_sign(*m, std::move(op), pSignature, pulSignatureLen);
-}
-
-Status VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pMechanism) return ck(CKR_ARGUMENTS_BAD, "pMechanism is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (s->verify) return ck(CKR_OPERATION_ACTIVE, "a verification is active");
-  ASSIGN_OR_RETURN(SignOp op, start_op(*m, *s, pMechanism, hKey, false));
-  s->verify = std::move(op);
-  return {};
-}
-
-namespace {
-Status finish_verify(SignOp& op, std::span<const std::uint8_t> signature) {
-  Bytes input = op.finish();  // for CKM_SHA*_RSA_PKCS OpenSSL builds the DigestInfo from the digest
-  return verify_signature(op.key->public_key.get(), *op.mech, op.pss, input, signature, op.key->signature_size);
-}
-}  // namespace
-
-Status Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
-              CK_ULONG ulSignatureLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if ((!pData && ulDataLen) || !pSignature) return ck(CKR_ARGUMENTS_BAD, "NULL argument");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
-  if (s->verify->multipart) return ck(CKR_OPERATION_ACTIVE, "C_Verify after C_VerifyUpdate; use C_VerifyFinal");
-  SignOp op = std::move(*s->verify);
-  s->verify.reset();
-  op.update({pData, ulDataLen});
-  return finish_verify(op, {pSignature, ulSignatureLen});
-}
-
-Status VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pPart && ulPartLen) return ck(CKR_ARGUMENTS_BAD, "pPart is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
-  s->verify->update({pPart, ulPartLen});
-  s->verify->multipart = true;
-  return {};
-}
-
-Status VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen) {
-  ASSIGN_OR_RETURN(auto m, module());
-  if (!pSignature) return ck(CKR_ARGUMENTS_BAD, "pSignature is NULL");
-  ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
-  std::lock_guard<std::mutex> g(s->mu);
-  if (!s->verify) return ck(CKR_OPERATION_NOT_INITIALIZED, "C_VerifyInit first");
-  SignOp op = std::move(*s->verify);
-  s->verify.reset();
-  return finish_verify(op, {pSignature, ulSignatureLen});
 }
 
 // ---------------------------------------------------------------------------------------------

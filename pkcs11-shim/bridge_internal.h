@@ -7,6 +7,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include <memory>
+#include <string>
 
 namespace p11relay::shim::bridge::detail {
 
@@ -19,6 +20,8 @@ Result<std::shared_ptr<Session>> session_of(Module& m, CK_SESSION_HANDLE h);
 Result<std::shared_ptr<const Object>> visible_object(Module& m, const Session& s, CK_OBJECT_HANDLE h, CK_RV invalid);
 // The PIN against pkcs11.pin of the client config (true when none is configured); constant time.
 bool pin_matches(Module& m, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen);
+// "CKR_PIN_INCORRECT" etc. for log lines.
+std::string ckr_text(CK_RV rv);
 // CKR_SLOT_ID_INVALID / CKR_TOKEN_NOT_PRESENT.
 Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID);
 

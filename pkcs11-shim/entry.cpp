@@ -98,8 +98,8 @@ P11R_ENTRY(C_Digest, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ul
            bridge::Digest(hSession, pData, ulDataLen, pDigest, pulDigestLen))
 P11R_ENTRY(C_DigestUpdate, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPartLen),
            bridge::DigestUpdate(hSession, pPart, ulPartLen))
-P11R_ENTRY(C_DigestKey, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE),
-           bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_SUPPORTED))
+P11R_ENTRY(C_DigestKey, (CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey),
+           bridge::DigestKey(hSession, hKey))
 P11R_ENTRY(C_DigestFinal, (CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest, CK_ULONG_PTR pulDigestLen),
            bridge::DigestFinal(hSession, pDigest, pulDigestLen))
 P11R_ENTRY(C_SignInit, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey),
