@@ -226,6 +226,60 @@ Status load_policy(const Loader& l, const YAML::Node& n, const std::string& w, K
   return {};
 }
 
+Status check_tsa_urls(const Loader& l, const YAML::Node& n, const std::vector<std::string>& urls, const std::string& w) {
+  for (const auto& u : urls)
+    if (u.rfind("http://", 0) != 0)
+      return l.err(n, w + ": '" + u + "' is not an http:// URL (TSAs are reached over plain HTTP; the token is signed)");
+  return {};
+}
+
+// timestamp: (relic's TimestampConfig). memcache, ratelimit and rateburst are relic tuning knobs for
+// its shared timestamp cache; accepted so relic configs load, not needed here (docs/migrating-from-relic.md).
+Status load_timestamp(const Loader& l, const YAML::Node& tn, const std::string& dir, TimestampConfig& t) {
+  const std::string w = "timestamp";
+  RETURN_IF_ERROR(l.only_keys(tn, w, {"urls", "msurls", "namedurls", "timeout", "cacert", "memcache", "ratelimit",
+                                      "rateburst"}));
+  t.defined = true;
+  RETURN_IF_ERROR(l.get_list(tn, "urls", t.urls, w));
+  RETURN_IF_ERROR(l.get_list(tn, "msurls", t.msurls, w));
+  RETURN_IF_ERROR(l.get(tn, "timeout", t.timeout, w));
+  RETURN_IF_ERROR(l.get(tn, "cacert", t.cacert, w));
+  RETURN_IF_ERROR(check_tsa_urls(l, tn["urls"], t.urls, "timestamp.urls"));
+  if (YAML::Node nn = tn["namedurls"]; nn.IsDefined() && !nn.IsNull()) {
+    if (!nn.IsMap()) return l.err(nn, "timestamp.namedurls must be a mapping of name to URL list");
+    for (const auto& kv : nn) {
+      std::string name = kv.first.as<std::string>();
+      std::vector<std::string> urls;
+      RETURN_IF_ERROR(l.get_list(nn, name.c_str(), urls, "timestamp.namedurls"));
+      RETURN_IF_ERROR(check_tsa_urls(l, kv.second, urls, "timestamp.namedurls." + name));
+      t.namedurls[name] = std::move(urls);
+    }
+  }
+  if (t.timeout <= 0) return l.err(tn["timeout"], "timestamp.timeout must be > 0 (seconds)");
+  if (!t.cacert.empty()) {
+    t.cacert = resolve(dir, t.cacert);
+    RETURN_IF_ERROR(require_file(l, tn["cacert"], t.cacert, "timestamp.cacert"));
+  }
+  return {};
+}
+
+// A key that timestamps needs URLs to timestamp with: never an untimestamped signature instead.
+Status check_key_timestamps(const Loader& l, const YAML::Node& root, const Config& c) {
+  for (const auto& [name, k] : c.keys) {
+    if (!k.timestamp && k.timestamper.empty()) continue;
+    const YAML::Node n = root["keys"][name];
+    const std::string w = "keys." + name;
+    if (!k.alias.empty()) return l.err(n, w + ": an alias cannot set timestamp or timestamper (the target key's apply)");
+    if (!c.timestamp.defined)
+      return l.err(n, w + " asks for timestamps but there is no top-level timestamp: section with urls");
+    if (!k.timestamper.empty() && !c.timestamp.namedurls.count(k.timestamper))
+      return l.err(n["timestamper"], w + ".timestamper '" + k.timestamper + "' is not in timestamp.namedurls");
+    if (c.timestamp.urls_for(k).empty())
+      return l.err(n, w + " asks for timestamps but its URL list (timestamp.urls or namedurls) is empty");
+  }
+  return {};
+}
+
 Result<Config> load(const std::string& path, bool check_secrets) {
   Config c;
   c.path = path;
@@ -347,6 +401,8 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       const YAML::Node& n = kv.second;
       RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "uri", "x509certificate", "pgpcertificate",
                                          "roles", "hide", "timestamp", "timestamper", "policy"}));
+      RETURN_IF_ERROR(l.get(n, "timestamp", k.timestamp, w));
+      RETURN_IF_ERROR(l.get(n, "timestamper", k.timestamper, w));
       RETURN_IF_ERROR(l.get(n, "token", k.token, w));
       RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
       RETURN_IF_ERROR(l.get(n, "label", k.label, w));
@@ -413,6 +469,10 @@ Result<Config> load(const std::string& path, bool check_secrets) {
     }
   }
 
+  if (YAML::Node tn = root["timestamp"]; tn.IsDefined() && !tn.IsNull())
+    RETURN_IF_ERROR(load_timestamp(l, tn, c.dir, c.timestamp));
+  RETURN_IF_ERROR(check_key_timestamps(l, root, c));
+
   RETURN_IF_ERROR(l.get(root, "auditfile", c.auditfile, "the top level"));
   RETURN_IF_ERROR(l.get(root, "pinfile", c.pinfile, "the top level"));
   if (!c.auditfile.empty()) c.auditfile = resolve(c.dir, c.auditfile);
@@ -432,6 +492,15 @@ Result<Config> load(const std::string& path, bool check_secrets) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& TimestampConfig::urls_for(const KeyConfig& k) const {
+  static const std::vector<std::string> none;
+  if (!k.timestamper.empty()) {
+    auto it = namedurls.find(k.timestamper);
+    return it == namedurls.end() ? none : it->second;
+  }
+  return k.timestamp ? urls : none;
+}
 
 const KeyConfig* Config::resolve_key(const std::string& name) const {
   auto it = keys.find(name);

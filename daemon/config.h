@@ -64,6 +64,23 @@ struct KeyConfig {
   // SHA-1 or raw input); has_policy gates every other check, so they cost nothing more.
   KeyPolicy policy;
   bool has_policy = false;
+  // relic's keys.K.timestamp / timestamper (docs/relic-protocol.md §10): signatures get an RFC 3161
+  // timestamp from timestamp.urls (or timestamp.namedurls[timestamper]).
+  bool timestamp = false;
+  std::string timestamper;
+};
+
+// relic's top-level timestamp: section (docs/relic-protocol.md §10).
+struct TimestampConfig {
+  bool defined = false;
+  std::vector<std::string> urls;    // RFC 3161 TSAs (http://), tried in order
+  std::vector<std::string> msurls;  // legacy Microsoft TSAs: no signer served here asks for them
+  std::map<std::string, std::vector<std::string>> namedurls;  // keys.K.timestamper picks one
+  int timeout = 30;                 // seconds per TSA
+  std::string cacert;               // TSA CA bundle: tokens must chain to it (else: signature check only)
+  // The TSA URLs a key uses; empty when it does not timestamp.
+  const std::vector<std::string>& urls_for(const KeyConfig& k) const;
+  bool operator==(const TimestampConfig&) const = default;
 };
 
 struct ClientConfig {
@@ -80,6 +97,7 @@ struct Config {
   std::map<std::string, TokenConfig> tokens;
   std::map<std::string, KeyConfig> keys;
   std::map<std::string, ClientConfig> clients;
+  TimestampConfig timestamp;
   std::string auditfile;
   std::string pinfile;
 

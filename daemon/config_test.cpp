@@ -165,3 +165,38 @@ TEST_CASE("tokens and keys selected by RFC 7512 pkcs11: URIs") {
   CHECK(error_of("e14.yml", label, "    token: t\n    uri: \"pkcs11:type=private\"\n")
             .find("needs a label or an id") != std::string::npos);
 }
+
+TEST_CASE("timestamp: relic's section; a key that timestamps needs URLs for it") {
+  TempDir d;
+  d.write("c.pem", "x");
+  d.write("k.pem", "x");
+  d.write("tsa.pem", "x");
+  const std::string ts_key = "  k2:\n    token: t\n    label: b\n    timestamp: true\n";
+  const std::string named_key = "  k3:\n    token: t\n    label: c\n    timestamper: fast\n";
+  const std::string section =
+      "timestamp:\n  urls: [http://a.example/, http://b.example/]\n  namedurls:\n    fast: [http://c.example/]\n"
+      "  timeout: 7\n  cacert: tsa.pem\n  msurls: [http://ms.example/]\n  ratelimit: 2\n";
+  auto ok = load_config(d.write("a.yml", base_config(ts_key + named_key) + section));
+  REQUIRE_MESSAGE(ok.ok(), ok.error().message);
+  CHECK(ok->timestamp.urls_for(ok->keys.at("k2")) == std::vector<std::string>{"http://a.example/", "http://b.example/"});
+  CHECK(ok->timestamp.urls_for(ok->keys.at("k3")) == std::vector<std::string>{"http://c.example/"});
+  CHECK(ok->timestamp.urls_for(ok->keys.at("k1")).empty());
+  CHECK(ok->timestamp.timeout == 7);
+  CHECK(ok->timestamp.cacert == (d.path / "tsa.pem").string());
+
+  auto no_section = load_config(d.write("b.yml", base_config(ts_key)));
+  REQUIRE_FALSE(no_section.ok());
+  CHECK(no_section.error().message.find("no top-level timestamp: section") != std::string::npos);
+  auto unknown_name = load_config(d.write("c.yml", base_config(named_key) + "timestamp:\n  urls: [http://a.example/]\n"));
+  REQUIRE_FALSE(unknown_name.ok());
+  CHECK(unknown_name.error().message.find("'fast' is not in timestamp.namedurls") != std::string::npos);
+  auto empty = load_config(d.write("d.yml", base_config(ts_key) + "timestamp:\n  timeout: 5\n"));
+  REQUIRE_FALSE(empty.ok());
+  CHECK(empty.error().message.find("URL list") != std::string::npos);
+  auto https = load_config(d.write("e.yml", base_config(ts_key) + "timestamp:\n  urls: [https://a.example/]\n"));
+  REQUIRE_FALSE(https.ok());
+  CHECK(https.error().message.find("not an http:// URL") != std::string::npos);
+  auto zero = load_config(d.write("f.yml", base_config() + "timestamp:\n  urls: [http://a.example/]\n  timeout: 0\n"));
+  REQUIRE_FALSE(zero.ok());
+  CHECK(zero.error().message.find("timestamp.timeout must be > 0") != std::string::npos);
+}

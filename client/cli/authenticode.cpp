@@ -124,11 +124,11 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(pe, chain_ptrs, so, signer));
   if (!o.timestamp_url.empty()) {
     ac::TimestampOptions to;
-    to.url = o.timestamp_url;
+    to.urls = {o.timestamp_url};
     to.timeout_seconds = o.timestamp_timeout;
     to.ca_file = o.tsa_cafile;
     auto ts = ac::add_timestamp(sd, to);
-    if (!ts.ok()) return Error(ErrorCode::network, "timestamp from " + o.timestamp_url + " failed: " + ts.error().message);
+    if (!ts.ok()) return Error(ErrorCode::network, "timestamping failed: " + ts.error().message);
     sd = std::move(ts).value();
   }
   // The file must still be the one that was hashed.

@@ -5,7 +5,7 @@
 //   for each body chunk: RETURN_IF_ERROR(d.update(chunk));          // errors are bad_request (4xx)
 //   ASSIGN_OR_RETURN(PeInfo pe, d.finish());
 //   ASSIGN_OR_RETURN(Bytes sd, build_signed_data(pe, chain, {description, url}, token_signer));
-//   if (timestamp) ASSIGN_OR_RETURN(sd, add_timestamp(sd, {url, timeout}));
+//   if (timestamp) ASSIGN_OR_RETURN(sd, add_timestamp(sd, {urls, timeout}, &info));
 //   ASSIGN_OR_RETURN(binpatch::Patch p, make_pe_patch(pe, sd));
 //   ASSIGN_OR_RETURN(Bytes body, binpatch::serialize(p));          // Content-Type binpatch::kMimeType
 //

@@ -2,6 +2,7 @@
 
 #include "common/authenticode/signed_data.h"
 #include "common/openssl_ptr.h"
+#include "common/x509.h"
 
 #include <netdb.h>
 #include <openssl/bn.h>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <memory>
 
 namespace p11relay::authenticode {
@@ -301,16 +303,61 @@ Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const 
   return der;
 }
 
-Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options) {
+namespace {
+
+// genTime as RFC 3339 UTC; GeneralizedTime may carry fractions, which the audit does not need.
+std::string rfc3339(const ASN1_GENERALIZEDTIME* t) {
+  struct tm tm {};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return {};
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Signer subject and genTime of a token that check_timestamp_response accepted.
+void describe_token(std::span<const uint8_t> token_der, TimestampInfo& info) {
+  const unsigned char* p = token_der.data();
+  std::unique_ptr<PKCS7, Pkcs7Deleter> token(d2i_PKCS7(nullptr, &p, static_cast<long>(token_der.size())));
+  if (!token) return;
+  if (TS_TST_INFO* tst = PKCS7_to_TS_TST_INFO(token.get())) {
+    info.gen_time = rfc3339(TS_TST_INFO_get_time(tst));
+    TS_TST_INFO_free(tst);
+  }
+  STACK_OF(X509)* signers = PKCS7_get0_signers(token.get(), nullptr, 0);
+  if (signers && sk_X509_num(signers) > 0) info.tsa_subject = name_rfc2253(X509_get_subject_name(sk_X509_value(signers, 0)));
+  sk_X509_free(signers);
+  openssl_error_string();  // clear what a partial description left queued
+}
+
+Result<Bytes> timestamp_from(const std::string& url, std::span<const uint8_t> message, const TimestampOptions& options) {
+  ASSIGN_OR_RETURN(TimestampRequest req, make_timestamp_request(options.alg, message));
+  ASSIGN_OR_RETURN(HttpReply reply, http_post(url, "application/timestamp-query", req.der, options.timeout_seconds));
+  if (reply.status != 200)
+    return Error(ErrorCode::device_error, "timestamp server answered HTTP " + std::to_string(reply.status));
+  return check_timestamp_response(reply.body, req, options);
+}
+
+}  // namespace
+
+Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options, TimestampInfo* info) {
+  if (options.urls.empty()) return config_error("no timestamp server URL configured");
   ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
   // The imprint covers the SignerInfo's encryptedDigest value (the signature bytes) (§10).
   Bytes message(sd.signers[0].signature.begin(), sd.signers[0].signature.end());
-  ASSIGN_OR_RETURN(TimestampRequest req, make_timestamp_request(options.alg, message));
-  ASSIGN_OR_RETURN(HttpReply reply, http_post(options.url, "application/timestamp-query", req.der, options.timeout_seconds));
-  if (reply.status != 200)
-    return Error(ErrorCode::device_error, "timestamp server answered HTTP " + std::to_string(reply.status));
-  ASSIGN_OR_RETURN(Bytes token, check_timestamp_response(reply.body, req, options));
-  return add_unsigned_attribute(signed_data, oid::kRfc3161Timestamp, token);
+  std::string failures;
+  for (const std::string& url : options.urls) {
+    auto token = timestamp_from(url, message, options);
+    if (!token.ok()) {
+      failures += (failures.empty() ? "" : "; ") + url + ": " + token.error().message;
+      continue;
+    }
+    if (info) {
+      *info = TimestampInfo{url, {}, {}, options.alg};
+      describe_token(*token, *info);
+    }
+    return add_unsigned_attribute(signed_data, oid::kRfc3161Timestamp, *token);
+  }
+  return Error(ErrorCode::device_error, "no timestamp server answered (" + failures + ")");
 }
 
 }  // namespace p11relay::authenticode

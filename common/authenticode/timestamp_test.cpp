@@ -30,10 +30,16 @@ TEST_CASE("RFC 3161 timestamp from a local TSA; osslsigncode accepts it") {
   REQUIRE(sd.ok());
 
   TimestampOptions opt;
-  opt.url = tsa.url();
+  // The first URL fails: the next one is tried, and the description names the one that answered.
+  opt.urls = {tsa.url("/fail"), tsa.url()};
   opt.ca_file = tsa.ca_file();
-  auto stamped = add_timestamp(*sd, opt);
+  TimestampInfo ts_info;
+  auto stamped = add_timestamp(*sd, opt, &ts_info);
   REQUIRE_MESSAGE(stamped.ok(), stamped.error().message);
+  CHECK(ts_info.url == tsa.url());
+  CHECK(ts_info.tsa_subject.find("p11relay test TSA") != std::string::npos);
+  CHECK(ts_info.gen_time.size() == 20);
+  CHECK(ts_info.gen_time.back() == 'Z');
   opt.ca_file.clear();  // signature-only check path
   auto stamped2 = add_timestamp(*sd, opt);
   REQUIRE_MESSAGE(stamped2.ok(), stamped2.error().message);
@@ -53,9 +59,17 @@ TEST_CASE("RFC 3161 timestamp from a local TSA; osslsigncode accepts it") {
   }
 
   // Failures: HTTP error, junk reply, a reply for a different request, wrong CA, nothing listening.
-  opt.url = tsa.url("/fail");
+  opt.urls = {tsa.url("/fail")};
   CHECK_FALSE(add_timestamp(*sd, opt).ok());
-  opt.url = tsa.url("/garbage");
+  opt.urls = {tsa.url("/garbage")};
+  CHECK_FALSE(add_timestamp(*sd, opt).ok());
+  opt.urls = {tsa.url("/fail"), tsa.url("/garbage")};  // every URL fails: each is named
+  auto none_answered = add_timestamp(*sd, opt);
+  REQUIRE_FALSE(none_answered.ok());
+  CHECK(none_answered.error().code == ErrorCode::device_error);
+  CHECK(none_answered.error().message.find("/fail: timestamp server answered HTTP 500") != std::string::npos);
+  CHECK(none_answered.error().message.find("/garbage: ") != std::string::npos);
+  opt.urls.clear();
   CHECK_FALSE(add_timestamp(*sd, opt).ok());
   {
     Bytes msg = to_bytes("message");
@@ -75,10 +89,10 @@ TEST_CASE("RFC 3161 timestamp from a local TSA; osslsigncode accepts it") {
     wrong_ca.ca_file = key.cert_path;
     CHECK_FALSE(check_timestamp_response(reply->body, *req1, wrong_ca).ok());
   }
-  opt.url = "http://127.0.0.1:1/";
+  opt.urls = {"http://127.0.0.1:1/"};
   auto refused = add_timestamp(*sd, opt);
   REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == ErrorCode::network);
-  opt.url = "https://127.0.0.1/";
+  CHECK(refused.error().message.find("cannot connect") != std::string::npos);
+  opt.urls = {"https://127.0.0.1/"};
   CHECK_FALSE(add_timestamp(*sd, opt).ok());
 }

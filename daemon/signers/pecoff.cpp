@@ -8,6 +8,7 @@
 #include "daemon/requests_api.h"
 #include "daemon/router.h"
 #include "daemon/signers/signers.h"
+#include "daemon/signers/timestamp.h"
 
 #include <spdlog/spdlog.h>
 
@@ -15,12 +16,6 @@ namespace p11relay::daemon {
 namespace {
 
 namespace ac = p11relay::authenticode;
-
-// Go's strconv.ParseBool, as relic parses signer flags (§2.6 step 7): unparsable is false.
-bool parse_bool(const std::string* v) {
-  if (!v) return false;
-  return *v == "1" || *v == "t" || *v == "T" || *v == "TRUE" || *v == "true" || *v == "True";
-}
 
 struct SignTask {
   std::shared_ptr<Token> token;
@@ -30,9 +25,13 @@ struct SignTask {
   ac::PeInfo pe;
   std::vector<X509*> chain;  // owned by the ServedKey, which the request keeps alive
   ac::SignOptions options;
+  std::optional<ac::TimestampOptions> timestamp;
+  ac::TimestampInfo timestamp_info;  // filled when timestamped
+  std::optional<Error> timestamp_error;
 };
 
-// Runs on the blocking pool: builds the SignedData, the token signing the attributes' digest.
+// Runs on the blocking pool: builds the SignedData, the token signing the attributes' digest, then
+// counter-signs it from a TSA when the key asks for it.
 Result<Bytes> run_sign_task(const std::shared_ptr<SignTask>& t) {
   ac::RawSigner raw = [&t](HashAlg alg, std::span<const uint8_t> digest) -> Result<Bytes> {
     SignJob job;
@@ -48,13 +47,17 @@ Result<Bytes> run_sign_task(const std::shared_ptr<SignTask>& t) {
     job.input = digest_info(alg, digest);
     return token_sign_blocking(*t->token, std::move(job));
   };
-  return ac::build_signed_data(t->pe, t->chain, t->options, raw);
+  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(t->pe, t->chain, t->options, raw));
+  if (!t->timestamp) return sd;
+  auto stamped = ac::add_timestamp(sd, *t->timestamp, &t->timestamp_info);
+  if (!stamped.ok()) t->timestamp_error = stamped.error();
+  return stamped;
 }
 
 class PeCoffSigner : public BodyConsumer {
  public:
   PeCoffSigner(Service& svc, Service::KeyRef key, std::string key_name, HashAlg alg, bool page_hashes,
-               ac::SignOptions options, std::string filename)
+               ac::SignOptions options, std::string filename, std::optional<ac::TimestampOptions> timestamp)
       : svc_(svc),
         key_(std::move(key)),
         key_name_(std::move(key_name)),
@@ -62,6 +65,7 @@ class PeCoffSigner : public BodyConsumer {
         page_hashes_(page_hashes),
         options_(std::move(options)),
         filename_(std::move(filename)),
+        timestamp_(std::move(timestamp)),
         digester_(ac::PeDigestOptions{alg, page_hashes, /*keep_cert_table=*/false}) {}
 
   Status consume(std::string_view chunk) override {
@@ -104,6 +108,7 @@ class PeCoffSigner : public BodyConsumer {
     task->pe = std::move(pe).value();
     for (const auto& c : key.chain) task->chain.push_back(c.get());
     task->options = options_;
+    task->timestamp = timestamp_;
     std::function<Result<Bytes>()> work = std::bind(&run_sign_task, task);
     auto signed_data = co_await run_blocking<Result<Bytes>>(svc_, work);
     if (!signed_data.ok() && held) (void)svc_.approvals->finish(request.info.id, signed_data, epoch_now());
@@ -113,6 +118,7 @@ class PeCoffSigner : public BodyConsumer {
       const Error& e = signed_data.error();
       spdlog::warn("pe-coff sign failed: key={} client={} file={}: {}", key.name, ctx.identity.name(), filename_,
                    e.message);
+      if (task->timestamp_error) co_return timestamp_failed(e);
       if (e.code == ErrorCode::timeout) co_return text_response(504, "");
       if (e.http_status == 503) co_return relay_problem(e);
       if (e.ckr == CKR_KEY_FUNCTION_NOT_PERMITTED)
@@ -128,6 +134,7 @@ class PeCoffSigner : public BodyConsumer {
     extra["content-type"] = "application/x-binary-patch";
     extra["perf.size.in"] = task->pe.file_size;
     extra["perf.size.patch"] = blob->size();
+    if (timestamp_) audit_timestamp(task->timestamp_info, extra);
     extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
     if (held) {
       extra["request_id"] = request.info.id;
@@ -175,7 +182,8 @@ class PeCoffSigner : public BodyConsumer {
     h.mech = key_.served->description.key.type == KeyType::ec ? CKM_ECDSA : CKM_RSA_PKCS;
     // The same file with the same options is the same request (what gets signed also depends on them).
     h.input = pe.image_digest;
-    std::string opts = std::string(page_hashes_ ? "1" : "0") + "\n" + options_.description + "\n" + options_.url;
+    std::string opts = std::string(page_hashes_ ? "1" : "0") + (timestamp_ ? "t" : "") + "\n" + options_.description +
+                       "\n" + options_.url;
     h.input.insert(h.input.end(), opts.begin(), opts.end());
     h.digest_name = hash_info(alg_).relic_name;
     h.client_entry = ctx.identity.client ? ctx.identity.client->name : "";
@@ -191,19 +199,21 @@ class PeCoffSigner : public BodyConsumer {
   bool page_hashes_;
   ac::SignOptions options_;
   std::string filename_;
+  std::optional<ac::TimestampOptions> timestamp_;
   ac::PeDigester digester_;
 };
 
 Result<std::unique_ptr<BodyConsumer>> make_pecoff(const SignerContext& c) {
-  bool page_hashes = parse_bool(c.param("page-hashes"));
+  bool page_hashes = relic_flag(c, "page-hashes");
   if (page_hashes && !ac::page_hash_alg_for(c.digest))
     return Error(ErrorCode::bad_request, "page hashes need SHA-1 or SHA-256");
   ac::SignOptions options;
   if (auto* d = c.param("description")) options.description = *d;
   if (auto* u = c.param("desc-url")) options.url = *u;
+  ASSIGN_OR_RETURN(auto timestamp, timestamp_for(c));
   const std::string* filename = c.param("filename");
   return std::unique_ptr<BodyConsumer>(new PeCoffSigner(c.service, c.key, c.key_name, c.digest, page_hashes, options,
-                                                        filename ? *filename : std::string()));
+                                                        filename ? *filename : std::string(), std::move(timestamp)));
 }
 
 }  // namespace

@@ -6,4 +6,9 @@ void register_pecoff(Service& svc);
 
 void register_signers(Service& svc) { register_pecoff(svc); }
 
+bool relic_flag(const SignerContext& c, const std::string& name) {
+  const std::string* v = c.param(name);
+  return v && (*v == "1" || *v == "t" || *v == "T" || *v == "TRUE" || *v == "true" || *v == "True");
+}
+
 }  // namespace p11relay::daemon

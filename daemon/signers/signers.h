@@ -8,4 +8,8 @@ namespace p11relay::daemon {
 
 void register_signers(Service& svc);
 
+// A signer flag from the query, parsed like Go's strconv.ParseBool as relic does
+// (docs/relic-protocol.md §2.6): 1, t, T, TRUE, true, True are true; absent or unparsable is false.
+bool relic_flag(const SignerContext& c, const std::string& name);
+
 }  // namespace p11relay::daemon

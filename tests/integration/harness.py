@@ -34,6 +34,7 @@ DAEMON = os.environ.get("P11RELAYD", str(BUILD / "daemon" / "p11relayd"))
 SHIM = os.environ.get("P11RELAY_SHIM", str(BUILD / "pkcs11-shim" / "p11relay-pkcs11.so"))
 CLI = os.environ.get("P11RELAY_CLI", str(BUILD / "client" / "cli" / "p11relay"))
 # Provisioned templates are cached per build tree: a copy takes milliseconds, a new RSA key a second.
+TSA_SCRIPT = SOURCE_ROOT / "common" / "authenticode" / "test" / "tsa_server.py"
 TEMPLATE_ROOT = Path(os.environ.get("P11RELAY_TEMPLATE_DIR", BUILD / "tests" / "template-cache"))
 # Sanitizer runs (.ci/run builds the whole suite with ASan+UBSan): P11RELAY_SANITIZER_PRELOAD names the
 # runtime libraries that programs we did not build (pkcs11-tool, openssl, osslsigncode, p11tool) need
@@ -207,6 +208,35 @@ class DaemonTest(StateTest):
 
     def problem(self, body: bytes) -> dict:
         return json.loads(body.decode())
+
+
+class Tsa:
+    """A local RFC 3161 TSA: tsa_server.py (`openssl ts -reply` behind a small HTTP responder on 127.0.0.1)
+    with a fresh TSA certificate. POST /fail answers 500, /garbage junk."""
+
+    def __init__(self, tmp: Path):
+        d = tmp / "tsa"
+        d.mkdir(exist_ok=True)
+        (d / "tsa.cnf").write_text(
+            "[ tsa ]\ndefault_tsa = tsa_config1\n[ tsa_config1 ]\n"
+            f"dir = {d}\nserial = $dir/serial\ncrypto_device = builtin\n"
+            "signer_cert = $dir/tsa.crt\ncerts = $dir/tsa.crt\nsigner_key = $dir/tsa.key\n"
+            "signer_digest = sha256\ndefault_policy = 1.2.3.4.1\n"
+            "digests = sha1, sha256, sha384, sha512\naccuracy = secs:1\nordering = yes\n"
+            "tsa_name = no\ness_cert_id_chain = no\ness_cert_id_alg = sha256\n")
+        (d / "serial").write_text("01\n")
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=p11relay test TSA",
+             "-addext", "extendedKeyUsage=critical,timeStamping", "-addext", "keyUsage=critical,digitalSignature",
+             "-keyout", str(d / "tsa.key"), "-out", str(d / "tsa.crt")])
+        self.ca = d / "tsa.crt"
+        self.proc = subprocess.Popen([sys.executable, str(TSA_SCRIPT), str(d)], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+        self.proc.stdout.close()
 
 
 def remove_tmp(tmp: Path) -> None:

@@ -64,7 +64,7 @@ def fix_checksum(data: bytes) -> bytes:
 
 
 def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe", digest="SHA-256",
-            page_hashes=False, description=None, url=None, encoding=None, client=None):
+            page_hashes=False, description=None, url=None, encoding=None, client=None, params=None):
     """Returns (status, headers, body, signed_file_or_None)."""
     q = {"digest": digest, "filename": filename, "key": key, "sigtype": "pe-coff"}
     if page_hashes:
@@ -73,6 +73,7 @@ def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe"
         q["description"] = description
     if url:
         q["desc-url"] = url
+    q.update(params or {})
     query = urllib.parse.urlencode(sorted(q.items()))
     headers = {"User-Agent": "relic/8.2.0", "Accept-Encoding": "x-snappy-framed, gzip"}
     body = pe

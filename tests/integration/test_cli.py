@@ -19,11 +19,10 @@ import unittest
 from pathlib import Path
 
 import harness
-from harness import Daemon, make_state, openssl_verify, ecdsa_raw_to_der, free_port, run
+from harness import Daemon, Tsa, make_state, openssl_verify, ecdsa_raw_to_der, free_port, run
 
 CLI = harness.CLI
 HERE = Path(__file__).resolve().parent
-TSA_SCRIPT = HERE.parent.parent / "common" / "authenticode" / "test" / "tsa_server.py"
 OSSLSIGNCODE = shutil.which("osslsigncode")
 PKCS11_ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 KEYS = {"rsa2048", "ec256", "ec384", "rsapss"}
@@ -306,34 +305,6 @@ def pe_checksum_ok(path: Path) -> bool:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return stored == total + n
-
-
-class Tsa:
-    """tsa_server.py (the Authenticode library's test TSA) with a fresh TSA certificate."""
-
-    def __init__(self, tmp: Path):
-        d = tmp / "tsa"
-        d.mkdir(exist_ok=True)
-        (d / "tsa.cnf").write_text(
-            "[ tsa ]\ndefault_tsa = tsa_config1\n[ tsa_config1 ]\n"
-            f"dir = {d}\nserial = $dir/serial\ncrypto_device = builtin\n"
-            "signer_cert = $dir/tsa.crt\ncerts = $dir/tsa.crt\nsigner_key = $dir/tsa.key\n"
-            "signer_digest = sha256\ndefault_policy = 1.2.3.4.1\n"
-            "digests = sha1, sha256, sha384, sha512\naccuracy = secs:1\nordering = yes\n"
-            "tsa_name = no\ness_cert_id_chain = no\ness_cert_id_alg = sha256\n")
-        (d / "serial").write_text("01\n")
-        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=p11relay CLI test TSA",
-             "-addext", "extendedKeyUsage=critical,timeStamping", "-addext", "keyUsage=critical,digitalSignature",
-             "-keyout", str(d / "tsa.key"), "-out", str(d / "tsa.crt")])
-        self.ca = d / "tsa.crt"
-        self.proc = subprocess.Popen([sys.executable, str(TSA_SCRIPT), str(d)], stdout=subprocess.PIPE)
-        self.port = int(self.proc.stdout.readline())
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-        self.proc.stdout.close()
 
 
 @unittest.skipUnless(OSSLSIGNCODE, "osslsigncode not installed")
