@@ -87,3 +87,17 @@ class ShimTest(unittest.TestCase):
 
 def main():
     harness.main()
+
+
+def make_efi(tmp: Path) -> Path:
+    """A minimal EFI application (PE32+, subsystem 10) built with mingw-w64, for the EFI signers (pesign,
+    sbsign). SkipTest when the cross compiler is missing."""
+    cc = shutil.which("x86_64-w64-mingw32-gcc")
+    if not cc:
+        raise unittest.SkipTest("x86_64-w64-mingw32-gcc not installed (gcc-mingw-w64-x86-64): no EFI binary")
+    src, out = tmp / "efi_main.c", tmp / "hello.efi"
+    src.write_text("unsigned long long efi_main(void *image, void *systab)\n"
+                   "{ (void)image; (void)systab; return 0; }\n")
+    run([cc, "-nostdlib", "-ffreestanding", "-O1", "-Wl,--subsystem,10", "-Wl,-e,efi_main", "-o", str(out),
+         str(src)])
+    return out
