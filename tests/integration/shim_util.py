@@ -101,3 +101,25 @@ def make_efi(tmp: Path) -> Path:
     run([cc, "-nostdlib", "-ffreestanding", "-O1", "-Wl,--subsystem,10", "-Wl,-e,efi_main", "-o", str(out),
          str(src)])
     return out
+
+
+ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"  # libengine-pkcs11-openssl (libp11)
+
+
+def write_engine_config(path: Path, *, pin: Optional[str] = None) -> Path:
+    """An OpenSSL config that loads the pkcs11 engine with the shim (docs/recipes.md); with pin, the engine
+    logs in with it, so the PIN is on no command line (the file is made private)."""
+    pin_line = f"PIN = {pin}\n" if pin is not None else ""
+    path.write_text(f"""openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = {ENGINE}
+MODULE_PATH = {SHIM}
+{pin_line}init = 0
+""")
+    path.chmod(0o600)
+    return path

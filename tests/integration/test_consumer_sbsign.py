@@ -7,9 +7,7 @@ import shutil
 import unittest
 from pathlib import Path
 
-from shim_util import PIN, SHIM, TOKEN_LABEL, ShimTest, main, make_efi, run
-
-ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+from shim_util import ENGINE, PIN, TOKEN_LABEL, ShimTest, main, make_efi, run, write_engine_config
 
 
 class SbsignTest(ShimTest):
@@ -21,26 +19,14 @@ class SbsignTest(ShimTest):
             raise unittest.SkipTest("libengine-pkcs11-openssl not installed")
         super().setUpClass()
         cls.efi = make_efi(cls.tmp)
-        cnf = cls.tmp / "openssl-pkcs11.cnf"
-        cnf.write_text(f"""openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = {ENGINE}
-MODULE_PATH = {SHIM}
-PIN = {PIN}
-init = 0
-""")
-        cnf.chmod(0o600)
+        cnf = write_engine_config(cls.tmp / "openssl-pkcs11.cnf", pin=PIN)
         cls.env = dict(cls.env, OPENSSL_CONF=str(cnf))
 
     def sign(self, label: str) -> Path:
         out = self.tmp / f"signed-{label}.efi"
-        self.run_tool(["sbsign", "--engine", "pkcs11", "--key", f"pkcs11:token={TOKEN_LABEL};object={label};type=private",
-                       "--cert", str(self.cert(label)), "--output", str(out), str(self.efi)])
+        key = f"pkcs11:token={TOKEN_LABEL};object={label};type=private"
+        self.run_tool(["sbsign", "--engine", "pkcs11", "--key", key, "--cert", str(self.cert(label)),
+                       "--output", str(out), str(self.efi)])
         return out
 
     def verify(self, label: str, signed: Path):

@@ -7,9 +7,7 @@ import subprocess
 import unittest
 from pathlib import Path
 
-from shim_util import PIN, SHIM, TOKEN_LABEL, ShimTest, main, run
-
-ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
+from shim_util import ENGINE, PIN, SHIM, TOKEN_LABEL, ShimTest, main, run, write_engine_config
 
 
 class OpenSSLEngineTest(ShimTest):
@@ -18,18 +16,7 @@ class OpenSSLEngineTest(ShimTest):
         if not Path(ENGINE).exists():
             raise unittest.SkipTest("libengine-pkcs11-openssl not installed")
         super().setUpClass()
-        cnf = cls.tmp / "openssl.cnf"
-        cnf.write_text(f"""openssl_conf = openssl_init
-[openssl_init]
-engines = engine_section
-[engine_section]
-pkcs11 = pkcs11_section
-[pkcs11_section]
-engine_id = pkcs11
-dynamic_path = {ENGINE}
-MODULE_PATH = {SHIM}
-init = 0
-""")
+        cnf = write_engine_config(cls.tmp / "openssl.cnf")
         cls.env = dict(cls.env, OPENSSL_CONF=str(cnf))
 
     def uri(self, label: str) -> str:
