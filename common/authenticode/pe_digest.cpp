@@ -21,6 +21,10 @@ constexpr uint64_t kMaxHeaderBytes = 16 * 1024 * 1024;
 constexpr uint64_t kMaxImage = 0xffffffffULL;
 // Zero padding of partial section pages we are willing to hash beyond the section data itself.
 constexpr uint64_t kMaxPagePadding = 64 * 1024 * 1024;
+// Sections may overlap (NSIS installers put .reloc inside .rsrc): page hashing then reads those bytes
+// once per section. Refuse section tables whose overlaps would multiply the work beyond this factor
+// of the image (plus kMaxPagePadding).
+constexpr uint64_t kMaxOverlapFactor = 4;
 // Data is digested, summed and page-hashed in slices of this size, so that the second and third
 // reader of each byte find it in the L2 cache instead of going to memory again.
 constexpr size_t kSlice = 64 * 1024;
@@ -41,6 +45,11 @@ struct Section {
   uint64_t start;  // PointerToRawData
   uint64_t size;   // SizeOfRawData
 };
+
+// The architecture page of relic's page hashes (8 KiB on IA-64 and Alpha, 4 KiB elsewhere).
+uint64_t arch_page_size(uint16_t machine) {
+  return machine == 0x200 || machine == 0x184 || machine == 0x284 ? 8192 : 4096;
+}
 
 }  // namespace
 
@@ -73,11 +82,18 @@ struct PeDigester::State {
   std::optional<Hasher> page_hasher;
   Bytes zeros;
   Bytes header_page_digest;
-  std::vector<Section> jobs;  // sections sorted by file offset
-  size_t job_idx = 0;
-  uint64_t job_done = 0;
+  // One job per section with data, sorted by file offset; overlapping sections are active together,
+  // each with its own page hasher, so one forward pass serves them all.
+  struct PageJob {
+    Section sec;
+    size_t slot;  // index into sections/pages
+    uint64_t done = 0;
+    std::optional<Hasher> hasher;
+  };
+  std::vector<PageJob> jobs;
+  size_t next_job = 0;                    // first job whose data has not started
+  std::vector<size_t> active;             // started, unfinished jobs
   std::vector<std::vector<Bytes>> pages;  // per entry in `sections`
-  std::vector<size_t> job_slot;           // jobs[i] -> index into sections/pages
 
   explicit State(PeDigestOptions o) : opt(o), image(o.alg) { info.alg = o.alg; }
 
@@ -94,8 +110,55 @@ struct PeDigester::State {
     image.update(data);
     image_sum.add(offset, data);
   }
+  Status choose_page_size(uint32_t file_align, uint32_t section_align);
   void feed_pages(uint64_t offset, std::span<const uint8_t> data);
+  void feed_job(PageJob& job, uint64_t offset, std::span<const uint8_t> data);
 };
+
+// Page hashes (§9.2): osslsigncode's layout, pages of SectionAlignment, when the headers fit in one;
+// otherwise relic's, pages of the architecture's page size (EFI binaries with 512-byte SectionAlignment
+// and 1 KiB of headers). The header page is SizeOfHeaders bytes without CheckSum and the certificate
+// directory, zero-padded to a page; each section's pages follow in section-table order, whatever their
+// file order or overlaps. Refused only where no layout can hash the file.
+Status PeDigester::State::choose_page_size(uint32_t file_align, uint32_t section_align) {
+  auto pha = page_hash_alg_for(opt.alg);
+  if (!pha) return bad_request("page hashes are only supported with SHA-1 and SHA-256");
+  if (nsections == 0) return bad_request("page hashes need at least one section");
+  if (header_size < info.cert_dir_offset + 8)
+    return bad_request("SizeOfHeaders (" + std::to_string(header_size) +
+                       ") ends inside the optional header; cannot compute page hashes");
+  const bool osslsigncode_layout = file_align >= 512 && file_align <= 0xffff && section_align >= file_align &&
+                                   section_align <= 4 * 1024 * 1024 && header_size <= section_align;
+  page_size = osslsigncode_layout ? section_align : arch_page_size(info.machine);
+  if (header_size > page_size)
+    return bad_request("SizeOfHeaders (" + std::to_string(header_size) + ") is larger than a page (SectionAlignment " +
+                       std::to_string(section_align) + ", architecture page " +
+                       std::to_string(arch_page_size(info.machine)) + "); cannot compute page hashes");
+  // Section pages hash raw bytes; a section over the CheckSum or certificate directory would get page
+  // hashes that signing itself invalidates (found by fuzz_pe).
+  for (const auto& sec : sections)
+    if (sec.start < info.cert_dir_offset + 8)
+      return bad_request("section " + std::to_string(sec.index + 1) +
+                         " overlaps the PE headers; cannot compute page hashes");
+  info.page_hash_alg = pha;
+  // Every section's last page is zero-padded to a full page, and overlapping sections are read once
+  // each. With up to 65535 one-byte (or identical) sections and 4 MiB pages a small hostile file would
+  // cost hundreds of GB of hashing; real files pad a few pages and overlap a little. Cap the work.
+  uint64_t data = 0, padded = 0, extent = 0;
+  for (const auto& sec : sections) {
+    data += sec.size;
+    padded += (sec.size + page_size - 1) / page_size * page_size;
+    extent = std::max(extent, sec.start + sec.size);
+  }
+  if (padded - data > kMaxPagePadding + data)
+    return bad_request("too many small sections for page hashes (" + std::to_string(sections.size()) +
+                       " sections, " + std::to_string(page_size) + "-byte pages)");
+  if (data > kMaxOverlapFactor * extent + kMaxPagePadding)
+    return bad_request("sections overlap too much for page hashes (" + std::to_string(data) +
+                       " bytes of section data in a " + std::to_string(extent) + "-byte image)");
+  need = std::max(need, header_size);
+  return {};
+}
 
 // Walks the header in stages as bytes arrive; each stage raises `need` to what the next needs.
 Status PeDigester::State::try_parse() {
@@ -170,35 +233,7 @@ Status PeDigester::State::try_parse() {
           sections.push_back({static_cast<uint32_t>(i), raw_ptr, raw_size});
         }
         if (opt.page_hashes) {
-          auto pha = page_hash_alg_for(opt.alg);
-          if (!pha) return bad_request("page hashes are only supported with SHA-1 and SHA-256");
-          // osslsigncode's constraints (it is the verifier we interoperate with): the "page" is
-          // SectionAlignment, and the header page is hashed up to SizeOfHeaders (§9.2 caution).
-          if (nsections == 0) return bad_request("page hashes need at least one section");
-          if (file_align < 512 || file_align > 0xffff) return bad_request("FileAlignment is out of range");
-          if (section_align < file_align || section_align > 4 * 1024 * 1024)
-            return bad_request("SectionAlignment is out of range for page hashes");
-          if (header_size < info.cert_dir_offset + 8 || header_size > section_align)
-            return bad_request("SizeOfHeaders is out of range for page hashes");
-          // Section pages hash raw bytes; a section over the CheckSum or certificate directory
-          // would get page hashes that signing itself invalidates (found by fuzz_pe).
-          for (const auto& sec : sections)
-            if (sec.start < info.cert_dir_offset + 8)
-              return bad_request("section " + std::to_string(sec.index + 1) +
-                                 " overlaps the PE headers; cannot compute page hashes");
-          page_size = section_align;
-          info.page_hash_alg = pha;
-          // Every section's last page is zero-padded to a full page. With up to 65535 one-byte
-          // sections and 4 MiB pages a small hostile file would cost ~275 GB of hashing; real files
-          // pad a few pages. Cap the padding work.
-          uint64_t data = 0, padded = 0;
-          for (const auto& sec : sections) {
-            data += sec.size;
-            padded += (sec.size + page_size - 1) / page_size * page_size;
-          }
-          if (padded - data > kMaxPagePadding + data)
-            return bad_request("too many small sections for page hashes (" + std::to_string(sections.size()) +
-                               " sections, " + std::to_string(page_size) + "-byte pages)");
+          RETURN_IF_ERROR(choose_page_size(file_align, section_align));
           need = std::max(need, header_size);
         }
         stage = 3;
@@ -226,26 +261,9 @@ Status PeDigester::State::after_parse() {
     page_hasher->update(std::span(zeros).subspan(0, page_size - header_size));
     header_page_digest = page_hasher->finish();
     pages.resize(sections.size());
-    for (size_t i = 0; i < sections.size(); ++i) {
-      jobs.push_back(sections[i]);
-      job_slot.push_back(i);
-    }
-    std::vector<size_t> order(jobs.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].start < jobs[b].start; });
-    std::vector<Section> sorted;
-    std::vector<size_t> slots;
-    for (size_t i : order) {
-      sorted.push_back(jobs[i]);
-      slots.push_back(job_slot[i]);
-    }
-    jobs = std::move(sorted);
-    job_slot = std::move(slots);
-    // One forward pass cannot hash the same bytes into two pages.
-    for (size_t i = 1; i < jobs.size(); ++i)
-      if (jobs[i].start < jobs[i - 1].start + jobs[i - 1].size)
-        return bad_request("sections " + std::to_string(jobs[i - 1].index + 1) + " and " +
-                           std::to_string(jobs[i].index + 1) + " overlap; cannot compute page hashes");
+    for (size_t i = 0; i < sections.size(); ++i) jobs.push_back(PageJob{sections[i], i, 0, std::nullopt});
+    std::stable_sort(jobs.begin(), jobs.end(),
+                     [](const PageJob& a, const PageJob& b) { return a.sec.start < b.sec.start; });
   }
   Bytes buffered = std::move(head);
   head.clear();
@@ -283,29 +301,37 @@ void PeDigester::State::hash_image(uint64_t offset, std::span<const uint8_t> dat
 
 void PeDigester::State::feed_pages(uint64_t offset, std::span<const uint8_t> data) {
   const uint64_t end = offset + data.size();
-  while (job_idx < jobs.size()) {
-    const Section& job = jobs[job_idx];
-    uint64_t s = std::max(offset, job.start + job_done);
-    uint64_t e = std::min(end, job.start + job.size);
-    if (s >= e) return;  // the job's next byte is beyond this chunk
-    while (s < e) {
-      uint64_t in_page = job_done % page_size;
-      uint64_t take = std::min(e - s, page_size - in_page);
-      page_hasher->update(data.subspan(s - offset, take));
-      s += take;
-      job_done += take;
-      bool last = job_done == job.size;
-      if (job_done % page_size == 0 || last) {
-        if (job_done % page_size != 0) page_hasher->update(std::span(zeros).subspan(0, page_size - job_done % page_size));
-        pages[job_slot[job_idx]].push_back(page_hasher->finish());
-      }
+  while (next_job < jobs.size() && jobs[next_job].sec.start < end) active.push_back(next_job++);
+  for (size_t k = 0; k < active.size();) {
+    PageJob& job = jobs[active[k]];
+    feed_job(job, offset, data);
+    if (job.done == job.sec.size) {
+      job.hasher.reset();
+      active[k] = active.back();
+      active.pop_back();
+    } else {
+      ++k;
     }
-    if (job_done == job.size) {
-      ++job_idx;
-      job_done = 0;
-      continue;
+  }
+}
+
+// The part of [offset, offset + data.size()) inside the job's section, page by page.
+void PeDigester::State::feed_job(PageJob& job, uint64_t offset, std::span<const uint8_t> data) {
+  uint64_t s = std::max(offset, job.sec.start + job.done);
+  const uint64_t e = std::min(offset + data.size(), job.sec.start + job.sec.size);
+  if (s >= e) return;
+  if (!job.hasher) job.hasher.emplace(*info.page_hash_alg);
+  while (s < e) {
+    const uint64_t in_page = job.done % page_size;
+    const uint64_t take = std::min(e - s, page_size - in_page);
+    job.hasher->update(data.subspan(s - offset, take));
+    s += take;
+    job.done += take;
+    const bool last = job.done == job.sec.size;
+    if (job.done % page_size == 0 || last) {
+      if (job.done % page_size != 0) job.hasher->update(std::span(zeros).subspan(0, page_size - job.done % page_size));
+      pages[job.slot].push_back(job.hasher->finish());
     }
-    return;
   }
 }
 

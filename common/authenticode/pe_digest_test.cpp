@@ -380,3 +380,95 @@ TEST_CASE("WordSum and pe_checksum equal the word-by-word definition for any pie
   ones.add(2, Bytes(2, 0));
   CHECK(ones.folded() == 0xffff);
 }
+
+namespace {
+
+// Page hashes by random access, as osslsigncode computes them (pages of `page`, the header page without
+// CheckSum and the certificate directory, every section in table order, each read on its own).
+Bytes reference_page_hashes(const Bytes& f, uint32_t page) {
+  const uint32_t pe = rd32(f, 0x3c);
+  const uint16_t nsec = static_cast<uint16_t>(f[pe + 6] | (f[pe + 7] << 8));
+  const uint16_t opt_size = static_cast<uint16_t>(f[pe + 20] | (f[pe + 21] << 8));
+  const size_t opt = pe + 24;
+  const bool plus = f[opt] == 0x0b && f[opt + 1] == 0x02;
+  const size_t ck = opt + 64, cd = opt + (plus ? 144 : 128);
+  const uint32_t hdr = rd32(f, opt + 60);
+  auto le32 = [](Bytes& out, uint32_t v) {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  };
+  Bytes head(f.begin(), f.begin() + static_cast<ptrdiff_t>(ck));
+  head.insert(head.end(), f.begin() + static_cast<ptrdiff_t>(ck + 4), f.begin() + static_cast<ptrdiff_t>(cd));
+  head.insert(head.end(), f.begin() + static_cast<ptrdiff_t>(cd + 8), f.begin() + hdr);
+  head.resize(head.size() + page - hdr, 0);
+  Bytes out;
+  le32(out, 0);
+  Bytes d = hash(HashAlg::sha256, head);
+  out.insert(out.end(), d.begin(), d.end());
+  uint32_t last = 0;
+  for (uint16_t i = 0; i < nsec; ++i) {
+    const size_t s = opt + opt_size + 40 * i;
+    const uint32_t size = rd32(f, s + 16), ptr = rd32(f, s + 20);
+    for (uint32_t off = 0; off < size; off += page) {
+      Bytes pg(f.begin() + ptr + off, f.begin() + ptr + std::min(size, off + page));
+      pg.resize(page, 0);
+      le32(out, ptr + off);
+      Bytes h = hash(HashAlg::sha256, pg);
+      out.insert(out.end(), h.begin(), h.end());
+    }
+    if (size) last = ptr + size;
+  }
+  le32(out, last);
+  out.resize(out.size() + 32, 0);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("page hashes: overlapping and unordered sections, headers larger than SectionAlignment") {
+  TempDir dir;
+  std::string p = build_mingw_pe(dir, 64);
+  if (p.empty()) {
+    P11R_SKIP("no mingw compiler");
+  }
+  const Bytes good = read_file(p);
+  const uint32_t pe_off = rd32(good, 0x3c);
+  const uint16_t opt_size = static_cast<uint16_t>(good[pe_off + 20] | (good[pe_off + 21] << 8));
+  const size_t sect0 = pe_off + 24 + opt_size;
+  REQUIRE(good[pe_off + 6] >= 3);
+  PeDigestOptions ph;
+  ph.page_hashes = true;
+  std::mt19937 rng(7);
+  auto check = [&](const Bytes& f, uint32_t page) {
+    auto whole = pe_digest(f, ph);
+    REQUIRE_MESSAGE(whole.ok(), whole.error().message);
+    CHECK(to_hex(whole->page_hashes) == to_hex(reference_page_hashes(f, page)));
+    for (size_t max_chunk : {size_t{1}, size_t{100}, size_t{5000}}) {
+      auto chunked = digest_chunked(f, ph, rng, max_chunk);
+      REQUIRE(chunked.ok());
+      CHECK(chunked->page_hashes == whole->page_hashes);
+    }
+  };
+  {  // section 3 inside section 1 (NSIS installers put .reloc inside .rsrc), listed after it
+    Bytes f = good;
+    wr32(f, sect0 + 80 + 20, rd32(f, sect0 + 20) + 512);
+    wr32(f, sect0 + 80 + 16, 1024);
+    check(f, rd32(f, pe_off + 24 + 32));
+  }
+  {  // sections 1 and 2 swapped in the table: pages follow the table, not the file
+    Bytes f = good;
+    std::swap_ranges(f.begin() + static_cast<ptrdiff_t>(sect0), f.begin() + static_cast<ptrdiff_t>(sect0 + 40),
+                     f.begin() + static_cast<ptrdiff_t>(sect0 + 40));
+    check(f, rd32(f, pe_off + 24 + 32));
+  }
+  {  // SectionAlignment 512 with 1 KiB of headers (systemd-boot's EFI layout): relic's 4 KiB pages
+    Bytes f = good;
+    wr32(f, pe_off + 24 + 32, 512);
+    wr32(f, pe_off + 24 + 36, 512);
+    REQUIRE(rd32(f, pe_off + 24 + 60) == 1024);
+    check(f, 4096);
+    wr32(f, pe_off + 24 + 60, 8192);  // headers larger than any page: no peer can hash them
+    auto r = pe_digest(f, ph);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().message.find("SizeOfHeaders (8192) is larger than a page") != std::string::npos);
+  }
+}
