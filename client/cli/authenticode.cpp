@@ -7,6 +7,7 @@
 // destination (SignedFileWriter, copy_file_range); once the signature is made, the directory entry,
 // the table and the arithmetically derived checksum are written into the copy and it is renamed
 // into place. A 2 GB file is never held in memory.
+#include "client/cli/authenticode.h"
 #include "client/cli/cli.h"
 
 #include "common/authenticode/der.h"
@@ -36,12 +37,6 @@ namespace fs = std::filesystem;
 namespace ac = p11relay::authenticode;
 
 namespace {
-
-struct SignOptions {
-  std::string key, file, output, digest = "sha256", timestamp_url, tsa_cafile, description, url;
-  bool page_hashes = false, append = false, signing_time = false;
-  int timestamp_timeout = 30;
-};
 
 // pe_digest_file on another thread, so that the file is hashed while this one talks to the daemon.
 // Destroying it before get() stops the pass: a wrong key name does not cost a pass over 2 GB.
@@ -73,7 +68,9 @@ class BackgroundDigest {
   std::future<Result<ac::PeInfo>> result_;
 };
 
-Status run_sign(const Globals& g, const SignOptions& o) {
+}  // namespace
+
+Result<HashAlg> check_sign_options(const SignOptions& o) {
   auto alg = hash_by_name(o.digest);
   if (!alg || *alg == HashAlg::md5 || *alg == HashAlg::sha224)
     return bad_request("--digest must be sha1, sha256, sha384 or sha512");
@@ -81,38 +78,27 @@ Status run_sign(const Globals& g, const SignOptions& o) {
     return bad_request("page hashes exist only with sha1 and sha256 signatures");
   if (!o.timestamp_url.empty() && o.timestamp_url.rfind("http://", 0) != 0)
     return bad_request("--timestamp-url must be an http:// URL (RFC 3161 TSAs speak plain HTTP)");
-  const std::string output = o.output.empty() ? o.file : o.output;
+  return *alg;
+}
 
-  struct stat before {};
-  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
+Result<Signing> open_signing(const Globals& g, const SignOptions& o) {
+  Signing s;
+  ASSIGN_OR_RETURN(s.c, connect(g));
+  ASSIGN_OR_RETURN(s.key, find_key(*s.c, o.key));
+  ASSIGN_OR_RETURN(s.chain, key_chain(s.key));
+  for (auto& x : s.chain) s.chain_ptrs.push_back(x.get());
+  return s;
+}
 
-  // Three things at once: the file is hashed on one thread while this one talks to the daemon (its
-  // errors come first), and once the key is known the output is copied on another (SignedFileWriter).
-  ac::PeDigestOptions po;
-  po.alg = *alg;
-  po.page_hashes = o.page_hashes;
-  po.keep_cert_table = false;  // SignedFileWriter reads an existing table from the file to nest
-  BackgroundDigest digest(o.file, po, static_cast<uint64_t>(before.st_size));
-  ASSIGN_OR_RETURN(auto c, connect(g));
-  ASSIGN_OR_RETURN(auto key, find_key(*c, o.key));
-  ASSIGN_OR_RETURN(auto chain, key_chain(key));
-  std::vector<X509*> chain_ptrs;
-  for (auto& x : chain) chain_ptrs.push_back(x.get());
-  ASSIGN_OR_RETURN(auto writer, ac::SignedFileWriter::open(o.file, output));
-  writer->start_copy();
-  Result<ac::PeInfo> pe_r = digest.get();
-  if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
-  ac::PeInfo pe = std::move(pe_r).value();
-  if (g.verbose)
-    std::cerr << "image digest: " << hash_info(*alg).name << " " << to_hex(pe.image_digest)
-              << (pe.pe32plus ? " (PE32+)" : " (PE32)") << "\n";
-
+// The SignedData over `spc`: only the digest of the signed attributes goes to the daemon; then the
+// timestamp, if asked for.
+Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o, HashAlg alg,
+                             std::span<const uint8_t> spc, uint64_t size) {
   const std::string filename = fs::path(o.file).filename().string();
   ac::RawSigner signer = [&](HashAlg a, std::span<const uint8_t> digest) -> Result<Bytes> {
-    ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, a, digest, "", filename,
-                                                          static_cast<uint64_t>(before.st_size)));
+    ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*s.c, s.key, a, digest, "", filename, size));
     if (g.verbose)
-      std::cerr << "signed-attributes digest " << to_hex(digest) << " signed by '" << key.name << "' with "
+      std::cerr << "signed-attributes digest " << to_hex(digest) << " signed by '" << s.key.name << "' with "
                 << sig.mechanism << "\n";
     if (sig.mechanism == "CKM_ECDSA") return ac::ecdsa_raw_to_der(sig.signature);
     return std::move(sig.signature);
@@ -121,26 +107,57 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   so.description = o.description;
   so.url = o.url;
   so.signing_time = o.signing_time;
-  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(pe, chain_ptrs, so, signer));
-  if (!o.timestamp_url.empty()) {
-    ac::TimestampOptions to;
-    to.urls = {o.timestamp_url};
-    to.timeout_seconds = o.timestamp_timeout;
-    to.ca_file = o.tsa_cafile;
-    auto ts = ac::add_timestamp(sd, to);
-    if (!ts.ok()) return Error(ErrorCode::network, "timestamping failed: " + ts.error().message);
-    sd = std::move(ts).value();
-  }
-  // The file must still be the one that was hashed.
-  struct stat now {};
-  if (stat(o.file.c_str(), &now) != 0 || now.st_size != before.st_size || now.st_mtim.tv_sec != before.st_mtim.tv_sec ||
-      now.st_mtim.tv_nsec != before.st_mtim.tv_nsec)
-    return bad_request(o.file + ": the file changed while it was being signed");
+  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer));
+  if (o.timestamp_url.empty()) return sd;
+  ac::TimestampOptions to;
+  to.urls = {o.timestamp_url};
+  to.timeout_seconds = o.timestamp_timeout;
+  to.ca_file = o.tsa_cafile;
+  auto ts = ac::add_timestamp(sd, to);
+  if (!ts.ok()) return Error(ErrorCode::network, "timestamping failed: " + ts.error().message);
+  return std::move(ts).value();
+}
+
+namespace {
+
+Status run_sign_pe(const Globals& g, const SignOptions& o) {
+  ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
+  const std::string output = o.output.empty() ? o.file : o.output;
+
+  struct stat before {};
+  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
+
+  // Three things at once: the file is hashed on one thread while this one talks to the daemon (its
+  // errors come first), and once the key is known the output is copied on another (SignedFileWriter).
+  ac::PeDigestOptions po;
+  po.alg = alg;
+  po.page_hashes = o.page_hashes;
+  po.keep_cert_table = false;  // SignedFileWriter reads an existing table from the file to nest
+  BackgroundDigest digest(o.file, po, static_cast<uint64_t>(before.st_size));
+  ASSIGN_OR_RETURN(Signing s, open_signing(g, o));
+  ASSIGN_OR_RETURN(auto writer, ac::SignedFileWriter::open(o.file, output));
+  writer->start_copy();
+  Result<ac::PeInfo> pe_r = digest.get();
+  if (!pe_r.ok()) return bad_request(o.file + ": " + pe_r.error().message);
+  ac::PeInfo pe = std::move(pe_r).value();
+  if (g.verbose)
+    std::cerr << "image digest: " << hash_info(alg).name << " " << to_hex(pe.image_digest)
+              << (pe.pe32plus ? " (PE32+)" : " (PE32)") << "\n";
+  Bytes spc = ac::spc_indirect_data_content(pe.alg, pe.image_digest, pe.page_hash_alg, pe.page_hashes);
+  ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
+  RETURN_IF_ERROR(check_unchanged(o.file, before));
   RETURN_IF_ERROR(writer->commit(pe, sd, o.append ? ac::EmbedMode::nest : ac::EmbedMode::replace));
-  std::cerr << "signed " << output << " with key '" << key.name << "' (" << hash_info(*alg).name
+  std::cerr << "signed " << output << " with key '" << s.key.name << "' (" << hash_info(alg).name
             << (o.page_hashes ? ", page hashes" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
             << (o.append && pe.signed_() ? ", nested" : "") << ")\n";
   return {};
+}
+
+Status run_sign(const Globals& g, const SignOptions& o) {
+  ASSIGN_OR_RETURN(FileType t, detect_file_type(o.file));
+  if (t == FileType::msi) return run_sign_msi(g, o);
+  if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
+  return run_sign_pe(g, o);
 }
 
 // --- verify -------------------------------------------------------------------------------------
@@ -163,8 +180,7 @@ Status collect_signed_data(std::span<const uint8_t> sd, std::vector<Bytes>& out,
   return {};
 }
 
-Status check_chain(std::span<const uint8_t> cert_table, const std::string& cafile) {
-  ASSIGN_OR_RETURN(std::vector<Bytes> table, ac::parse_cert_table(cert_table));
+Status check_chain(const std::vector<Bytes>& table, const std::string& cafile) {
   std::vector<Bytes> all;
   for (const auto& t : table) RETURN_IF_ERROR(collect_signed_data(t, all, 0));
   X509_STORE_ptr store(X509_STORE_new());
@@ -208,7 +224,7 @@ Status check_chain(std::span<const uint8_t> cert_table, const std::string& cafil
   return {};
 }
 
-Status run_verify(const VerifyOptions& o) {
+Status verify_pe_report(const VerifyOptions& o, std::vector<Bytes>& primaries) {
   auto report = ac::verify_pe_file(o.file);
   if (!report.ok()) return Error(ErrorCode::internal, o.file + ": signature check FAILED: " + report.error().message);
   for (const auto& s : report->signatures) {
@@ -229,8 +245,21 @@ Status run_verify(const VerifyOptions& o) {
     std::snprintf(buf, sizeof buf, "0x%08x", report->computed_checksum);
     std::cout << " (WARNING: the file's checksum should be " << buf << ")\n";
   }
+  ASSIGN_OR_RETURN(primaries, ac::parse_cert_table(report->cert_table));
+  return {};
+}
+
+Status run_verify(const VerifyOptions& o) {
+  ASSIGN_OR_RETURN(FileType t, detect_file_type(o.file));
+  std::vector<Bytes> primaries;
+  if (t == FileType::msi) {
+    ASSIGN_OR_RETURN(Bytes sd, run_verify_msi(o.file));
+    primaries.push_back(std::move(sd));
+  } else {
+    RETURN_IF_ERROR(verify_pe_report(o, primaries));
+  }
   if (!o.cafile.empty()) {
-    Status s = check_chain(report->cert_table, o.cafile);
+    Status s = check_chain(primaries, o.cafile);
     if (!s.ok()) return Error(ErrorCode::internal, s.error().message);
     std::cout << "chain:         trusted by " << o.cafile << "\n";
   }
@@ -242,10 +271,10 @@ Status run_verify(const VerifyOptions& o) {
 void add_authenticode(CLI::App& app, Globals& g) {
   {
     auto o = std::make_shared<SignOptions>();
-    auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi); the file stays here, "
-                                           "only a digest is sent");
+    auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi) or a Windows Installer file "
+                                           "(.msi, .msm, .msp); the file stays here, only a digest is sent");
     cmd->add_option("-k,--key", o->key, "key name (see list-keys) or pkcs11: URI")->required();
-    cmd->add_option("-f,--file", o->file, "PE file to sign")->required()->check(CLI::ExistingFile);
+    cmd->add_option("-f,--file", o->file, "file to sign (the type is taken from its content)")->required()->check(CLI::ExistingFile);
     cmd->add_option("-o,--output", o->output, "signed file (default: replace --file, via a temp file + rename)");
     cmd->add_option("--digest", o->digest, "sha256 (default), sha1, sha384 or sha512")->capture_default_str();
     cmd->add_option("--timestamp-url", o->timestamp_url, "RFC 3161 time-stamping authority, e.g. http://timestamp.digicert.com");
@@ -256,13 +285,14 @@ void add_authenticode(CLI::App& app, Globals& g) {
     cmd->add_option("--url", o->url, "program URL (SpcSpOpusInfo moreInfo)");
     cmd->add_flag("--page-hashes", o->page_hashes, "add page hashes (SpcPeImagePageHashes; sha1/sha256 only)");
     cmd->add_flag("--append", o->append, "keep the existing signature and add this one as a nested signature");
+    cmd->add_flag("--msi-extended", o->msi_extended, "MSI: also sign the metadata (MsiDigitalSignatureEx stream)");
     cmd->add_flag("--signing-time", o->signing_time, "add the signing-time attribute");
     cmd->callback([&g, o] { g.run = [&g, o] { return run_sign(g, *o); }; });
   }
   {
     auto o = std::make_shared<VerifyOptions>();
-    auto* cmd = app.add_subcommand("verify", "check a PE file's Authenticode signature(s) against the file");
-    cmd->add_option("-f,--file", o->file, "signed PE file")->required()->check(CLI::ExistingFile);
+    auto* cmd = app.add_subcommand("verify", "check a PE or MSI file's Authenticode signature(s) against the file");
+    cmd->add_option("-f,--file", o->file, "signed PE or MSI file")->required()->check(CLI::ExistingFile);
     cmd->add_option("--cafile", o->cafile, "also require the signer's chain to lead to one of these certificates")
         ->check(CLI::ExistingFile);
     cmd->callback([o, &g] { g.run = [o] { return run_verify(*o); }; });

@@ -22,12 +22,12 @@ struct SpcParsed {
   Bytes page_hashes;
 };
 
-// Reads SpcIndirectDataContent (§9.3): the DigestInfo and, if present, the page-hash moniker.
-Result<SpcParsed> parse_spc(ByteSpan spc_whole) {
-  SpcParsed out;
+// The DigestInfo of any SpcIndirectDataContent (§9.3): its algorithm and digest.
+Result<std::pair<HashAlg, Bytes>> spc_digest_info(ByteSpan spc_whole) {
   ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_whole, "SpcIndirectDataContent"));
   der::Reader r(spc.content);
   ASSIGN_OR_RETURN(der::Tlv data, r.expect(der::kSequence, "SpcAttributeTypeAndOptionalValue"));
+  (void)data;
   ASSIGN_OR_RETURN(der::Tlv di, r.expect(der::kSequence, "DigestInfo"));
   der::Reader dr(di.content);
   ASSIGN_OR_RETURN(der::Tlv alg, dr.expect(der::kSequence, "DigestInfo algorithm"));
@@ -35,10 +35,19 @@ Result<SpcParsed> parse_spc(ByteSpan spc_whole) {
   ASSIGN_OR_RETURN(der::Tlv alg_oid, ar.expect(der::kOid, "DigestInfo algorithm OID"));
   auto h = hash_by_oid_content(alg_oid.content);
   if (!h) return bad_request("unknown digest algorithm in SpcIndirectDataContent");
-  out.alg = *h;
   ASSIGN_OR_RETURN(der::Tlv digest, dr.expect(der::kOctetString, "DigestInfo digest"));
-  out.digest.assign(digest.content.begin(), digest.content.end());
+  return std::pair<HashAlg, Bytes>(*h, Bytes(digest.content.begin(), digest.content.end()));
+}
 
+// Reads a PE's SpcIndirectDataContent (§9.3): the DigestInfo and, if present, the page-hash moniker.
+Result<SpcParsed> parse_spc(ByteSpan spc_whole) {
+  SpcParsed out;
+  ASSIGN_OR_RETURN(auto di, spc_digest_info(spc_whole));
+  out.alg = di.first;
+  out.digest = std::move(di.second);
+  ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_whole, "SpcIndirectDataContent"));
+  der::Reader r(spc.content);
+  ASSIGN_OR_RETURN(der::Tlv data, r.expect(der::kSequence, "SpcAttributeTypeAndOptionalValue"));
   der::Reader pr(data.content);
   ASSIGN_OR_RETURN(der::Tlv type, pr.expect(der::kOid, "SpcAttributeTypeAndOptionalValue type"));
   if (!der::equal(type.content, der::oid_content(oid::kSpcPeImageData)))
@@ -144,7 +153,25 @@ Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_dat
     if (computed != spc.page_hashes) return bad_request("page hash mismatch");
   }
 
-  // 2. Signed attributes: contentType and messageDigest over the SpcIndirectDataContent contents.
+  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(signed_data, nesting));
+  signer.page_hashes = rep.page_hashes;
+  return signer;
+}
+
+}  // namespace
+
+Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
+  SignatureReport rep;
+  rep.nesting = nesting;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
+    return bad_request("signature content is not SpcIndirectDataContent");
+  if (sd.signers.empty()) return bad_request("signature has no SignerInfo");
+  ASSIGN_OR_RETURN(auto di, spc_digest_info(sd.content));
+  rep.alg = di.first;
+  rep.image_digest = std::move(di.second);
+
+  // Signed attributes: contentType and messageDigest over the SpcIndirectDataContent contents.
   const SignerInfoView& si = sd.signers[0];
   auto sig_hash = hash_by_oid_content(si.digest_alg);
   if (!sig_hash) return bad_request("unknown SignerInfo digest algorithm");
@@ -167,7 +194,7 @@ Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_dat
   }
   if (!have_md || !have_ct) return bad_request("signature lacks the messageDigest or contentType attribute");
 
-  // 3. The signature over the attributes, re-tagged as SET (RFC 5652 §5.4), with the signer's key.
+  // The signature over the attributes, re-tagged as SET (RFC 5652 §5.4), with the signer's key.
   ASSIGN_OR_RETURN(X509_ptr cert, find_signer_cert(sd, si));
   EVP_PKEY* pub = X509_get0_pubkey(cert.get());
   if (!pub) return bad_request("signing certificate has no usable public key");
@@ -191,7 +218,16 @@ Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_dat
   return rep;
 }
 
-}  // namespace
+Result<std::vector<Bytes>> nested_signatures(ByteSpan signed_data) {
+  std::vector<Bytes> out;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (sd.signers.empty() || sd.signers[0].unauth_attrs.empty()) return out;
+  ASSIGN_OR_RETURN(std::vector<Attribute> un, parse_attributes(sd.signers[0].unauth_attrs));
+  for (const auto& a : un)
+    if (der::equal(a.oid, der::oid_content(oid::kNestedSignature)))
+      for (auto v : a.values) out.emplace_back(v.begin(), v.end());
+  return out;
+}
 
 Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
   return verify_one([file](const PeDigestOptions& o) { return pe_digest(file, o); }, signed_data, nesting, nullptr);
@@ -219,15 +255,10 @@ Result<VerifyReport> verify_pe(const PeDigestFn& digest) {
     ASSIGN_OR_RETURN(SignatureReport r, verify_one(digest, sig, 0, &pe));
     rep.signatures.push_back(std::move(r));
     // Nested signatures (osslsigncode -nest): unsigned attribute 1.3.6.1.4.1.311.2.4.1 of the primary.
-    ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(sig));
-    if (sd.signers[0].unauth_attrs.empty()) continue;
-    ASSIGN_OR_RETURN(std::vector<Attribute> un, parse_attributes(sd.signers[0].unauth_attrs));
-    for (const auto& a : un) {
-      if (!der::equal(a.oid, der::oid_content(oid::kNestedSignature))) continue;
-      for (auto v : a.values) {
-        ASSIGN_OR_RETURN(SignatureReport nr, verify_one(digest, v, 1, &pe));
-        rep.signatures.push_back(std::move(nr));
-      }
+    ASSIGN_OR_RETURN(std::vector<Bytes> nested, nested_signatures(sig));
+    for (const auto& v : nested) {
+      ASSIGN_OR_RETURN(SignatureReport nr, verify_one(digest, v, 1, &pe));
+      rep.signatures.push_back(std::move(nr));
     }
   }
   return rep;

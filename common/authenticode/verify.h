@@ -43,6 +43,14 @@ Result<VerifyReport> verify_pe(std::span<const uint8_t> file);
 // Reads the file (pe_digest_file) instead of holding or mapping it.
 Result<VerifyReport> verify_pe_file(const std::string& path);
 
+// What every container's check shares: the SpcIndirectDataContent's DigestInfo (alg, image_digest of
+// the report), the contentType and messageDigest attributes, the signature over the signed attributes
+// with the embedded signing certificate, the timestamp flag. The caller compares image_digest with the
+// file.
+Result<SignatureReport> verify_signer(std::span<const uint8_t> signed_data, int nesting = 0);
+// The signatures nested in a SignedData's first SignerInfo (1.3.6.1.4.1.311.2.4.1).
+Result<std::vector<Bytes>> nested_signatures(std::span<const uint8_t> signed_data);
+
 // Checks one ContentInfo(SignedData) against the PE file it came from.
 Result<SignatureReport> verify_signed_data(std::span<const uint8_t> file, std::span<const uint8_t> signed_data,
                                            int nesting = 0);

@@ -307,6 +307,26 @@ def pe_checksum_ok(path: Path) -> bool:
     return stored == total + n
 
 
+def osslsigncode_verify(test: unittest.TestCase, path: Path, ca: Path, tsa_ca=None, check=True,
+                        field="message digest"):
+    """osslsigncode verify; with check, it must succeed and the digest it read from the signature
+    ("Current <field>") must equal the one it computed from the file ("Calculated <field>"; MSI files
+    print "DigitalSignature" there). Returns (exit code, output)."""
+    cmd = [OSSLSIGNCODE, "verify", "-in", str(path), "-CAfile", str(ca)]
+    if tsa_ca:
+        cmd += ["-TSA-CAfile", str(tsa_ca)]
+    p = subprocess.run(cmd, capture_output=True, timeout=120)
+    out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
+    if check:
+        test.assertEqual(p.returncode, 0, out)
+        test.assertIn("Signature verification: ok", out)
+        cur = re.search(rf"Current {field}\s*:\s*([0-9A-Fa-f]+)", out)
+        calc = re.search(rf"Calculated {field}\s*:\s*([0-9A-Fa-f]+)", out)
+        test.assertTrue(cur and calc, out)
+        test.assertEqual(cur.group(1).lower(), calc.group(1).lower(), out)
+    return p.returncode, out
+
+
 @unittest.skipUnless(OSSLSIGNCODE, "osslsigncode not installed")
 class Authenticode(CliTest):
     # test_sha1_and_sha384_digests signs a SHA-1 Authenticode digest: refused unless the key's policy allows it.
@@ -328,19 +348,7 @@ class Authenticode(CliTest):
             cls.files[dst.stem] = dst
 
     def osslverify(self, path: Path, key="rsa2048", tsa_ca=None, check=True):
-        cmd = [OSSLSIGNCODE, "verify", "-in", str(path), "-CAfile", str(self.st.keys[key].certfile)]
-        if tsa_ca:
-            cmd += ["-TSA-CAfile", str(tsa_ca)]
-        p = subprocess.run(cmd, capture_output=True, timeout=120)
-        out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-        if check:
-            self.assertEqual(p.returncode, 0, out)
-            self.assertIn("Signature verification: ok", out)
-            cur = re.search(r"Current message digest\s*:\s*([0-9A-Fa-f]+)", out)
-            calc = re.search(r"Calculated message digest\s*:\s*([0-9A-Fa-f]+)", out)
-            self.assertTrue(cur and calc, out)
-            self.assertEqual(cur.group(1).lower(), calc.group(1).lower(), out)
-        return p.returncode, out
+        return osslsigncode_verify(self, path, self.st.keys[key].certfile, tsa_ca, check)
 
     @staticmethod
     def digest_of(out: str) -> str:

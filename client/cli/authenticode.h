@@ -1,0 +1,44 @@
+// The pieces `p11relay sign` shares between container formats (PE in authenticode.cpp, MSI in
+// sign_msi.cpp): options, the session with the daemon, and the SignedData made over a format's
+// SpcIndirectDataContent (only the digest of the signed attributes is sent; timestamp added here).
+#pragma once
+
+#include "client/cli/cli.h"
+#include "common/digest.h"
+
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+namespace p11relay::cli {
+
+struct SignOptions {
+  std::string key, file, output, digest = "sha256", timestamp_url, tsa_cafile, description, url;
+  bool page_hashes = false, append = false, signing_time = false, msi_extended = false;
+  int timestamp_timeout = 30;
+};
+
+struct Signing {
+  std::unique_ptr<client::Client> c;
+  relay::KeyDescription key;
+  std::vector<X509_ptr> chain;
+  std::vector<X509*> chain_ptrs;
+};
+
+Result<HashAlg> check_sign_options(const SignOptions& o);
+Result<Signing> open_signing(const Globals& g, const SignOptions& o);
+Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o, HashAlg alg,
+                             std::span<const uint8_t> spc, uint64_t size);
+// The file must still be the one that was hashed (size and mtime as before).
+Status check_unchanged(const std::string& path, const struct stat& before);
+
+enum class FileType { pe, msi };
+// From the content: OLE compound file (MSI) or anything else (the PE parser names what is wrong).
+Result<FileType> detect_file_type(const std::string& path);
+
+Status run_sign_msi(const Globals& g, const SignOptions& o);
+// Prints the report; returns the primary SignedData (for the chain check).
+Result<Bytes> run_verify_msi(const std::string& path);
+
+}  // namespace p11relay::cli
