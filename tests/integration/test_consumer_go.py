@@ -12,7 +12,7 @@ import unittest
 from pathlib import Path
 
 import harness
-from shim_util import PIN, SHIM, TOKEN_LABEL, ShimTest, main, run
+from shim_util import PIN, SHIM, TOKEN_LABEL, ShimTest, main, run, write_client_config
 
 GOCODE = Path("/usr/share/gocode")
 SOURCE = harness.SOURCE_ROOT / "tests" / "consumers" / "go" / "p11console" / "main.go"
@@ -87,6 +87,20 @@ class GoConsoleTest(ShimTest):
         out, stdout = self.console_sign("ec384", "03")
         self.assertIn("signed ecdsa", stdout)
         self.verify("ec384", out / "ecdsa.sig")
+
+    def test_configured_pin(self):
+        # With pkcs11.pin in the client configuration, the console's PIN field must hold that PIN: a wrong
+        # one fails C_Login with CKR_PIN_INCORRECT, as a local token would answer.
+        config = write_client_config(self.tmp / "client-pin.yml", self.st, [self.daemon.url],
+                                     pkcs11={"pin": "'4711-right'"})
+        env = dict(self.env, P11RELAY_CONFIG=str(config))
+        args = [str(self.console), "-module", SHIM, "-token", TOKEN_LABEL, "-id", "01",
+                "-cert", str(self.cert("rsa2048")), "-in", str(self.message), "-out", str(self.tmp)]
+        p = self.run_tool(args, input=b"wrong-pin\n", env=env, check=False)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"C_Login: pkcs11: 0xA0: CKR_PIN_INCORRECT", p.stderr)
+        out = self.run_tool(args, input=b"4711-right\n", env=env).stdout.decode()
+        self.assertIn("signed pkcs1 256", out)
 
     def test_unknown_key_id_is_refused(self):
         p = self.run_tool([str(self.console), "-module", SHIM, "-token", TOKEN_LABEL, "-id", "7f",
