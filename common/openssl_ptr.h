@@ -2,7 +2,10 @@
 #pragma once
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/pkcs7.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -27,6 +30,19 @@ P11R_OSSL_PTR(SSL, SSL_free);
 P11R_OSSL_PTR(SSL_SESSION, SSL_SESSION_free);
 P11R_OSSL_PTR(X509_STORE, X509_STORE_free);
 P11R_OSSL_PTR(X509_STORE_CTX, X509_STORE_CTX_free);
+P11R_OSSL_PTR(PKCS7, PKCS7_free);
+P11R_OSSL_PTR(OSSL_PARAM, OSSL_PARAM_free);
+P11R_OSSL_PTR(OSSL_PARAM_BLD, OSSL_PARAM_BLD_free);
+P11R_OSSL_PTR(BIGNUM, BN_free);
+P11R_OSSL_PTR(ASN1_OBJECT, ASN1_OBJECT_free);
+P11R_OSSL_PTR(ASN1_OCTET_STRING, ASN1_OCTET_STRING_free);
+
+// Memory OpenSSL allocated for the caller (i2d_* output, PEM_read_bio's name/header/body, X509_NAME_oneline).
+struct OPENSSL_buffer_deleter {
+  void operator()(void* p) const noexcept { OPENSSL_free(p); }
+};
+template <typename T>
+using OpenSSL_buffer = std::unique_ptr<T, OPENSSL_buffer_deleter>;
 
 struct X509_stack_deleter {
   void operator()(STACK_OF(X509) * s) const noexcept { sk_X509_pop_free(s, X509_free); }

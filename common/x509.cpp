@@ -57,28 +57,22 @@ Result<std::vector<X509_ptr>> parse_certificates(std::span<const std::uint8_t> d
   std::string_view text(reinterpret_cast<const char*>(data.data()), data.size());
   if (text.find("-----BEGIN") != std::string_view::npos) {
     BIO_ptr bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-    char* name = nullptr;
-    char* header = nullptr;
-    unsigned char* body = nullptr;
+    char* name_raw = nullptr;
+    char* header_raw = nullptr;
+    unsigned char* body_raw = nullptr;
     long len = 0;
-    while (PEM_read_bio(bio.get(), &name, &header, &body, &len) == 1) {
-      std::string n = name;
-      std::span<const std::uint8_t> der(body, static_cast<size_t>(len));
+    while (PEM_read_bio(bio.get(), &name_raw, &header_raw, &body_raw, &len) == 1) {
+      OpenSSL_buffer<char> name(name_raw), header(header_raw);
+      OpenSSL_buffer<unsigned char> body(body_raw);
+      std::string n = name.get();
+      const unsigned char* p = body.get();
       if (n == "CERTIFICATE" || n == "TRUSTED CERTIFICATE" || n == "X509 CERTIFICATE") {
-        const unsigned char* p = body;
-        X509* c = d2i_X509(nullptr, &p, len);
-        if (c) out.emplace_back(c);
+        if (X509* c = d2i_X509(nullptr, &p, len)) out.emplace_back(c);
       } else if (n == "PKCS7") {
-        const unsigned char* p = body;
-        PKCS7* p7 = d2i_PKCS7(nullptr, &p, len);
-        auto certs = certs_from_pkcs7(p7);
-        PKCS7_free(p7);
+        PKCS7_ptr p7(d2i_PKCS7(nullptr, &p, len));
+        auto certs = certs_from_pkcs7(p7.get());
         for (auto& c : *certs) out.push_back(std::move(c));
       }
-      (void)der;
-      OPENSSL_free(name);
-      OPENSSL_free(header);
-      OPENSSL_free(body);
     }
     ERR_clear_error();
     if (out.empty()) return bad_request("no certificate in PEM data");
@@ -89,10 +83,8 @@ Result<std::vector<X509_ptr>> parse_certificates(std::span<const std::uint8_t> d
     return out;
   }
   const unsigned char* p = data.data();
-  PKCS7* p7 = d2i_PKCS7(nullptr, &p, static_cast<long>(data.size()));
-  if (p7) {
-    auto certs = certs_from_pkcs7(p7);
-    PKCS7_free(p7);
+  if (PKCS7_ptr p7{d2i_PKCS7(nullptr, &p, static_cast<long>(data.size()))}) {
+    auto certs = certs_from_pkcs7(p7.get());
     if (!certs->empty()) return certs;
   }
   ERR_clear_error();
@@ -108,14 +100,21 @@ Result<std::vector<X509_ptr>> load_certificates(const std::string& path) {
   return certs;
 }
 
-Bytes x509_der(X509* cert) {
-  unsigned char* buf = nullptr;
-  int n = i2d_X509(cert, &buf);
+namespace {
+
+// The DER encoding an OpenSSL i2d_* function writes, or empty bytes when it fails.
+template <typename T, typename I2d>
+Bytes der_of(T* object, I2d i2d) {
+  unsigned char* raw = nullptr;
+  int n = i2d(object, &raw);
+  OpenSSL_buffer<unsigned char> buf(raw);
   if (n <= 0) return {};
-  Bytes out(buf, buf + n);
-  OPENSSL_free(buf);
-  return out;
+  return Bytes(raw, raw + n);
 }
+
+}  // namespace
+
+Bytes x509_der(X509* cert) { return der_of(cert, i2d_X509); }
 
 std::string x509_pem(X509* cert) {
   BIO_ptr bio(BIO_new(BIO_s_mem()));
@@ -125,24 +124,9 @@ std::string x509_pem(X509* cert) {
   return std::string(data, static_cast<size_t>(n));
 }
 
-Bytes spki_der(X509* cert) {
-  X509_PUBKEY* pub = X509_get_X509_PUBKEY(cert);
-  unsigned char* buf = nullptr;
-  int n = i2d_X509_PUBKEY(pub, &buf);
-  if (n <= 0) return {};
-  Bytes out(buf, buf + n);
-  OPENSSL_free(buf);
-  return out;
-}
+Bytes spki_der(X509* cert) { return der_of(X509_get_X509_PUBKEY(cert), i2d_X509_PUBKEY); }
 
-Bytes spki_der(EVP_PKEY* key) {
-  unsigned char* buf = nullptr;
-  int n = i2d_PUBKEY(key, &buf);
-  if (n <= 0) return {};
-  Bytes out(buf, buf + n);
-  OPENSSL_free(buf);
-  return out;
-}
+Bytes spki_der(EVP_PKEY* key) { return der_of(key, i2d_PUBKEY); }
 
 Result<EVP_PKEY_ptr> parse_spki(std::span<const std::uint8_t> der) {
   const unsigned char* p = der.data();
@@ -156,20 +140,19 @@ Result<EVP_PKEY_ptr> parse_spki(std::span<const std::uint8_t> der) {
 
 namespace {
 
-Result<EVP_PKEY_ptr> public_key_from_params(const char* type, OSSL_PARAM_BLD* bld) {
-  OSSL_PARAM* params = bld ? OSSL_PARAM_BLD_to_param(bld) : nullptr;
+// A public key of `type` from the parameters `bld` holds (none: the caller's attributes did not fit).
+Result<EVP_PKEY_ptr> public_key_from_params(const char* type, OSSL_PARAM_BLD_ptr bld) {
+  OSSL_PARAM_ptr params(bld ? OSSL_PARAM_BLD_to_param(bld.get()) : nullptr);
   EVP_PKEY_CTX_ptr ctx(EVP_PKEY_CTX_new_from_name(nullptr, type, nullptr));
   EVP_PKEY* key = nullptr;
   bool ok = params && ctx && EVP_PKEY_fromdata_init(ctx.get()) == 1 &&
-            EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, params) == 1;
-  OSSL_PARAM_free(params);
-  OSSL_PARAM_BLD_free(bld);
+            EVP_PKEY_fromdata(ctx.get(), &key, EVP_PKEY_PUBLIC_KEY, params.get()) == 1;
+  EVP_PKEY_ptr owned(key);
   if (!ok) {
-    EVP_PKEY_free(key);
     ERR_clear_error();
     return bad_request(std::string("the token's ") + type + " public key attributes do not form a key");
   }
-  return EVP_PKEY_ptr(key);
+  return owned;
 }
 
 }  // namespace
@@ -177,26 +160,20 @@ Result<EVP_PKEY_ptr> public_key_from_params(const char* type, OSSL_PARAM_BLD* bl
 Result<EVP_PKEY_ptr> rsa_public_key(std::span<const std::uint8_t> modulus, std::span<const std::uint8_t> exponent) {
   if (modulus.empty() || exponent.empty() || modulus.size() > 2048 || exponent.size() > 64)
     return bad_request("RSA public key attributes missing or out of range");
-  BIGNUM* n = BN_bin2bn(modulus.data(), static_cast<int>(modulus.size()), nullptr);
-  BIGNUM* e = BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr);
-  OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
-  if (!n || !e || !bld || OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) != 1 ||
-      OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) != 1) {
-    OSSL_PARAM_BLD_free(bld);
-    bld = nullptr;
-  }
-  auto key = public_key_from_params("RSA", bld);  // the params hold copies of n and e
-  BN_free(n);
-  BN_free(e);
-  return key;
+  BIGNUM_ptr n(BN_bin2bn(modulus.data(), static_cast<int>(modulus.size()), nullptr));
+  BIGNUM_ptr e(BN_bin2bn(exponent.data(), static_cast<int>(exponent.size()), nullptr));
+  OSSL_PARAM_BLD_ptr bld(OSSL_PARAM_BLD_new());
+  if (!n || !e || !bld || OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_N, n.get()) != 1 ||
+      OSSL_PARAM_BLD_push_BN(bld.get(), OSSL_PKEY_PARAM_RSA_E, e.get()) != 1)
+    bld.reset();
+  return public_key_from_params("RSA", std::move(bld));  // the params hold copies of n and e
 }
 
 Result<EVP_PKEY_ptr> ec_public_key(std::span<const std::uint8_t> ec_params, std::span<const std::uint8_t> ec_point) {
   // ECParameters ::= CHOICE { namedCurve OBJECT IDENTIFIER, ... }: only named curves are served.
   const unsigned char* p = ec_params.data();
-  ASN1_OBJECT* oid = d2i_ASN1_OBJECT(nullptr, &p, static_cast<long>(ec_params.size()));
-  int nid = oid && p == ec_params.data() + ec_params.size() ? OBJ_obj2nid(oid) : NID_undef;
-  ASN1_OBJECT_free(oid);
+  ASN1_OBJECT_ptr oid(d2i_ASN1_OBJECT(nullptr, &p, static_cast<long>(ec_params.size())));
+  int nid = oid && p == ec_params.data() + ec_params.size() ? OBJ_obj2nid(oid.get()) : NID_undef;
   const char* group = nid == NID_undef ? nullptr : OBJ_nid2sn(nid);
   if (!group) {
     ERR_clear_error();
@@ -206,21 +183,18 @@ Result<EVP_PKEY_ptr> ec_public_key(std::span<const std::uint8_t> ec_params, std:
   // uncompressed point starts with 0x04 as well, so both readings are tried (the DER one first).
   std::vector<Bytes> candidates;
   p = ec_point.data();
-  ASN1_OCTET_STRING* os = d2i_ASN1_OCTET_STRING(nullptr, &p, static_cast<long>(ec_point.size()));
+  ASN1_OCTET_STRING_ptr os(d2i_ASN1_OCTET_STRING(nullptr, &p, static_cast<long>(ec_point.size())));
   if (os && p == ec_point.data() + ec_point.size())
-    candidates.emplace_back(ASN1_STRING_get0_data(os), ASN1_STRING_get0_data(os) + ASN1_STRING_length(os));
-  ASN1_OCTET_STRING_free(os);
+    candidates.emplace_back(ASN1_STRING_get0_data(os.get()), ASN1_STRING_get0_data(os.get()) + ASN1_STRING_length(os.get()));
   ERR_clear_error();
   candidates.emplace_back(ec_point.begin(), ec_point.end());
   for (const Bytes& point : candidates) {
     if (point.empty()) continue;
-    OSSL_PARAM_BLD* bld = OSSL_PARAM_BLD_new();
-    if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
-        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1) {
-      OSSL_PARAM_BLD_free(bld);
-      bld = nullptr;
-    }
-    auto key = public_key_from_params("EC", bld);
+    OSSL_PARAM_BLD_ptr bld(OSSL_PARAM_BLD_new());
+    if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+        OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(), point.size()) != 1)
+      bld.reset();
+    auto key = public_key_from_params("EC", std::move(bld));
     if (key.ok()) return key;
   }
   return bad_request("CKA_EC_POINT is not a point on the curve CKA_EC_PARAMS names");
@@ -237,10 +211,8 @@ std::string name_rfc2253(X509_NAME* name) {
 }
 
 std::string name_oneline(X509_NAME* name) {
-  char* s = X509_NAME_oneline(name, nullptr, 0);
-  std::string out = s ? s : "";
-  OPENSSL_free(s);
-  return out;
+  OpenSSL_buffer<char> s(X509_NAME_oneline(name, nullptr, 0));
+  return s ? std::string(s.get()) : std::string();
 }
 
 bool is_self_signed(X509* cert) { return X509_check_issued(cert, cert) == X509_V_OK; }
