@@ -126,6 +126,10 @@ Result<std::string> decode_decision_body(std::string_view body, const char* fiel
       text = it->get<std::string>();
     }
   }
+  return check_decision_text(std::move(text), field, required);
+}
+
+Result<std::string> check_decision_text(std::string text, const char* field, bool required) {
   if (required && text.empty()) return Error(ErrorCode::bad_request, std::string("'") + field + "' is required");
   if (text.size() > 500) return Error(ErrorCode::bad_request, std::string("'") + field + "' is longer than 500 characters");
   return text;

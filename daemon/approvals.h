@@ -56,6 +56,8 @@ Result<HeldRequest> decode_held(std::string_view text);
 // The body of POST /v1/requests/{id}/approve ({"comment": …}, optional) or /deny ({"reason": …},
 // required): the text, at most 500 characters. An empty body is no text.
 Result<std::string> decode_decision_body(std::string_view body, const char* field, bool required);
+// The rule on that text wherever it comes from (the relay API's JSON, the web UI's form).
+Result<std::string> check_decision_text(std::string text, const char* field, bool required);
 
 class Approvals {
  public:

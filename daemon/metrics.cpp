@@ -31,12 +31,18 @@ void Metrics::signature(const std::string& key, const std::string& client, const
       "key=\"" + prom_escape(key) + "\",client=\"" + prom_escape(client) + "\",outcome=\"" + outcome + "\"";
   std::lock_guard lock(mu_);
   ++signatures_[labels];
+  ++by_key_[key][outcome == "ok" ? 0 : 1];
   if (outcome != "ok") return;
   Histogram& h = latency_[key];
   for (size_t i = 0; i < kBuckets.size(); ++i)
     if (seconds <= kBuckets[i]) ++h.counts[i];
   ++h.count;
   h.sum += seconds;
+}
+
+std::map<std::string, std::array<unsigned long long, 2>> Metrics::signatures_by_key() const {
+  std::lock_guard lock(mu_);
+  return by_key_;
 }
 
 std::string Metrics::render(const std::vector<TokenGauge>& tokens) const {

@@ -30,6 +30,9 @@ class Metrics {
     bool up;
     size_t queue_depth;
   };
+  // Signatures since start per key: {ok, failed}.
+  std::map<std::string, std::array<unsigned long long, 2>> signatures_by_key() const;
+
   // Renders everything, with token gauges supplied by the caller at scrape time.
   std::string render(const std::vector<TokenGauge>& tokens) const;
 
@@ -44,6 +47,7 @@ class Metrics {
   std::map<std::string, unsigned long long> requests_;    // label set → count
   std::map<std::string, unsigned long long> signatures_;  // label set → count
   std::map<std::string, Histogram> latency_;               // key → histogram
+  std::map<std::string, std::array<unsigned long long, 2>> by_key_;  // key → {ok, failed}
   std::atomic<unsigned long long> handshake_failures_{0};
   std::atomic<long long> connections_{0};
   std::atomic<unsigned long long> connections_accepted_{0};

@@ -28,13 +28,7 @@ bool is_submitter(const RequestContext& ctx, const HeldRequest& r) {
   return ctx.identity.fingerprint == r.info.client_fingerprint;
 }
 
-// Approvers of the key as configured now (a reload that changes them applies to waiting requests).
-bool is_approver(const RequestContext& ctx, const HeldRequest& r) {
-  if (!ctx.identity.snapshot || !ctx.identity.client) return false;
-  const KeyConfig* kc = ctx.identity.snapshot->config.resolve_key(r.info.key);
-  if (!kc) return false;
-  return shares_role(kc->policy.approvers, ctx.identity.client->roles);
-}
+bool is_approver(const RequestContext& ctx, const HeldRequest& r) { return is_approver(ctx.identity, r.info.key); }
 
 std::string query_param(const RequestContext& ctx, const char* name) {
   auto q = http::parse_query(ctx.req.query);
@@ -125,26 +119,12 @@ asio::awaitable<Status> sign_approved(Service& svc, const HeldRequest& r) {
 }
 
 asio::awaitable<http::Response> decide(Service& svc, RequestContext& ctx, const std::string& id, bool approve) {
-  Approvals& a = *svc.approvals;
-  auto cur = a.get(id, epoch_now());
+  auto cur = svc.approvals->get(id, epoch_now());
   if (!cur || !is_approver(ctx, *cur)) co_return forbidden();
   auto text = decode_decision_body(ctx.req.body, approve ? "comment" : "reason", !approve);
   if (!text.ok()) co_return relay_problem(text.error());
-  std::string who = ctx.identity.name();
-  auto r = approve ? a.approve(id, who, ctx.identity.fingerprint, *text, epoch_now())
-                   : a.deny(id, who, ctx.identity.fingerprint, *text, epoch_now());
+  auto r = co_await decide_request(svc, ctx.identity, id, approve, *text);
   if (!r.ok()) co_return relay_problem(r.error());
-  if (approve && r->state() == "signing") {
-    HeldRequest approved = std::move(r).value();
-    auto st = co_await sign_approved(svc, approved);
-    if (!st.ok()) {
-      spdlog::warn("approved request {} not signed: {}", id, st.error().message);
-      co_return relay_problem(st.error());
-    }
-    auto now = a.get(id, epoch_now());
-    if (!now) co_return forbidden();
-    co_return request_response(200, *now, false);
-  }
   co_return request_response(200, *r, false);
 }
 
@@ -172,6 +152,34 @@ ClientIdentity submitter_identity(const Service& svc, const HeldRequest& r) {
   auto it = id.snapshot->config.clients.find(r.client_entry);
   if (it != id.snapshot->config.clients.end()) id.client = &it->second;
   return id;
+}
+
+// Approvers of the key as configured now (a reload that changes them applies to waiting requests).
+bool is_approver(const ClientIdentity& who, const std::string& key) {
+  if (!who.snapshot || !who.client) return false;
+  const KeyConfig* kc = who.snapshot->config.resolve_key(key);
+  if (!kc) return false;
+  return shares_role(kc->policy.approvers, who.client->roles);
+}
+
+asio::awaitable<Result<HeldRequest>> decide_request(Service& svc, const ClientIdentity& who, std::string id,
+                                                    bool approve, std::string text) {
+  Approvals& a = *svc.approvals;
+  auto cur = a.get(id, epoch_now());
+  if (!cur || !is_approver(who, cur->info.key)) co_return Error(ErrorCode::forbidden, "no such request, or not yours");
+  std::string name = who.name();
+  auto r = approve ? a.approve(id, name, who.fingerprint, text, epoch_now())
+                   : a.deny(id, name, who.fingerprint, text, epoch_now());
+  if (!r.ok() || !approve || r->state() != "signing") co_return r;
+  HeldRequest approved = std::move(r).value();
+  auto st = co_await sign_approved(svc, approved);
+  if (!st.ok()) {
+    spdlog::warn("approved request {} not signed: {}", id, st.error().message);
+    co_return st.error();
+  }
+  auto now = a.get(id, epoch_now());
+  if (!now) co_return Error(ErrorCode::forbidden, "no such request, or not yours");
+  co_return std::move(*now);
 }
 
 asio::awaitable<void> wait_for_change(Approvals& approvals, const std::string& id, const std::string& state,

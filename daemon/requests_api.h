@@ -32,6 +32,17 @@ struct HoldOutcome {
 };
 asio::awaitable<HoldOutcome> hold_upload(Service& svc, RequestContext& ctx, const HeldRequest& proto);
 
+// Whether `who` may approve or deny requests for `key`: a role in the key's policy approvers, as
+// configured now. The UI and the relay API both ask this.
+bool is_approver(const ClientIdentity& who, const std::string& key);
+
+// An approver's decision on held request `id` (docs/policy.md "Approval workflow"): refuses a caller who
+// is not an approver of its key (forbidden), self-approval and decided or expired requests; an approved
+// relay request is signed on the submitter's behalf and audited before this returns. The request as it
+// is afterwards. Both the relay API and the web UI decide through it.
+asio::awaitable<Result<HeldRequest>> decide_request(Service& svc, const ClientIdentity& who, std::string id,
+                                                    bool approve, std::string text);
+
 // Waits until request `id` leaves `state`, or until `until`.
 asio::awaitable<void> wait_for_change(Approvals& approvals, const std::string& id, const std::string& state,
                                       Clock::time_point until);

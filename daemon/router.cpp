@@ -3,6 +3,7 @@
 #include "common/mechanism.h"
 #include "common/relay_api.h"
 #include "daemon/requests_api.h"
+#include "daemon/ui/ui.h"
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -398,6 +399,8 @@ RouteDecision Router::route(RequestContext& ctx) {
     d.response = std::move(r);
     return false;
   };
+
+  if (ui::route_ui(svc_, ctx, d)) return d;  // the web UI (docs/operator-guide.md "Web UI")
 
   // Relay API.
   if (starts_with(p, "/v1/")) {

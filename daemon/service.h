@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <memory>
@@ -98,7 +99,9 @@ struct Service {
     const ConfigSnapshot* raw = snapshot.get();
     current.store(std::move(snapshot));
     current_raw.store(raw, std::memory_order_release);
+    published_at.store(std::time(nullptr));
   }
+  std::atomic<std::time_t> published_at{0};  // when `current` was last published (start or reload)
   // Whether a connection's snapshot is still the published one: asked on every request, so a plain
   // atomic load (loading `current` costs a lock bit and a refcount). No ABA: the connection holds
   // `held` alive, so no new snapshot can be allocated at its address.
