@@ -30,14 +30,6 @@ bool is_submitter(const RequestContext& ctx, const HeldRequest& r) {
 
 bool is_approver(const RequestContext& ctx, const HeldRequest& r) { return is_approver(ctx.identity, r.info.key); }
 
-std::string query_param(const RequestContext& ctx, const char* name) {
-  auto q = http::parse_query(ctx.req.query);
-  if (!q) return {};
-  for (const auto& [k, v] : *q)
-    if (k == name) return v;
-  return {};
-}
-
 // Arms the long-poll's wake-up outside the coroutine (GCC 12: no capturing closures in coroutine frames).
 bool arm_wakeup(Approvals& approvals, const std::string& id, const std::string& state,
                 const std::shared_ptr<asio::steady_timer>& timer) {
@@ -152,6 +144,14 @@ ClientIdentity submitter_identity(const Service& svc, const HeldRequest& r) {
   auto it = id.snapshot->config.clients.find(r.client_entry);
   if (it != id.snapshot->config.clients.end()) id.client = &it->second;
   return id;
+}
+
+std::string query_param(const RequestContext& ctx, const char* name) {
+  auto q = http::parse_query(ctx.req.query);
+  if (!q) return {};
+  for (const auto& [k, v] : *q)
+    if (k == name) return v;
+  return {};
 }
 
 // Approvers of the key as configured now (a reload that changes them applies to waiting requests).

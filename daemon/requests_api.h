@@ -32,6 +32,9 @@ struct HoldOutcome {
 };
 asio::awaitable<HoldOutcome> hold_upload(Service& svc, RequestContext& ctx, const HeldRequest& proto);
 
+// A query parameter's value (empty when absent or the query is malformed).
+std::string query_param(const RequestContext& ctx, const char* name);
+
 // Whether `who` may approve or deny requests for `key`: a role in the key's policy approvers, as
 // configured now. The UI and the relay API both ask this.
 bool is_approver(const ClientIdentity& who, const std::string& key);

@@ -401,7 +401,6 @@ RouteDecision Router::route(RequestContext& ctx) {
   };
 
   if (ui::route_ui(svc_, ctx, d)) return d;  // the web UI (docs/operator-guide.md "Web UI")
-
   // Relay API.
   if (starts_with(p, "/v1/")) {
     if (auto a = relay_auth(ctx)) {

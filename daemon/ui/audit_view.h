@@ -3,7 +3,6 @@
 // Pure functions over the file's text, so they are unit-tested without a daemon.
 #pragma once
 
-#include "daemon/audit.h"
 
 #include <array>
 #include <cstdint>

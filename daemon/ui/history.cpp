@@ -12,14 +12,6 @@ namespace {
 
 constexpr size_t kPerPage = 50;
 
-std::string param(const RequestContext& ctx, const char* name) {
-  auto q = http::parse_query(ctx.req.query);
-  if (!q) return {};
-  for (const auto& [k, v] : *q)
-    if (k == name) return v;
-  return {};
-}
-
 std::string chain_status(const AuditVerifyResult& v) {
   if (v.ok) return "<span class=\"good\" id=\"chain\">intact</span> (" + std::to_string(v.lines) + " lines)";
   return "<span class=\"bad\" id=\"chain\">broken at line " + std::to_string(v.bad_line) + "</span>: " + esc(v.reason);
@@ -82,8 +74,8 @@ asio::awaitable<http::Response> history_page(Service& svc, RequestContext& ctx) 
     co_return html_response(200, page("History", Tab::history, who.name(),
                                       "<p class=\"note\">No audit file is configured (auditfile in the config).</p>"));
   AuditQuery q;
-  q.text = param(ctx, "q");
-  q.page = std::min<size_t>(std::strtoul(param(ctx, "page").c_str(), nullptr, 10), 1000000);
+  q.text = query_param(ctx, "q");
+  q.page = std::min<size_t>(std::strtoul(query_param(ctx, "page").c_str(), nullptr, 10), 1000000);
   q.per_page = kPerPage;
   std::function<History()> work = std::bind(&load_history, svc.audit->path(), who, q);
   History h = co_await run_blocking<History>(svc, work);

@@ -27,7 +27,8 @@ try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as ChromeService
     from selenium.webdriver.common.by import By
-    from selenium.common.exceptions import WebDriverException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
     # Debian's python3-selenium is installed for Debian's python3; meson may have found another one.
     if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
@@ -177,6 +178,22 @@ class WebUI(unittest.TestCase):
         out, err = proc.communicate(timeout=WAIT)
         return proc.returncode, out.decode(errors="replace") + err.decode(errors="replace")
 
+    def click_decision(self, proc, row, field: str, text: str, button: str, outcome: str):
+        """Types `text` into the row's `field`, clicks its `button`; the page says `outcome`. The CLI's result."""
+        row.find_element(By.NAME, field).send_keys(text)
+        row.find_element(By.CSS_SELECTOR, f"button.{button}").click()
+        self.wait_for_text(self.approver, "main", outcome)
+        return self.finish(proc)
+
+    def wait_for_text(self, browser: Browser, tag: str, text: str):
+        """Until the page that a click loads has `text` in its element `tag`."""
+        try:
+            WebDriverWait(browser.driver, WAIT, ignored_exceptions=(NoSuchElementException,
+                                                                    StaleElementReferenceException)).until(
+                lambda d: text in d.find_element(By.TAG_NAME, tag).text)
+        except Exception:
+            self.fail(f"the page never showed {text!r}: {browser.driver.page_source[:3000]}")
+
     def shot(self, browser: Browser, name: str):
         browser.driver.save_screenshot(str(self.shots / name))
 
@@ -216,10 +233,8 @@ class WebUI(unittest.TestCase):
             self.assertRegex(row.text, r"9 min|10 min")  # time to expiry
             self.assert_no_script(d)
             self.shot(self.approver, "webui-pending.png")
-            row.find_element(By.NAME, "comment").send_keys("release build, checked")
-            row.find_element(By.CSS_SELECTOR, "button.approve").click()
-            self.assertIn(f"Request {req['id']} approved and signed.", d.find_element(By.TAG_NAME, "main").text)
-            code, out = self.finish(proc)
+            code, out = self.click_decision(proc, row, "comment", "release build, checked", "approve",
+                                            f"Request {req['id']} approved and signed.")
         finally:
             proc.kill()
         self.assertEqual(code, 0, out)
@@ -230,12 +245,9 @@ class WebUI(unittest.TestCase):
     def test_2_deny_with_a_reason_reaches_the_submitter(self):
         proc, req = self.submit(hashlib.sha256(b"nightly").digest(), "nightly.msi", self.tmp / "denied.sig")
         try:
-            d = self.approver.get(self.base + "/ui/pending")
-            row = self.row(d, req["id"])
-            row.find_element(By.NAME, "reason").send_keys("nightly builds are not released")
-            row.find_element(By.CSS_SELECTOR, "button.deny").click()
-            self.assertIn(f"Request {req['id']} denied.", d.find_element(By.TAG_NAME, "main").text)
-            code, out = self.finish(proc)
+            row = self.row(self.approver.get(self.base + "/ui/pending"), req["id"])
+            code, out = self.click_decision(proc, row, "reason", "nightly builds are not released", "deny",
+                                            f"Request {req['id']} denied.")
         finally:
             proc.kill()
         self.assertEqual(code, 4, out)
@@ -279,6 +291,7 @@ class WebUI(unittest.TestCase):
         self.shot(self.approver, "webui-history.png")
         d.find_element(By.NAME, "q").send_keys("<script>")
         d.find_element(By.CSS_SELECTOR, "button.search").click()
+        WebDriverWait(d, WAIT).until(lambda drv: "q=%3Cscript%3E" in drv.current_url)
         files = [c.text for c in d.find_elements(By.CSS_SELECTOR, "#history td.filename")]
         self.assertTrue(files, "no audit rows for the <script> file name")
         self.assertEqual(set(files), {SCRIPT_NAME})
