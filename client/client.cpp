@@ -732,10 +732,15 @@ Error expired_error(const relay::ApprovalRequest& r) {
 
 }  // namespace
 
-Result<std::vector<relay::KeyDescription>> Client::list_keys() {
+Result<relay::KeyList> Client::list_keys_full() {
   ASSIGN_OR_RETURN(http::Response r, request("GET", "/v1/keys"));
   if (r.status != 200) return problem_of(r);
-  return relay::decode_key_list(r.body);
+  return relay::decode_key_list_full(r.body);
+}
+
+Result<std::vector<relay::KeyDescription>> Client::list_keys() {
+  ASSIGN_OR_RETURN(relay::KeyList list, list_keys_full());
+  return std::move(list.keys);
 }
 
 Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest& req, const HoldObserver& on_hold) {

@@ -48,6 +48,8 @@ class Client {
   ~Client();
 
   Result<std::vector<relay::KeyDescription>> list_keys();
+  // The keys and the tokens the daemon cannot use now (docs/relay-api.md, GET /v1/keys).
+  Result<relay::KeyList> list_keys_full();
 
   // Signs. When the key's policy holds the request for an approver (202), `on_hold` (if set) is called
   // once with the held request, and sign() long-polls it until it is signed (the signature), denied

@@ -29,6 +29,7 @@ constexpr std::array kRows = {
     Row{ErrorCode::unsupported_media, "unsupported-media-type", 415, CKR_ARGUMENTS_BAD},
     Row{ErrorCode::unavailable, "unavailable", 503, CKR_DEVICE_ERROR},
     Row{ErrorCode::token_not_present, "token-not-present", 503, CKR_TOKEN_NOT_PRESENT},
+    Row{ErrorCode::token_login_failed, "token-login-failed", 503, CKR_TOKEN_NOT_PRESENT},
     Row{ErrorCode::timeout, "timeout", 504, CKR_DEVICE_ERROR},
     Row{ErrorCode::device_error, "device-error", 502, CKR_DEVICE_ERROR},
     Row{ErrorCode::config, "config", 500, CKR_GENERAL_ERROR},

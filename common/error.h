@@ -29,6 +29,7 @@ enum class ErrorCode {
   unsupported_media,     // 415
   unavailable,           // 503, CKR_DEVICE_ERROR (token down / queue full; Retry-After)
   token_not_present,     // 503, CKR_TOKEN_NOT_PRESENT
+  token_login_failed,    // 503, CKR_TOKEN_NOT_PRESENT (the daemon's login to its token was refused)
   timeout,               // 504, CKR_DEVICE_ERROR
   device_error,          // 502, CKR_DEVICE_ERROR (the token answered with an error)
   config,                // not on the wire: configuration errors (exit 2)

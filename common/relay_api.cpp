@@ -39,7 +39,7 @@ Result<HashAlg> hash_field(const json& j, const char* name) {
 
 }  // namespace
 
-std::string encode_key_list(const std::vector<KeyDescription>& keys) {
+std::string encode_key_list(const std::vector<KeyDescription>& keys, const std::vector<TokenProblem>& unavailable) {
   json arr = json::array();
   for (const auto& k : keys) {
     json certs = json::array();
@@ -60,52 +60,82 @@ std::string encode_key_list(const std::vector<KeyDescription>& keys) {
     if (!k.approval.empty()) j["approval"] = k.approval;
     arr.push_back(std::move(j));
   }
-  return json{{"keys", arr}}.dump();
+  json doc = {{"keys", arr}};
+  for (const auto& p : unavailable)
+    doc["unavailable"].push_back(
+        {{"token", {{"label", p.token.label}, {"serial", p.token.serial}}}, {"code", p.code}, {"detail", p.detail}});
+  return doc.dump();
 }
 
-Result<std::vector<KeyDescription>> decode_key_list(std::string_view body) {
+namespace {
+
+TokenDescription token_from(const json& j) {
+  TokenDescription t;
+  if (auto f = j.find("token"); f != j.end() && f->is_object()) {
+    t.label = str_field(*f, "label");
+    t.serial = str_field(*f, "serial");
+    t.model = str_field(*f, "model");
+    t.manufacturer = str_field(*f, "manufacturer");
+  }
+  return t;
+}
+
+Result<KeyDescription> key_from(const json& j) {
+  if (!j.is_object()) return bad_json("key entry is not an object");
+  KeyDescription k;
+  k.name = str_field(j, "name");
+  if (k.name.empty()) return bad_json("key entry without a name");
+  k.token = token_from(j);
+  auto id = from_hex(str_field(j, "id"));
+  if (!id) return bad_json("key '" + k.name + "': id is not hex");
+  k.id = *id;
+  k.label = str_field(j, "label");
+  std::string type = str_field(j, "key_type");
+  if (type == "RSA") k.key.type = KeyType::rsa;
+  else if (type == "EC") k.key.type = KeyType::ec;
+  else return bad_json("key '" + k.name + "': unknown key_type '" + type + "'");
+  if (auto b = j.find("bits"); b != j.end() && b->is_number_integer()) k.key.bits = b->get<int>();
+  k.key.curve = str_field(j, "curve");
+  ASSIGN_OR_RETURN(k.spki, b64_field(j, "spki"));
+  if (auto c = j.find("certificates"); c != j.end() && c->is_array()) {
+    for (const auto& e : *c) {
+      if (!e.is_string()) return bad_json("certificate is not a string");
+      auto der = base64_decode(e.get_ref<const std::string&>());
+      if (!der) return bad_json("certificate is not base64");
+      k.certificates.push_back(std::move(*der));
+    }
+  }
+  if (auto m = j.find("mechanisms"); m != j.end() && m->is_array()) {
+    for (const auto& e : *m)
+      if (e.is_string()) k.mechanisms.push_back(e.get<std::string>());
+  }
+  k.approval = str_field(j, "approval");
+  return k;
+}
+
+}  // namespace
+
+Result<KeyList> decode_key_list_full(std::string_view body) {
   json doc = json::parse(body, nullptr, false);
   if (doc.is_discarded() || !doc.is_object() || !doc.contains("keys") || !doc["keys"].is_array())
     return bad_json("key list is not a JSON object with a 'keys' array");
-  std::vector<KeyDescription> out;
+  KeyList out;
   for (const auto& j : doc["keys"]) {
-    if (!j.is_object()) return bad_json("key entry is not an object");
-    KeyDescription k;
-    k.name = str_field(j, "name");
-    if (k.name.empty()) return bad_json("key entry without a name");
-    if (auto t = j.find("token"); t != j.end() && t->is_object()) {
-      k.token.label = str_field(*t, "label");
-      k.token.serial = str_field(*t, "serial");
-      k.token.model = str_field(*t, "model");
-      k.token.manufacturer = str_field(*t, "manufacturer");
+    ASSIGN_OR_RETURN(KeyDescription k, key_from(j));
+    out.keys.push_back(std::move(k));
+  }
+  if (auto u = doc.find("unavailable"); u != doc.end() && u->is_array()) {
+    for (const auto& j : *u) {
+      if (!j.is_object()) return bad_json("unavailable entry is not an object");
+      out.unavailable.push_back(TokenProblem{token_from(j), str_field(j, "code"), str_field(j, "detail")});
     }
-    auto id = from_hex(str_field(j, "id"));
-    if (!id) return bad_json("key '" + k.name + "': id is not hex");
-    k.id = *id;
-    k.label = str_field(j, "label");
-    std::string type = str_field(j, "key_type");
-    if (type == "RSA") k.key.type = KeyType::rsa;
-    else if (type == "EC") k.key.type = KeyType::ec;
-    else return bad_json("key '" + k.name + "': unknown key_type '" + type + "'");
-    if (auto b = j.find("bits"); b != j.end() && b->is_number_integer()) k.key.bits = b->get<int>();
-    k.key.curve = str_field(j, "curve");
-    ASSIGN_OR_RETURN(k.spki, b64_field(j, "spki"));
-    if (auto c = j.find("certificates"); c != j.end() && c->is_array()) {
-      for (const auto& e : *c) {
-        if (!e.is_string()) return bad_json("certificate is not a string");
-        auto der = base64_decode(e.get_ref<const std::string&>());
-        if (!der) return bad_json("certificate is not base64");
-        k.certificates.push_back(std::move(*der));
-      }
-    }
-    if (auto m = j.find("mechanisms"); m != j.end() && m->is_array()) {
-      for (const auto& e : *m)
-        if (e.is_string()) k.mechanisms.push_back(e.get<std::string>());
-    }
-    k.approval = str_field(j, "approval");
-    out.push_back(std::move(k));
   }
   return out;
+}
+
+Result<std::vector<KeyDescription>> decode_key_list(std::string_view body) {
+  ASSIGN_OR_RETURN(KeyList list, decode_key_list_full(body));
+  return std::move(list.keys);
 }
 
 namespace {

@@ -33,6 +33,19 @@ struct KeyDescription {
   std::string approval;
 };
 
+// A token whose keys this client may use but which the daemon cannot use now (GET /v1/keys
+// "unavailable", docs/relay-api.md): its login was refused (`token-login-failed`) or it is absent.
+struct TokenProblem {
+  TokenDescription token;  // label and serial as configured
+  std::string code;        // a problem code: token-login-failed, token-not-present
+  std::string detail;      // the daemon's reason, for the user
+};
+
+struct KeyList {
+  std::vector<KeyDescription> keys;
+  std::vector<TokenProblem> unavailable;
+};
+
 struct PssParams {
   HashAlg hash = HashAlg::sha256;
   HashAlg mgf_hash = HashAlg::sha256;
@@ -75,8 +88,10 @@ Result<std::vector<ApprovalRequest>> decode_approval_list(std::string_view body)
 // Seconds since the epoch of an RFC 3339 UTC time "YYYY-MM-DDTHH:MM:SS[.fff]Z"; nullopt if malformed.
 std::optional<int64_t> parse_utc_time(std::string_view text);
 
-std::string encode_key_list(const std::vector<KeyDescription>& keys);
+std::string encode_key_list(const std::vector<KeyDescription>& keys, const std::vector<TokenProblem>& unavailable = {});
 Result<std::vector<KeyDescription>> decode_key_list(std::string_view body);
+// The keys and the "unavailable" tokens (absent from older daemons: empty).
+Result<KeyList> decode_key_list_full(std::string_view body);
 
 std::string encode_sign_request(const SignRequest& req);
 Result<SignRequest> decode_sign_request(std::string_view body);

@@ -263,8 +263,17 @@ std::optional<http::Response> relay_auth(const RequestContext& ctx) {
   return std::nullopt;
 }
 
+// A token out of service (its login was refused; never retried) is named in "unavailable", once, so a
+// client can say why its keys are missing (docs/relay-api.md).
+void note_unavailable(std::vector<relay::TokenProblem>& out, const TokenConfig& tc, const Token& t) {
+  for (const auto& p : out)
+    if (p.token.label == tc.label && p.token.serial == tc.serial) return;
+  out.push_back({relay::TokenDescription{tc.label, tc.serial, {}, {}}, "token-login-failed", t.state_reason()});
+}
+
 http::Response relay_keys(Service& svc, const RequestContext& ctx) {
   std::vector<relay::KeyDescription> out;
+  std::vector<relay::TokenProblem> unavailable;
   for (const auto& [name, k] : ctx.identity.snapshot->config.keys) {
     if (!k.alias.empty()) continue;  // aliases are a relic naming convenience; the shim sees real keys
     if (!allowed(ctx.identity, k)) continue;
@@ -279,13 +288,15 @@ http::Response relay_keys(Service& svc, const RequestContext& ctx) {
                                    "token '" + k.token + "' is being re-opened: " + t->second->state_reason())
                                  .with_retry_after(1));
       }
+      if (st == TokenState::failed)
+        note_unavailable(unavailable, ctx.identity.snapshot->config.tokens.at(k.token), *t->second);
       continue;
     }
     out.push_back(served->description);
     // Per requesting client: an autoapprove role signs at once (docs/policy.md).
     if (k.has_policy && needs_approval(k.policy, ctx.identity.client->roles)) out.back().approval = "required";
   }
-  return json_response(200, relay::encode_key_list(out));
+  return json_response(200, relay::encode_key_list(out, unavailable));
 }
 
 // Also names the digest being signed, once per request: the policy's digest class (docs/policy.md
@@ -337,10 +348,12 @@ Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& re
 asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, std::string name) {
   auto ref = svc.lookup_key(name, ctx.identity);
   if (!ref) co_return relay_problem(Error(ErrorCode::forbidden, "key '" + name + "' does not exist or is not yours"));
-  if (!ref->served)
-    co_return relay_problem(
-        Error(ErrorCode::token_not_present, "token of key '" + name + "' is not available: " + ref->token->state_reason())
-            .with_retry_after(1));
+  if (!ref->served) {
+    bool failed = ref->token->state() == TokenState::failed;  // login refused: not retried by the daemon
+    co_return relay_problem(Error(failed ? ErrorCode::token_login_failed : ErrorCode::token_not_present,
+                                  "token of key '" + name + "' is not available: " + ref->token->state_reason())
+                                .with_retry_after(1));
+  }
   auto req = relay::decode_sign_request(ctx.req.body);
   if (!req.ok()) co_return relay_problem(req.error());
   uint32_t digest = 0;

@@ -190,8 +190,9 @@ Status Token::start() {
     if (first.ok()) {
       state_ = TokenState::ready;
       reason_.clear();
-    } else if (state_ != TokenState::failed) {
-      state_ = TokenState::recovering;
+    } else {
+      // A refused login (failed) keeps its reason too: clients are told why (docs/relay-api.md).
+      if (state_ != TokenState::failed) state_ = TokenState::recovering;
       reason_ = first.error().message;
     }
   }
@@ -501,7 +502,7 @@ void Token::sign(SignJob job, Done done) {
   if (state_ == TokenState::failed) {
     std::string why = reason_;
     lock.unlock();
-    return done(Error(ErrorCode::token_not_present, "token '" + config_.name + "' is out of service: " + why));
+    return done(Error(ErrorCode::token_login_failed, "token '" + config_.name + "' is out of service: " + why));
   }
   if (state_ != TokenState::ready) {
     std::string why = reason_;

@@ -150,7 +150,7 @@ Status copy_list(const std::vector<T>& items, T* out, CK_ULONG_PTR count) {
 // (every p11-kit program would print it). C_GetInfo says why the list is empty.
 class UnconfiguredTransport : public Transport {
  public:
-  Result<std::vector<relay::KeyDescription>> list_keys() override { return std::vector<relay::KeyDescription>{}; }
+  Result<relay::KeyList> list_keys() override { return relay::KeyList{}; }
   Result<Bytes> sign(const std::string&, const relay::SignRequest&) override {
     return config_error("no client configuration");
   }
@@ -210,6 +210,7 @@ Status Finalize(CK_VOID_PTR pReserved) {
   std::lock_guard<std::mutex> g(g_init_mu);
   auto current = g_module.exchange(nullptr);
   if (!current) return ck(CKR_CRYPTOKI_NOT_INITIALIZED, "not initialised");
+  current->shutdown();  // a thread blocked in C_WaitForSlotEvent returns CKR_CRYPTOKI_NOT_INITIALIZED
   if (current->pid() != ::getpid()) new std::shared_ptr<Module>(std::move(current));  // see Initialize
   current.reset();
   SHIM_LOG(debug, "finalised");
@@ -249,7 +250,8 @@ Status GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo) {
   auto t = m->token(slotID);
   if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
   std::memset(pInfo, 0, sizeof *pInfo);
-  pad(pInfo->slotDescription, sizeof pInfo->slotDescription, "p11relay: " + t->desc.label);
+  pad(pInfo->slotDescription, sizeof pInfo->slotDescription,
+      "p11relay: " + t->desc.label + (t->problem.empty() ? "" : " (appliance: " + t->problem + ")"));
   pad(pInfo->manufacturerID, sizeof pInfo->manufacturerID,
       t->desc.manufacturer.empty() ? "p11relay" : t->desc.manufacturer);
   pInfo->flags = CKF_REMOVABLE_DEVICE | (t->present ? CKF_TOKEN_PRESENT : 0);
@@ -487,6 +489,24 @@ Status FindObjectsFinal(CK_SESSION_HANDLE hSession) {
   return {};
 }
 
+// C_WaitForSlotEvent: slot events come from the key list the daemon sends (a token appears, vanishes or
+// cannot be used), fetched at most once per pkcs11.keycacheseconds, so the blocking form polls the
+// daemon at that pace (at least 1 s apart) and C_Finalize wakes it.
+Status WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved) {
+  ASSIGN_OR_RETURN(auto m, module());
+  if (!pSlot || pReserved) return ck(CKR_ARGUMENTS_BAD, "pSlot must be set and pReserved NULL");
+  auto pace = std::chrono::seconds(std::max(1, m->config().key_cache_seconds));
+  for (;;) {
+    m->refresh_if_stale();
+    if (auto slot = m->take_event()) {
+      *pSlot = *slot;
+      return {};
+    }
+    if (flags & CKF_DONT_BLOCK) return ck(CKR_NO_EVENT, "no slot event");
+    if (!m->wait_event(pace)) return ck(CKR_CRYPTOKI_NOT_INITIALIZED, "C_Finalize was called while waiting");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random (local)
 
@@ -514,12 +534,6 @@ Status SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeed
 
 // ---------------------------------------------------------------------------------------------
 
-Status Unsupported(CK_RV rv) {
-  ASSIGN_OR_RETURN(auto m, module());
-  (void)m;
-  return ck(rv, "not supported by the relay token");
-}
-
 Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv) {
   ASSIGN_OR_RETURN(auto m, module());
   ASSIGN_OR_RETURN(auto s, session_of(*m, hSession));
@@ -544,6 +558,7 @@ CK_RV resolve(const char* function, const Status& status) noexcept {
       case CKR_CRYPTOKI_ALREADY_INITIALIZED:
       case CKR_FUNCTION_NOT_SUPPORTED:
       case CKR_MECHANISM_INVALID:
+      case CKR_NO_EVENT:
         SHIM_LOG(debug, std::string(function) + " -> " + ckr_text(rv) + ": " + status.error().message);
         break;
       case CKR_GENERAL_ERROR:

@@ -57,6 +57,7 @@ Status VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart, CK_ULONG ulPa
 Status VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature, CK_ULONG ulSignatureLen);
 Status GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData, CK_ULONG ulRandomLen);
 Status SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed, CK_ULONG ulSeedLen);
+Status WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved);
 
 // What the token does not allow, with the spec's code for each call (bridge_write.cpp).
 Status InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK_UTF8CHAR_PTR pLabel);
@@ -79,7 +80,6 @@ Status GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism, 
 
 // What a signing token does not do at all: CKR_CRYPTOKI_NOT_INITIALIZED, then (for session
 // functions) CKR_SESSION_HANDLE_INVALID, then `rv`.
-Status Unsupported(CK_RV rv);
 Status UnsupportedInSession(CK_SESSION_HANDLE hSession, CK_RV rv);
 
 // Turns a bridge result into the CK_RV and logs it once (kmsp11's LogAndResolve).

@@ -169,6 +169,9 @@ Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pu
     SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " + ms() +
                           " ms: " + e.message + " (" + ckr_text(e.ckr) + ")");
     if (e.ckr == CKR_OK) e.ckr = CKR_DEVICE_ERROR;
+    if (e.ckr == CKR_TOKEN_NOT_PRESENT)
+      notice("token " + op.key->desc.token.label, "the appliance cannot use its token '" + op.key->desc.token.label +
+                                                      "' to sign with key '" + name + "': " + e.message);
     return e;
   }
   SHIM_LOG(debug, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " ok in " + ms() + " ms");

@@ -152,8 +152,8 @@ P11R_ENTRY(C_GetFunctionStatus, (CK_SESSION_HANDLE hSession),
            bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_PARALLEL))
 P11R_ENTRY(C_CancelFunction, (CK_SESSION_HANDLE hSession),
            bridge::UnsupportedInSession(hSession, CKR_FUNCTION_NOT_PARALLEL))
-P11R_ENTRY(C_WaitForSlotEvent, (CK_FLAGS, CK_SLOT_ID_PTR, CK_VOID_PTR),
-           bridge::Unsupported(CKR_FUNCTION_NOT_SUPPORTED))
+P11R_ENTRY(C_WaitForSlotEvent, (CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved),
+           bridge::WaitForSlotEvent(flags, pSlot, pReserved))
 
 #undef P11R_ENTRY
 

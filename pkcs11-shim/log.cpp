@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <ctime>
+#include <map>
 
 namespace p11relay::shim {
 
@@ -59,6 +60,52 @@ void Logger::write(LogLevel level, const std::string& message) {
     ssize_t n = ::write(fd, line.data(), line.size());
     (void)n;
   }
+}
+
+namespace {
+
+struct Notices {
+  std::mutex mu;
+  std::map<std::string, std::string> shown;  // key → the message last printed for it
+  std::function<void(const std::string&)> sink;
+};
+
+Notices& notices() {
+  static Notices* n = new Notices();  // never destroyed, like logger()
+  return *n;
+}
+
+}  // namespace
+
+void notice(const std::string& key, const std::string& message) {
+  std::string line = "p11relay-pkcs11: " + message + "\n";
+  {
+    Notices& n = notices();
+    std::lock_guard<std::mutex> g(n.mu);
+    auto it = n.shown.find(key);
+    if (it != n.shown.end() && it->second == message) return;
+    n.shown[key] = message;
+    if (n.sink) {
+      n.sink(line);
+    } else {
+      ssize_t w = ::write(2, line.data(), line.size());  // one write(2): lines do not interleave
+      (void)w;
+    }
+  }
+  if (logger().to_file()) SHIM_LOG(warning, message);  // without a log file, stderr already has it
+}
+
+void clear_notice(const std::string& key) {
+  Notices& n = notices();
+  std::lock_guard<std::mutex> g(n.mu);
+  n.shown.erase(key);
+}
+
+void set_notice_sink(std::function<void(const std::string& line)> sink) {
+  Notices& n = notices();
+  std::lock_guard<std::mutex> g(n.mu);
+  n.sink = std::move(sink);
+  n.shown.clear();
 }
 
 }  // namespace p11relay::shim

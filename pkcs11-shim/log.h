@@ -2,6 +2,7 @@
 // pid so a forked child's messages can be told apart. PINs and key material are never logged.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 
@@ -18,6 +19,7 @@ class Logger {
   void close();
   bool enabled(LogLevel level) const { return level >= level_ && level != LogLevel::off; }
   void write(LogLevel level, const std::string& message);
+  bool to_file() const { return fd_ >= 0; }
 
  private:
   std::mutex mu_;
@@ -27,6 +29,13 @@ class Logger {
 };
 
 Logger& logger();
+
+// What the user of a PKCS#11 program must see (the appliance cannot use its token; a signature waits
+// for an approver): one line on stderr, "p11relay-pkcs11: <message>", printed once per `key` until
+// clear_notice(key), whatever pkcs11.loglevel says (the log file gets it too). Tests redirect the lines.
+void notice(const std::string& key, const std::string& message);
+void clear_notice(const std::string& key);
+void set_notice_sink(std::function<void(const std::string& line)> sink);  // nullptr: stderr
 
 #define SHIM_LOG(level, msg)                                                       \
   do {                                                                             \

@@ -31,28 +31,65 @@ void Module::refresh_if_stale() {
   refresh_locked();
 }
 
+namespace {
+
+std::string token_problem_text(const relay::TokenProblem& p) {
+  std::string why = p.code == "token-login-failed" ? "its login to the token was refused" : "the token is not present";
+  return "the appliance cannot use its token '" + p.token.label + "' (" + why + "): " + p.detail +
+         "; the slot shows no token until the appliance's operator fixes it";
+}
+
+}  // namespace
+
 void Module::refresh_locked() {
   auto t0 = std::chrono::steady_clock::now();
-  auto keys = transport_->list_keys();
+  auto listing = transport_->list_keys();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-  if (!keys.ok()) {
-    SHIM_LOG(warning, "GET /v1/keys failed after " + std::to_string(ms) + " ms: " + keys.error().message +
+  if (!listing.ok()) {
+    const Error& e = listing.error();
+    SHIM_LOG(warning, "GET /v1/keys failed after " + std::to_string(ms) + " ms: " + e.message +
                           " (keeping the previous key list)");
+    // The daemon answers 503 token-not-present while it cannot open a token (docs/relay-api.md).
+    if (e.ckr == CKR_TOKEN_NOT_PRESENT) notice("token list", "the appliance cannot use its token: " + e.message);
     std::lock_guard<std::mutex> g(mu_);
     fetched_ = std::chrono::steady_clock::now();  // back off for keycacheseconds, then try again
     return;
   }
+  clear_notice("token list");
   std::vector<std::string> warnings;
-  auto built = build_tokens(*keys, ids_, warnings);
+  auto built = build_tokens(listing->keys, ids_, warnings);
   for (const auto& w : warnings) SHIM_LOG(warning, w);
-  SHIM_LOG(debug, "GET /v1/keys: " + std::to_string(keys->size()) + " keys on " + std::to_string(built.size()) +
-                      " tokens in " + std::to_string(ms) + " ms");
+  SHIM_LOG(debug, "GET /v1/keys: " + std::to_string(listing->keys.size()) + " keys on " +
+                      std::to_string(built.size()) + " tokens in " + std::to_string(ms) + " ms");
+  for (const auto& t : built) clear_notice("token " + t->desc.label);
+  for (const auto& p : listing->unavailable) notice("token " + p.token.label, token_problem_text(p));
   std::lock_guard<std::mutex> g(mu_);
+  merge_locked(built, listing->unavailable);
+  fetched_ = std::chrono::steady_clock::now();
+}
+
+// The new key list replaces the tokens it names; a token it no longer names keeps its slot without a
+// token, and so does a token the daemon cannot use (`problems`).
+void Module::merge_locked(const std::vector<std::shared_ptr<Token>>& built,
+                          const std::vector<relay::TokenProblem>& problems) {
+  std::map<CK_SLOT_ID, bool> before;
+  for (const auto& [id, t] : tokens_) before[id] = t->present;
   std::set<CK_SLOT_ID> seen;
-  for (auto& t : built) {
+  for (const auto& t : built) {
     seen.insert(t->slot_id);
     if (!tokens_.count(t->slot_id)) slot_order_.push_back(t->slot_id);
     tokens_[t->slot_id] = t;
+  }
+  for (const auto& p : problems) {
+    CK_SLOT_ID id = problem_slot_locked(p.token);
+    if (!seen.insert(id).second) continue;  // some of its keys are served after all
+    auto down = std::make_shared<Token>();
+    down->slot_id = id;
+    down->desc = tokens_.count(id) ? tokens_[id]->desc : p.token;
+    down->present = false;
+    down->problem = p.code == "token-login-failed" ? "login refused" : "not present";
+    if (!tokens_.count(id)) slot_order_.push_back(id);
+    tokens_[id] = down;
   }
   for (auto& [id, t] : tokens_) {
     if (seen.count(id) || !t->present) continue;
@@ -62,7 +99,50 @@ void Module::refresh_locked() {
     gone->present = false;
     t = gone;
   }
-  fetched_ = std::chrono::steady_clock::now();
+  queue_events_locked(before);
+  baseline_ = true;
+}
+
+// The daemon names a token it cannot use by its configured label and serial only: the slot this process
+// already shows for that token if any, else one derived from what is known.
+CK_SLOT_ID Module::problem_slot_locked(const relay::TokenDescription& t) {
+  for (const auto& [id, tok] : tokens_)
+    if (tok->desc.label == t.label && (t.serial.empty() || tok->desc.serial == t.serial)) return id;
+  return ids_.slot_id(t);
+}
+
+void Module::queue_events_locked(const std::map<CK_SLOT_ID, bool>& before) {
+  if (!baseline_) return;
+  bool any = false;
+  for (const auto& [id, t] : tokens_) {
+    auto it = before.find(id);
+    bool was = it != before.end() && it->second;
+    if (was == t->present) continue;
+    if (std::find(events_.begin(), events_.end(), id) == events_.end()) events_.push_back(id);
+    any = true;
+    SHIM_LOG(info, "slot " + std::to_string(id) + ": token '" + t->desc.label + (t->present ? "' appeared" : "' vanished"));
+  }
+  if (any) event_cv_.notify_all();
+}
+
+std::optional<CK_SLOT_ID> Module::take_event() {
+  std::lock_guard<std::mutex> g(mu_);
+  if (events_.empty()) return std::nullopt;
+  CK_SLOT_ID id = events_.front();
+  events_.pop_front();
+  return id;
+}
+
+bool Module::wait_event(std::chrono::milliseconds d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  event_cv_.wait_for(lock, d, [&] { return shut_down_ || !events_.empty(); });
+  return !shut_down_;
+}
+
+void Module::shutdown() {
+  std::lock_guard<std::mutex> g(mu_);
+  shut_down_ = true;
+  event_cv_.notify_all();
 }
 
 std::vector<CK_SLOT_ID> Module::slot_ids(bool token_present) {

@@ -11,6 +11,8 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -87,8 +89,18 @@ class Module {
   bool logged_in(CK_SLOT_ID slot);
   void set_logged_in(CK_SLOT_ID slot, bool in);
 
+  // C_WaitForSlotEvent (v2.40 §5.5): slots whose token appeared or vanished between two key lists
+  // (the first list of the process is the baseline, not an event). take_event pops the oldest;
+  // wait_event blocks up to `d` for one and answers false once shutdown() (C_Finalize) was called.
+  std::optional<CK_SLOT_ID> take_event();
+  bool wait_event(std::chrono::milliseconds d);
+  void shutdown();
+
  private:
   void refresh_locked();
+  void merge_locked(const std::vector<std::shared_ptr<Token>>& built, const std::vector<relay::TokenProblem>& problems);
+  CK_SLOT_ID problem_slot_locked(const relay::TokenDescription& t);
+  void queue_events_locked(const std::map<CK_SLOT_ID, bool>& before);
 
   pid_t pid_;
   client::Config config_;
@@ -103,6 +115,10 @@ class Module {
   std::map<CK_SESSION_HANDLE, std::shared_ptr<Session>> sessions_;
   CK_SESSION_HANDLE next_session_ = 1;
   std::set<CK_SLOT_ID> logged_in_;
+  bool baseline_ = false;  // a key list was received once
+  std::deque<CK_SLOT_ID> events_;
+  bool shut_down_ = false;
+  std::condition_variable event_cv_;
 };
 
 }  // namespace p11relay::shim

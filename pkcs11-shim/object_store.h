@@ -47,6 +47,7 @@ struct Token {
   CK_SLOT_ID slot_id = 0;
   relay::TokenDescription desc;
   bool present = true;
+  std::string problem;  // why the appliance cannot use this token (a slot without a token), for the user
   std::vector<std::shared_ptr<const Object>> objects;  // in a stable order
   std::vector<std::shared_ptr<const KeyInfo>> keys;
 

@@ -102,11 +102,11 @@ Bytes sign_like_daemon(EVP_PKEY* key, const relay::SignRequest& req) {
   return out;
 }
 
-Result<std::vector<relay::KeyDescription>> FakeTransport::list_keys() {
+Result<relay::KeyList> FakeTransport::list_keys() {
   std::lock_guard<std::mutex> g(state_->mu);
   ++state_->list_calls;
   if (state_->list_error) return *state_->list_error;
-  return state_->keys;
+  return relay::KeyList{state_->keys, state_->unavailable};
 }
 
 Result<Bytes> FakeTransport::sign(const std::string& key_name, const relay::SignRequest& request) {

@@ -31,6 +31,7 @@ Bytes sign_like_daemon(EVP_PKEY* key, const relay::SignRequest& req);
 struct FakeState {
   std::mutex mu;
   std::vector<relay::KeyDescription> keys;
+  std::vector<relay::TokenProblem> unavailable;
   int list_calls = 0;
   std::vector<std::pair<std::string, relay::SignRequest>> sign_requests;
   std::optional<Error> list_error;
@@ -43,7 +44,7 @@ struct FakeState {
 class FakeTransport : public Transport {
  public:
   explicit FakeTransport(std::shared_ptr<FakeState> state) : state_(std::move(state)) {}
-  Result<std::vector<relay::KeyDescription>> list_keys() override;
+  Result<relay::KeyList> list_keys() override;
   Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request) override;
 
  private:

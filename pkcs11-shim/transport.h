@@ -15,18 +15,22 @@ namespace p11relay::shim {
 class Transport {
  public:
   virtual ~Transport() = default;
-  virtual Result<std::vector<relay::KeyDescription>> list_keys() = 0;
+  // The keys, and the tokens the daemon cannot use now (their slots show no token).
+  virtual Result<relay::KeyList> list_keys() = 0;
   virtual Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request) = 0;
 };
 
 class ClientTransport : public Transport {
  public:
   explicit ClientTransport(std::unique_ptr<client::Client> client) : client_(std::move(client)) {}
-  Result<std::vector<relay::KeyDescription>> list_keys() override { return client_->list_keys(); }
-  // A key whose policy needs an approver blocks here (up to remote.approvalwait); the log says why.
+  Result<relay::KeyList> list_keys() override { return client_->list_keys_full(); }
+  // A key whose policy needs an approver blocks here (up to remote.approvalwait); one stderr line says
+  // which request waits and who may decide it (docs/policy.md, "Approval workflow").
   Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request) override {
     return client_->sign(key_name, request, [&key_name](const relay::ApprovalRequest& r) {
-      SHIM_LOG(info, "sign key=" + key_name + ": waiting for approval of request " + r.id + " (expires " + r.expires + ")");
+      notice("approval " + r.id, "signature with key '" + key_name + "' waits for approval of request " + r.id +
+                                    " (expires " + r.expires + "); an approver (a client with a role in the key's "
+                                    "policy.approvers) runs: p11relay requests approve " + r.id);
     });
   }
 

@@ -21,8 +21,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                    again->pss->salt_length != r->pss->salt_length))
       std::abort();
   }
-  if (auto keys = relay::decode_key_list(body); keys.ok()) {
-    for (const auto& k : *keys) {
+  if (auto list = relay::decode_key_list_full(body); list.ok()) {
+    // the "unavailable" tokens survive a round trip
+    auto again = relay::decode_key_list_full(relay::encode_key_list({}, list->unavailable));
+    if (!again.ok() || again->unavailable.size() != list->unavailable.size()) std::abort();
+    for (const auto& k : list->keys) {
       // what the shim does with each entry (object_store): the SPKI and the certificates
       (void)parse_spki(k.spki);
       for (const auto& c : k.certificates) (void)parse_certificate_der(c);
