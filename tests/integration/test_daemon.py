@@ -400,7 +400,16 @@ class WrongPin(DaemonTest):
             self.assertNotIn("wrongpin-7391", log)
             st, _, body = self.daemon.sign("ec256", "CKM_ECDSA", bytes(32))
             self.assertEqual(st, 503)
-            self.assertEqual(json.loads(body)["code"], "token-not-present")
+            self.assertEqual(json.loads(body)["code"], "token-login-failed")  # docs/relay-api.md
+            self.assertNotIn("wrongpin-7391", body.decode() if isinstance(body, bytes) else body)
+            # The key list leaves the token's keys out and says why (GET /v1/keys "unavailable").
+            st, _, body = self.daemon.request("GET", "/v1/keys")
+            self.assertEqual(st, 200)
+            listing = json.loads(body)
+            self.assertEqual(listing["keys"], [])
+            self.assertEqual([u["code"] for u in listing["unavailable"]], ["token-login-failed"])
+            self.assertIn("wrong PIN", listing["unavailable"][0]["detail"])
+            self.assertEqual(listing["unavailable"][0]["token"]["label"], self.st.token_label)
             self.assertEqual(self.daemon.request("GET", "/health")[0], 503)
         finally:
             self.daemon.stop()
