@@ -56,7 +56,8 @@ install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
-# build [MESON_SETUP_ARGS...] — meson setup (or reconfigure with the given options) + ninja
+# build [MESON_SETUP_ARGS...] — meson setup (or reconfigure with the given options) + ninja.
+# P11RELAY_TARGETS (space-separated ninja targets, default: all) limits what is built.
 build() {
   cd "$P11RELAY_ROOT" || die "cannot cd to $P11RELAY_ROOT"
   if [[ ! -f $P11RELAY_BUILD_DIR/build.ninja ]]; then
@@ -65,8 +66,10 @@ build() {
   elif (($# > 0)); then
     meson configure "$P11RELAY_BUILD_DIR" "$@"
   fi
-  log "ninja -C $P11RELAY_BUILD_DIR"
-  ninja -C "$P11RELAY_BUILD_DIR"
+  local targets=()
+  read -r -a targets <<<"${P11RELAY_TARGETS:-}"
+  log "ninja -C $P11RELAY_BUILD_DIR ${targets[*]}"
+  ninja -C "$P11RELAY_BUILD_DIR" "${targets[@]}"
 }
 
 # The interpreter provision.py is written for (Debian's, stdlib only).

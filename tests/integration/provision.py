@@ -144,6 +144,7 @@ class State:
     relic_config: Path            # relic.yml (relic client)
     audit_file: Path
     timings: dict = field(default_factory=dict)
+    kept_configs: list = field(default_factory=list)   # configs provision(keep_configs=True) left as they were
 
     # -- convenience -------------------------------------------------------------------------------------
     @property
@@ -247,11 +248,15 @@ class State:
         _write_text(p, header + to_yaml(cfg))
         return p
 
-    def write_client_configs(self) -> None:
-        _write_text(self.client_config,
-                    "# p11relay client / PKCS#11 shim configuration (relative paths: relative to this file)\n"
-                    + to_yaml({"remote": {"url": self.url, "certfile": "tls/client.pem",
-                                          "keyfile": "tls/client.key", "cacert": "tls/ca.pem"}}))
+    def write_client_configs(self, keep: Sequence[Path] = ()) -> None:
+        """Write client.yml and relic.yml, except those in `keep`."""
+        if self.client_config not in keep:
+            _write_text(self.client_config,
+                        "# p11relay client / PKCS#11 shim configuration (relative paths: relative to this file)\n"
+                        + to_yaml({"remote": {"url": self.url, "certfile": "tls/client.pem",
+                                              "keyfile": "tls/client.key", "cacert": "tls/ca.pem"}}))
+        if self.relic_config in keep:
+            return
         # relic resolves paths against its working directory, so relic.yml gets absolute ones.
         _write_text(self.relic_config,
                     "# relic client configuration: relic -c " + str(self.relic_config) + " remote list-keys\n"
@@ -663,11 +668,13 @@ def _new_state(state_dir: Path, listen: str, manifest: dict, token_label: str, m
 
 def provision(state_dir: os.PathLike, listen: str = DEFAULT_LISTEN, keys: Sequence[KeySpec] = DEFAULT_KEYS,
               *, token_label: str = TOKEN_LABEL, module: str = SOFTHSM_MODULE,
-              template_dir: Optional[os.PathLike] = None) -> State:
+              template_dir: Optional[os.PathLike] = None, keep_configs: bool = False) -> State:
     """Create (or reuse) everything p11relayd needs in state_dir; returns the State.
 
     template_dir: provision that directory instead (once, under a lock) and copy it into state_dir —
     a copy takes milliseconds where a fresh token with an RSA key takes about a second.
+    keep_configs: leave an existing p11relayd.yml, client.yml and relic.yml as they are (an operator may have
+    edited them); only missing ones are written. st.kept_configs lists the kept ones.
     """
     state_dir = Path(state_dir).resolve()
     if len({k.label for k in keys}) != len(keys) or len({k.id.lower() for k in keys}) != len(keys):
@@ -713,8 +720,11 @@ def provision(state_dir: os.PathLike, listen: str = DEFAULT_LISTEN, keys: Sequen
             cert = state_dir / "tls" / "clients" / f"{name}.pem"
             if cert.exists():
                 st.clients[name] = ClientCert(name, cert, cert.with_suffix(".key"), spki_fingerprint(cert))
-        st.write_config()
-        st.write_client_configs()
+        st.kept_configs = [p for p in (st.config, st.client_config, st.relic_config)
+                           if keep_configs and p.exists()]
+        if st.config not in st.kept_configs:
+            st.write_config()
+        st.write_client_configs(keep=st.kept_configs)
         _save_manifest(st)
     st.timings = {**tok_times, **tls_times, "total": time.monotonic() - t_start}
     return st
@@ -786,9 +796,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--key", action="append", type=_parse_key, default=[], metavar="LABEL:ID:TYPE",
                     help="an extra key, e.g. ec384:03:EC:secp384r1 or rsa3072:04:rsa:3072 (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON (includes the PINs)")
+    ap.add_argument("--keep-configs", action="store_true",
+                    help="keep an existing p11relayd.yml, client.yml and relic.yml (write only missing ones)")
     a = ap.parse_args(argv)
     try:
-        st = provision(a.state_dir, a.listen, DEFAULT_KEYS + tuple(a.key))
+        st = provision(a.state_dir, a.listen, DEFAULT_KEYS + tuple(a.key), keep_configs=a.keep_configs)
     except (ProvisionError, ValueError) as e:
         print(f"provision: {e}", file=sys.stderr)
         return 1
@@ -803,6 +815,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"token             {st.token_label} ({st.module}); PIN in {st.pinfile}")
     print(f"keys              {', '.join(st.keys)}")
     print(f"client            {st.client.certfile} fingerprint {st.client.fingerprint}")
+    for p in st.kept_configs:
+        print(f"kept              {p} (exists; delete it to have it generated again)")
     print(f"took              {st.timings['total']:.2f} s")
     return 0
 
