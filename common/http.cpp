@@ -1,5 +1,7 @@
 #include "common/http.h"
 
+#include "common/text.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -255,14 +257,33 @@ int RequestParser::on_headers_complete(http_parser* p) {
   r.http_minor = p->http_minor;
   r.keep_alive = http_should_keep_alive(p) != 0;
   self->headers_done_ = true;
+  // HTTP/1.0 and 1.1 only: http_parser reads "GET /" as HTTP/0.9 and accepts any digit pair.
+  if (p->http_major != 1 || p->http_minor > 1) {
+    self->fail(505, "HTTP version not supported (send HTTP/1.1)");
+    return -1;
+  }
   size_t q = r.target.find('?');
   auto path = percent_decode(std::string_view(r.target).substr(0, q), false);
   if (!path || path->empty() || (*path)[0] != '/') {
     self->fail(400, "bad request target");
     return -1;
   }
-  r.path = std::move(*path);
   if (q != std::string::npos) r.query = r.target.substr(q + 1);
+  // Every decoded path and query text is clean UTF-8 without control characters before any handler,
+  // log line or audit record sees it (docs/reliability.md "Request text").
+  if (!clean_text(*path)) {
+    self->fail(400, "the request path is not UTF-8 text (invalid UTF-8 or a control character after percent-decoding)");
+    return -1;
+  }
+  if (auto params = parse_query(r.query); params) {
+    for (const auto& [k, v] : *params) {
+      if (!clean_text(k) || !clean_text(v)) {
+        self->fail(400, "a query parameter is not UTF-8 text (invalid UTF-8 or a control character after percent-decoding)");
+        return -1;
+      }
+    }
+  }
+  r.path = std::move(*path);
   if ((p->flags & F_CONTENTLENGTH) != 0) {
     self->content_length_ = p->content_length;
   }

@@ -119,3 +119,28 @@ TEST_CASE("response parser handles content-length and chunked") {
   CHECK(r.response().status == 503);
   CHECK(r.response().body == "no");
 }
+
+TEST_CASE("request text that is not clean UTF-8 is refused before any handler sees it") {
+  auto status_of = [](std::string_view req) {
+    RequestParser p;
+    feed_all(p, req);
+    return p.state() == ParseState::error ? p.error_status() : 0;
+  };
+  CHECK(status_of("GET /v1/%FF HTTP/1.1\r\n\r\n") == 400);
+  CHECK(status_of("POST /v1/keys/%C0%AF/sign HTTP/1.1\r\nContent-Length: 0\r\n\r\n") == 400);
+  CHECK(status_of("POST /sign?key=a&filename=%FF.exe HTTP/1.1\r\nContent-Length: 0\r\n\r\n") == 400);
+  CHECK(status_of("POST /sign?key=a%0AINFO+forged&filename=x HTTP/1.1\r\nContent-Length: 0\r\n\r\n") == 400);
+  CHECK(status_of("POST /sign?key=a%00&filename=x HTTP/1.1\r\nContent-Length: 0\r\n\r\n") == 400);
+  CHECK(status_of("GET /keys/a%7F HTTP/1.1\r\n\r\n") == 400);
+  CHECK(status_of("GET /keys/%C3%A9?x=%E2%82%AC HTTP/1.1\r\n\r\n") == 0);  // é, € are fine
+}
+
+TEST_CASE("HTTP versions other than 1.0 and 1.1 are 505") {
+  for (std::string_view req : {"GET /\r\n\r\n", "GET / HTTP/9.9\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "GET / HTTP/1.2\r\n\r\n"}) {
+    RequestParser p;
+    CHECK(feed_all(p, req) == ParseState::error);
+    CHECK(p.error_status() == 505);
+  }
+  RequestParser p;
+  CHECK(feed_all(p, "GET / HTTP/1.0\r\n\r\n") == ParseState::message_complete);
+}

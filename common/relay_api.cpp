@@ -1,5 +1,7 @@
 #include "common/relay_api.h"
 
+#include "common/text.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -185,6 +187,10 @@ Result<SignRequest> decode_sign_request(std::string_view body) {
     req.pss = pss;
   }
   req.filename = str_field(j, "filename");
+  // The filename goes into the audit record and log lines: bounded, one line (docs/reliability.md).
+  if (req.filename.size() > kMaxFilenameBytes)
+    return bad_json("'filename' is longer than " + std::to_string(kMaxFilenameBytes) + " bytes");
+  if (has_control(req.filename)) return bad_json("'filename' contains a control character");
   if (auto f = j.find("filesize"); f != j.end() && !f->is_null()) {
     if (!f->is_number_unsigned()) return bad_json("'filesize' must be a non-negative integer");
     req.filesize = f->get<uint64_t>();

@@ -52,6 +52,9 @@ struct PssParams {
   unsigned long salt_length = 32;
 };
 
+// Longest 'filename' a sign request may carry (400 beyond it): it is copied into the audit record.
+inline constexpr size_t kMaxFilenameBytes = 1024;
+
 struct SignRequest {
   std::string mechanism;  // CKM_RSA_PKCS (DigestInfo), CKM_RSA_PKCS_PSS (digest), CKM_ECDSA (digest)
   Bytes input;

@@ -152,3 +152,14 @@ TEST_CASE("the common sign request and response take the direct path and read as
   CHECK_FALSE(decode_sign_response(R"({"signature":"AQID+g="})").ok());    // bad base64 either way
   CHECK_FALSE(decode_sign_response(R"({"signature":"AQ\"ID"})").ok());
 }
+
+TEST_CASE("a sign request's filename is bounded and one line") {
+  std::string ok = R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":")" + std::string(kMaxFilenameBytes, 'a') + "\"}";
+  CHECK(decode_sign_request(ok).ok());
+  std::string big = R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":")" + std::string(kMaxFilenameBytes + 1, 'a') + "\"}";
+  auto r = decode_sign_request(big);
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code == p11relay::ErrorCode::bad_json);
+  CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":"a\nINFO forged"})").ok());
+  CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":"a\u0000"})").ok());
+}

@@ -2,6 +2,7 @@
 
 #include "common/digest.h"
 #include "common/mechanism.h"
+#include "common/text.h"
 #include "daemon/statefile.h"
 
 #include <nlohmann/json.hpp>
@@ -378,7 +379,7 @@ void Approvals::notify_locked(const std::string& id) {
 
 void Approvals::audit(const HeldRequest& r, const char* operation, const std::string& reason) {
   spdlog::info("approval: {} request={} key={} client={} by={} {}", operation, r.info.id, r.info.key, r.info.client,
-               r.info.decided_by, reason);
+               r.info.decided_by, log_escape(reason));
   if (!audit_) return;
   json rec;
   rec["sig.timestamp"] = rfc3339(static_cast<int64_t>(std::time(nullptr)));

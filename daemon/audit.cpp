@@ -40,11 +40,22 @@ AuditLog::~AuditLog() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+std::string audit_text(std::string_view s) {
+  if (s.size() <= kAuditMaxString) return std::string(s);
+  size_t cut = kAuditMaxString;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a UTF-8 sequence
+  return std::string(s.substr(0, cut)) + "...(" + std::to_string(s.size()) + " bytes)";
+}
+
 Status AuditLog::append(nlohmann::json record) {
+  for (auto& [k, v] : record.items())
+    if (v.is_string() && v.get_ref<const std::string&>().size() > kAuditMaxString) v = audit_text(v.get<std::string>());
   std::lock_guard lock(mu_);
   record["seq"] = seq_ + 1;
   record["prev"] = prev_;
-  std::string line = record.dump();  // keys sorted (nlohmann::json uses std::map), as relic's lines
+  // Keys sorted, as relic's lines. Request text is checked before the token signs (docs/reliability.md
+  // "Request text"); replacing what is still not UTF-8 keeps dump() from throwing after a signature exists.
+  std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string out = line + "\n";
   size_t off = 0;
   while (off < out.size()) {
@@ -54,6 +65,10 @@ Status AuditLog::append(nlohmann::json record) {
       return internal_error(std::string("audit write failed: ") + std::strerror(errno));
     }
     off += static_cast<size_t>(n);
+  }
+  // Durable before the caller returns a signature (docs/reliability.md "Audit durability").
+  while (::fdatasync(fd_) != 0) {
+    if (errno != EINTR) return internal_error(std::string("audit fdatasync failed: ") + std::strerror(errno));
   }
   prev_ = line_hash(line);
   ++seq_;

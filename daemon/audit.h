@@ -1,4 +1,4 @@
-// Audit log: one JSON object per line, written and flushed before a signature is returned. Each
+// Audit log: one JSON object per line, written and synced (fdatasync) before a signature is returned. Each
 // line carries "prev" = SHA-256 (hex) of the previous line (without its newline), so deleting,
 // reordering or editing a line breaks the chain; `p11relayd audit-verify FILE` checks it.
 #pragma once
@@ -12,13 +12,17 @@
 
 namespace p11relay::daemon {
 
+// Longest string value an audit record keeps; longer ones are cut and marked "...(N bytes)".
+inline constexpr size_t kAuditMaxString = 2048;
+std::string audit_text(std::string_view s);
+
 class AuditLog {
  public:
   // Opens (creating with mode 0600) and reads the last line to continue the chain.
   static Result<std::unique_ptr<AuditLog>> open(const std::string& path);
   ~AuditLog();
-  // Adds "prev" and "seq", writes the line and flushes it to the kernel (write(2)); fails the
-  // request if that fails.
+  // Cuts string values to kAuditMaxString, adds "prev" and "seq", writes the line and fdatasync()s
+  // it; fails the request (no signature is returned) if either fails.
   Status append(nlohmann::json record);
   const std::string& path() const { return path_; }
 

@@ -49,3 +49,30 @@ TEST_CASE("audit chain verifies, survives reopen, and detects tampering") {
   std::ofstream(path) << l1 << "\n" << l3 << "\n" << l4 << "\n";
   CHECK_FALSE(verify_audit_file(path).ok);
 }
+
+TEST_CASE("a record with invalid UTF-8 or a huge string still writes one bounded, verifiable line") {
+  p11relay::testing::TempDir dir;
+  std::string path = (dir.path / "audit.log").string();
+  auto log = AuditLog::open(path);
+  REQUIRE(log.ok());
+  // Without the replace handler nlohmann::json::dump() throws type_error.316 here, after C_Sign.
+  REQUIRE((*log)->append({{"client.filename", "\xFF.exe"}}).ok());
+  REQUIRE((*log)->append({{"client.filename", std::string(900 * 1024, 'a')}}).ok());
+  std::ifstream in(path);
+  std::string first, second;
+  REQUIRE(std::getline(in, first));
+  REQUIRE(std::getline(in, second));
+  CHECK(first.find("\xEF\xBF\xBD.exe") != std::string::npos);  // U+FFFD
+  CHECK(second.size() < kAuditMaxString + 300);
+  CHECK(second.find("...(921600 bytes)") != std::string::npos);
+  CHECK(verify_audit_file(path).ok);
+}
+
+TEST_CASE("audit_text cuts on a UTF-8 boundary") {
+  std::string s(kAuditMaxString - 1, 'a');
+  s += "\xC3\xA9\xC3\xA9";  // é straddles the limit
+  std::string cut = audit_text(s);
+  CHECK(cut.substr(0, kAuditMaxString - 1) == std::string(kAuditMaxString - 1, 'a'));
+  CHECK(cut.substr(kAuditMaxString - 1, 4) == "...(");
+  CHECK(audit_text("short") == "short");
+}

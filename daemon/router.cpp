@@ -2,6 +2,7 @@
 
 #include "common/mechanism.h"
 #include "common/relay_api.h"
+#include "common/text.h"
 #include "daemon/requests_api.h"
 #include "daemon/ui/ui.h"
 
@@ -186,7 +187,7 @@ RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
   }
   auto ref = svc.lookup_key(key, ctx.identity);
   if (!ref) {
-    spdlog::info("sign refused: key={} client={} (unknown key or no role)", key, ctx.identity.name());
+    spdlog::info("sign refused: key={} client={} (unknown key or no role)", log_escape(key), ctx.identity.name());
     d.response = relic_forbidden();
     return d;
   }
@@ -210,7 +211,7 @@ RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
   const KeyConfig& kc = *ref->config;
   auto allowed_now = check_policy(kc.policy, PolicyQuery{digest_bit(alg), 0, sigtype, std::time(nullptr)});
   if (!allowed_now.ok()) {
-    spdlog::info("sign refused by policy: key={} client={} sigtype={}: {}", kc.name, ctx.identity.name(), sigtype,
+    spdlog::info("sign refused by policy: key={} client={} sigtype={}: {}", kc.name, ctx.identity.name(), log_escape(sigtype),
                  allowed_now.error().message);
     d.response = relic_problem(403, std::string(kRelicBase) + "policy-denied", allowed_now.error().message,
                                "Signing refused by policy");
@@ -326,7 +327,8 @@ Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& re
                                                     " digest (" + std::to_string(hash_info(req.pss->hash).size) +
                                                     " bytes)");
       if (req.pss->hash == HashAlg::md5) return Error(ErrorCode::mechanism_param, "MD5 is not allowed with PSS");
-      if (req.pss->salt_length + hash_info(req.pss->hash).size + 2 > modulus)
+      // Compared without a sum that could wrap (a salt_length near 2^64 must not pass).
+      if (modulus < hash_info(req.pss->hash).size + 2 || req.pss->salt_length > modulus - hash_info(req.pss->hash).size - 2)
         return Error(ErrorCode::mechanism_param, "salt_length too large for the key");
       job.pss = req.pss;
       break;
@@ -366,7 +368,7 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   const KeyConfig& kc = *ref->config;
   auto allowed_now = check_policy(kc.policy, PolicyQuery{digest, job->mechanism, {}, std::time(nullptr)});
   if (!allowed_now.ok()) {
-    spdlog::info("sign refused by policy: key={} client={} mech={}: {}", kc.name, ctx.identity.name(), req->mechanism,
+    spdlog::info("sign refused by policy: key={} client={} mech={}: {}", kc.name, ctx.identity.name(), log_escape(req->mechanism),
                  allowed_now.error().message);
     co_return relay_problem(allowed_now.error());
   }
@@ -387,7 +389,7 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   auto sig = co_await token_sign(token, sign_job, here);
   if (!sig.ok() && counted) svc.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
   if (!sig.ok()) {
-    spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), req->mechanism,
+    spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), log_escape(req->mechanism),
                  sig.error().message);
     svc.metrics.signature(ref->served->name, ctx.identity.name(), error_code_name(sig.error().code), 0);
     co_return relay_problem(sig.error());

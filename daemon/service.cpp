@@ -1,5 +1,6 @@
 #include "daemon/service.h"
 
+#include "common/text.h"
 #include "common/x509.h"
 
 #include <asio/experimental/as_tuple.hpp>
@@ -232,7 +233,7 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
   // With an audit file, the audit line is the record; this one is for debugging (a write(2) less per
   // signature). Without one, it is the only trace and stays at info.
   spdlog::log(svc.audit ? spdlog::level::debug : spdlog::level::info, "signed: key={} client={} op={} digest={} file={}",
-              key.name, ctx.identity.name(), operation, digest_name, filename);
+              key.name, ctx.identity.name(), operation, digest_name, log_escape(filename));
   return {};
 }
 

@@ -15,7 +15,9 @@
 //   pin_incorrect=1        C_Login returns CKR_PIN_INCORRECT (without asking the real token)
 //
 // Every C_Login call appends one line to the counter file (env FAULTY_PKCS11_LOGINS, default
-// <control>.logins) so a test can assert how often the daemon tried to log in. Counters are re-armed only
+// <control>.logins) so a test can assert how often the daemon tried to log in. Every C_Sign that produced a
+// signature appends one line to env FAULTY_PKCS11_SIGNS (default <control>.signs): the audit tests count
+// signatures made against audit lines written. Counters are re-armed only
 // when the file changes. Linked with -z nodelete: state survives the daemon's finalize + reload.
 #include <p11-kit/pkcs11.h>
 
@@ -31,6 +33,7 @@
 #include <fstream>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace {
@@ -186,15 +189,21 @@ CK_RV w_OpenSession(CK_SLOT_ID id, CK_FLAGS f, CK_VOID_PTR app, CK_NOTIFY notify
   return real->C_OpenSession(id, f, app, notify, h);
 }
 
+std::string signs_path() {
+  std::string c = control_path();
+  return env_or("FAULTY_PKCS11_SIGNS", c.empty() ? std::string() : c + ".signs");
+}
+
+void append_line(const std::string& path, std::string_view line) {
+  if (path.empty()) return;
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  (void)!::write(fd, line.data(), line.size());
+  ::close(fd);
+}
+
 CK_RV w_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG len) {
-  std::string counter = logins_path();
-  if (!counter.empty()) {
-    int fd = ::open(counter.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-      (void)!::write(fd, "login\n", 6);
-      ::close(fd);
-    }
-  }
+  append_line(logins_path(), "login\n");
   Control c = snapshot();
   if (c.removed) return CKR_DEVICE_REMOVED;
   if (c.pin_incorrect) return CKR_PIN_INCORRECT;
@@ -255,6 +264,7 @@ CK_RV w_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PTR si
     if (inject == CKR_SESSION_HANDLE_INVALID) real->C_CloseSession(h);  // and it really is invalid now
     return inject;
   }
+  if (rv == CKR_OK) append_line(signs_path(), "sign\n");
   return rv;
 }
 

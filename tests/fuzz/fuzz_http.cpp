@@ -2,8 +2,10 @@
 // RequestParser in chunks of a size taken from the first byte, with the same resume/reset loop the
 // server runs (server.cpp): headers_complete → (optional body sink) → resume, message_complete → checks →
 // reset, error → stop. Checks: limits hold, no header name or value carries CR/LF/NUL (header injection),
-// the parser never stalls on input it does not consume, path and query decode without crashing.
+// the parser never stalls on input it does not consume, path and query decode without crashing, and what a
+// handler sees is HTTP/1.x with a path and query values that are clean UTF-8 text (common/text.h).
 #include "common/http.h"
+#include "common/text.h"
 
 #include <cstdint>
 #include <cstdlib>
@@ -53,8 +55,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         for (auto& [k, v] : r.headers)
           if (has_ctl(k) || has_ctl(v)) std::abort();
         if (r.target.size() > limits.max_header_bytes) std::abort();
-        (void)http::parse_query(r.query);
-        (void)http::percent_decode(r.path, false);
+        if (r.http_major != 1 || r.http_minor > 1) std::abort();
+        if (!clean_text(r.path)) std::abort();
+        if (auto q = http::parse_query(r.query))
+          for (const auto& [k, v] : *q)
+            if (!clean_text(k) || !clean_text(v)) std::abort();
         if (use_sink)
           p.set_body_sink([&](std::string_view c) {
             sunk += c.size();
