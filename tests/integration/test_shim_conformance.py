@@ -11,10 +11,12 @@ import os
 import subprocess
 import sys
 import threading
+import unittest
 from ctypes import byref, create_string_buffer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import pkcs11_ctypes as p11  # noqa: E402
 from pkcs11_ctypes import CK_ULONG, CKR  # noqa: E402
 from shim_util import SHIM, Daemon, ShimTest, main, write_client_config  # noqa: E402
@@ -42,6 +44,10 @@ def probe_unusable_token() -> dict:
 class ShimConformance(ShimTest):
     @classmethod
     def setUpClass(cls):
+        if harness.SANITIZER_PRELOAD:
+            # ctypes loads the instrumented module into this Python, which did not start with the sanitizer
+            # runtime first: ASan aborts. The module's rules are covered by unit-shim under the sanitizers.
+            raise unittest.SkipTest("an instrumented module cannot load into an uninstrumented Python (ctypes)")
         super().setUpClass()
         write_client_config(cls.client_config, cls.st, [cls.daemon.url],
                             pkcs11={"pin": CONFIG_PIN, "keycacheseconds": 1})
