@@ -80,7 +80,7 @@ Status load_pinfile(Config& c) {
     return config_error("pinfile '" + c.pinfile + "' must be owned by the daemon's user (uid " +
                         std::to_string(geteuid()) + ")");
   if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
-    return config_error("pinfile '" + c.pinfile + "' must not be accessible by group or others (chmod 600)");
+    return config_error("pinfile '" + c.pinfile + "' must not be accessible by group or others: chmod 600 " + c.pinfile);
   YAML::Node pins;
   try {
     pins = YAML::LoadFile(c.pinfile);
@@ -280,6 +280,44 @@ Status check_key_timestamps(const Loader& l, const YAML::Node& root, const Confi
   return {};
 }
 
+// yaml-cpp keeps both entries of a key given twice and every lookup returns the first: a second
+// `server:` block would be ignored without a word.
+Status no_duplicate_keys(const Loader& l, const YAML::Node& node) {
+  if (node.IsSequence())
+    for (const auto& e : node) RETURN_IF_ERROR(no_duplicate_keys(l, e));
+  if (!node.IsMap()) return {};
+  std::set<std::string> seen;
+  for (const auto& kv : node) {
+    if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+      return l.err(kv.first, "key '" + kv.first.Scalar() + "' appears twice in the same mapping (remove one)");
+    RETURN_IF_ERROR(no_duplicate_keys(l, kv.second));
+  }
+  return {};
+}
+
+// host:port with port 0..65535 (0 picks a free port); the host may be empty (all addresses).
+Status check_listen(const Loader& l, const YAML::Node& at, const std::string& what, const std::string& value) {
+  size_t colon = value.rfind(':');
+  std::string port = colon == std::string::npos ? std::string() : value.substr(colon + 1);
+  bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
+  if (!digits || std::stoul(port) > 65535)
+    return l.err(at, what + " '" + value + "' must be HOST:PORT with a port from 0 to 65535");
+  return {};
+}
+
+// server.listen (default :6300) and server.listenmetrics; server.listenhttp is refused.
+Status server_addresses(const Loader& l, const YAML::Node& root, ServerConfig& s) {
+  if (!s.listenhttp.empty())
+    return l.err(root["server"]["listenhttp"],
+                 "server.listenhttp is not supported: p11relayd serves only mutual TLS (use server.listenmetrics for "
+                 "plaintext /health and /metrics)");
+  if (s.listen.empty()) s.listen = ":6300";
+  RETURN_IF_ERROR(check_listen(l, root["server"]["listen"], "server.listen", s.listen));
+  if (!s.listenmetrics.empty())
+    RETURN_IF_ERROR(check_listen(l, root["server"]["listenmetrics"], "server.listenmetrics", s.listenmetrics));
+  return {};
+}
+
 Result<Config> load(const std::string& path, bool check_secrets) {
   Config c;
   c.path = path;
@@ -294,6 +332,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
     return config_error(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
   if (!root.IsMap()) return config_error(path + ": top level must be a mapping");
+  RETURN_IF_ERROR(no_duplicate_keys(l, root));
   RETURN_IF_ERROR(l.only_keys(root, "the top level",
                               {"server", "tokens", "keys", "clients", "auditfile", "pinfile", "timestamp", "remote"}));
 
@@ -336,11 +375,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
     }
   }
-  if (!s.listenhttp.empty())
-    return l.err(root["server"]["listenhttp"],
-                 "server.listenhttp is not supported: p11relayd serves only mutual TLS (use server.listenmetrics for "
-                 "plaintext /health and /metrics)");
-  if (s.listen.empty()) s.listen = ":6300";
+  RETURN_IF_ERROR(server_addresses(l, root, s));
   if (s.moduledirs.empty()) s.moduledirs = default_module_dirs();
   if (!s.listen.empty()) {
     if (s.certfile.empty() || s.keyfile.empty())

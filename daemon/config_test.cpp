@@ -200,3 +200,25 @@ TEST_CASE("timestamp: relic's section; a key that timestamps needs URLs for it")
   REQUIRE_FALSE(zero.ok());
   CHECK(zero.error().message.find("timestamp.timeout must be > 0") != std::string::npos);
 }
+
+TEST_CASE("a key given twice and a listen port out of range are refused") {
+  TempDir d;
+  d.write("c.pem", "x");
+  d.write("k.pem", "x");
+  auto dup = load_config(d.write("dup.yml", base_config() + "server:\n  listen: 0.0.0.0:6300\n"));
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.error().message.find("'server' appears twice") != std::string::npos);
+  auto nested = load_config(d.write("nested.yml", base_config("  k2:\n    token: t\n    label: b\n    label: c\n")));
+  REQUIRE_FALSE(nested.ok());
+  CHECK(nested.error().message.find("'label' appears twice") != std::string::npos);
+  for (const char* listen : {"127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:http", "127.0.0.1"}) {
+    std::string text = base_config();
+    text.replace(text.find("127.0.0.1:0"), 11, listen);
+    auto c = load_config(d.write("l.yml", text));
+    REQUIRE_FALSE(c.ok());
+    CHECK_MESSAGE(c.error().message.find("port from 0 to 65535") != std::string::npos, listen);
+  }
+  std::string ok = base_config();
+  ok.replace(ok.find("127.0.0.1:0"), 11, "\"[::1]:65535\"");  // quoted: [ starts a YAML flow sequence
+  CHECK(load_config(d.write("ok.yml", ok)).ok());
+}

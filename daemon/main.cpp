@@ -7,6 +7,7 @@
 #include "daemon/server.h"
 #include "daemon/service.h"
 #include "daemon/signers/signers.h"
+#include "daemon/startup.h"
 
 #include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>
@@ -161,9 +162,16 @@ void reload(Service& svc, const std::string& config_path, const std::string& lis
   notify("READY=1");
 }
 
+// What the daemon checks before it opens a token or binds a socket; --check-config runs this same function.
+Result<Config> load_and_check(const std::string& path) {
+  ASSIGN_OR_RETURN(Config cfg, load_config(path));
+  RETURN_IF_ERROR(startup_checks(cfg));
+  return cfg;
+}
+
 int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
         int io_threads) {
-  auto cfg = load_config(config_path);
+  auto cfg = load_and_check(config_path);
   if (!cfg.ok()) {
     std::cerr << "p11relayd: " << cfg.error().message << "\n";
     return 2;
@@ -291,7 +299,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!check_path.empty()) {
-    auto cfg = load_config(check_path);
+    auto cfg = load_and_check(check_path);  // the same checks the daemon runs at start
     if (!cfg.ok()) {
       std::cerr << "p11relayd: " << cfg.error().message << "\n";
       return 2;

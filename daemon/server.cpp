@@ -7,6 +7,7 @@
 
 #include <asio/experimental/as_tuple.hpp>
 #include <openssl/err.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
@@ -148,6 +149,11 @@ http::Response error_for(const std::string& target, int status, const std::strin
   return text_response(status, message + "\n", true);
 }
 
+std::string key_mismatch(const ServerConfig& cfg) {
+  return "server.keyfile '" + cfg.keyfile + "' does not match server.certfile '" + cfg.certfile +
+         "' (give the key of that certificate)";
+}
+
 }  // namespace
 
 Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& cfg) {
@@ -161,10 +167,16 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
     return config_error("cannot set TLS cipher list: " + openssl_error_string());
   if (SSL_CTX_use_certificate_chain_file(c, cfg.certfile.c_str()) != 1)
     return config_error("server.certfile '" + cfg.certfile + "': " + openssl_error_string());
-  if (SSL_CTX_use_PrivateKey_file(c, cfg.keyfile.c_str(), SSL_FILETYPE_PEM) != 1)
+  if (SSL_CTX_use_PrivateKey_file(c, cfg.keyfile.c_str(), SSL_FILETYPE_PEM) != 1) {
+    // OpenSSL compares the key with the certificate already loaded and refuses one that does not match.
+    unsigned long e = ERR_peek_last_error();
+    bool mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                    (ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH || ERR_GET_REASON(e) == X509_R_KEY_TYPE_MISMATCH);
+    ERR_clear_error();
+    if (mismatch) return config_error(key_mismatch(cfg));
     return config_error("server.keyfile '" + cfg.keyfile + "': cannot load the private key");
-  if (SSL_CTX_check_private_key(c) != 1)
-    return config_error("server.keyfile does not match server.certfile");
+  }
+  if (SSL_CTX_check_private_key(c) != 1) return config_error(key_mismatch(cfg));
   static const unsigned char kSid[] = "p11relayd";
   SSL_CTX_set_session_id_context(c, kSid, sizeof kSid - 1);
   // Resumption with stateless TLS 1.3 tickets only: a client reconnecting after an idle close saves the

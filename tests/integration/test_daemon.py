@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -354,6 +355,46 @@ class Configuration(unittest.TestCase):
         bad = self.st.state_dir / "bad.yml"
         d = harness.run([harness.DAEMON, "--config", str(bad)], check=False, env=self.st.env(), timeout=20)
         self.assertEqual(d.returncode, 2)
+
+    def test_check_config_runs_the_start_up_checks_of_the_daemon(self):
+        """Each bad setup: --check-config exits 2, and the daemon exits 2 at start with the same message."""
+        good = self.st.config.read_text()
+        client_cert = str(self.st.client.certfile)
+        cases = {
+            "world-writable config": (good, "config", 0o666, b"is writable by group or others (mode 0666): chmod go-w "),
+            "group-writable server key": (good, "key", 0o620, b"server.keyfile"),
+            "cert/key mismatch": (good.replace("certfile: tls/server.pem", f"certfile: {client_cert}"), None, 0,
+                                  b"does not match"),
+            "certfile is the pinfile": (good.replace("certfile: tls/server.pem", "certfile: pins.yml"), None, 0,
+                                        b"pins.yml' is the pinfile"),
+            "audit directory missing": (good.replace("auditfile: audit.log", "auditfile: nodir/audit.log"), None, 0,
+                                        b"does not exist"),
+            "listen port out of range": (re.sub(r"(?m)^  listen: .*$", "  listen: 127.0.0.1:99999", good), None, 0,
+                                         b"port from 0 to 65535"),
+            "duplicate server block": (good + "server:\n  listen: 127.0.0.1:1\n", None, 0, b"appears twice"),
+        }
+        bad = self.st.state_dir / "bad.yml"
+        for name, (text, chmod, mode, needle) in cases.items():
+            with self.subTest(name):
+                self.assertNotEqual(text if chmod is None else "changed", good, name)
+                bad.write_text(text)
+                os.chmod(bad, 0o644)
+                target = {"config": bad, "key": self.st.server_key}.get(chmod)
+                old_mode = target.stat().st_mode & 0o7777 if target else 0
+                if target:
+                    os.chmod(target, mode)
+                try:
+                    c = harness.run([harness.DAEMON, "--check-config", str(bad)], check=False, env=self.st.env())
+                    d = harness.run([harness.DAEMON, "--config", str(bad)], check=False, env=self.st.env(), timeout=20)
+                finally:
+                    if target:
+                        os.chmod(target, old_mode)
+                self.assertEqual(c.returncode, 2, c.stderr)
+                self.assertIn(needle, c.stderr)
+                if chmod:
+                    self.assertIn(b"chmod go-w " + str(target).encode(), c.stderr)
+                self.assertEqual(d.returncode, 2, d.stderr)
+                self.assertIn(c.stderr.strip().splitlines()[-1], d.stderr)
 
     def test_world_readable_pinfile_is_refused(self):
         os.chmod(self.st.pinfile, 0o644)
