@@ -42,6 +42,8 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr size_t kMaxIdlePerUrl = 32;
+// Siblings taken from one GET /directory answer at most (the URL list never grows beyond this).
+constexpr size_t kMaxSiblings = 16;
 constexpr auto kMaxIdleAge = std::chrono::seconds(30);
 constexpr auto kIdleCheckAfter = std::chrono::seconds(1);
 constexpr int kBackoffBaseMs = 500;  // retries=3 waits 0.5 + 1 + 2 s (jittered 50..100 %): covers a daemon restart
@@ -293,6 +295,7 @@ struct UrlState {
   bool no_resumption = false;  // it broke off a resumption attempt once: always full handshakes
   int failures = 0;
   Clock::time_point penalty_until{};
+  bool directory_only = false;  // the directory URL when url/urls are configured: asked, never used
 };
 
 struct Pool {
@@ -364,7 +367,12 @@ int backoff_ms(int attempt) {
 
 struct Client::Impl {
   Config config;
+  // Configured URLs, then learned siblings: capacity reserved at creation, so appending (under the pool's
+  // mutex) never moves an element another thread is reading; an index is only handed out after that.
   std::vector<Url> urls;
+  std::optional<size_t> directory_index;  // remote.directoryurl in `urls`
+  bool directory_only = false;            // ... only there to be asked for siblings
+  std::atomic<bool> directory_asked{false};
   std::atomic<uint64_t> process{0};  // process_token() of the process that made pool_ptr
   std::atomic<Pool*> pool_ptr{nullptr};
   std::mutex fork_mu;  // only taken when a new process is noticed
@@ -386,6 +394,7 @@ struct Client::Impl {
     auto fresh = std::make_unique<Pool>();
     ASSIGN_OR_RETURN(fresh->ctx, make_ssl_ctx(config));
     fresh->urls.resize(urls.size());
+    if (directory_only) fresh->urls[*directory_index].directory_only = true;
     pool_ptr.store(fresh.release(), std::memory_order_release);
     process.store(now, std::memory_order_release);
     return pool_ptr.load();
@@ -395,9 +404,12 @@ struct Client::Impl {
     std::lock_guard<std::mutex> g(p.mu);
     auto now = Clock::now();
     size_t best = 0;
+    bool found = false;
     for (size_t i = 0; i < p.urls.size(); ++i) {
+      if (p.urls[i].directory_only) continue;
       if (p.urls[i].penalty_until <= now) return i;
-      if (p.urls[i].penalty_until < p.urls[best].penalty_until) best = i;
+      if (!found || p.urls[i].penalty_until < p.urls[best].penalty_until) best = i;
+      found = true;
     }
     return best;
   }
@@ -406,7 +418,7 @@ struct Client::Impl {
     std::lock_guard<std::mutex> g(p.mu);
     auto now = Clock::now();
     for (size_t i = 0; i < p.urls.size(); ++i)
-      if (i != u && p.urls[i].penalty_until <= now) return true;
+      if (i != u && !p.urls[i].directory_only && p.urls[i].penalty_until <= now) return true;
     return false;
   }
 
@@ -647,12 +659,41 @@ struct Client::Impl {
     return network_error(urls[u].text + ": keep-alive connections keep closing");
   }
 
+  // relic's client asks GET /directory before it signs and tries the hosts listed (docs/relic-protocol.md
+  // §2.2); here once per process, the hosts joining the URL list after the configured ones. A directory
+  // that does not answer leaves the list as configured.
+  void learn_siblings(Pool& p) {
+    if (!directory_index || directory_asked.exchange(true)) return;
+    auto r = once(p, *directory_index, "GET", "/directory", "", {{"Accept", "application/json, */*"}});
+    if (!r.ok() || r->status != 200) return;
+    auto j = nlohmann::json::parse(r->body, nullptr, false);
+    if (!j.is_object() || !j.contains("hosts") || !j["hosts"].is_array()) return;
+    std::lock_guard<std::mutex> g(p.mu);
+    for (const auto& h : j["hosts"]) {
+      if (!h.is_string() || urls.size() == urls.capacity()) continue;
+      auto url = parse_url(h.get<std::string>());
+      if (!url.ok()) continue;
+      bool known = std::any_of(urls.begin(), urls.end(), [&](const Url& u) {
+        return u.host == url->host && u.port == url->port && u.base == url->base;
+      });
+      if (known) {
+        for (size_t i = 0; i < urls.size(); ++i)  // the directory lists a daemon it also serves as
+          if (urls[i].host == url->host && urls[i].port == url->port && urls[i].base == url->base)
+            p.urls[i].directory_only = false;
+        continue;
+      }
+      urls.push_back(std::move(url).value());
+      p.urls.emplace_back();
+    }
+  }
+
   // `only`: every attempt goes to that URL (a held request lives on the daemon that holds it);
   // `used`: the URL of the last attempt.
   Result<http::Response> request(const std::string& method, const std::string& target, const std::string& body,
                                  const http::Headers& headers, std::optional<size_t> only = std::nullopt,
                                  size_t* used = nullptr) {
     ASSIGN_OR_RETURN(Pool * p, pool());
+    learn_siblings(*p);
     const int attempts = std::max(0, config.retries) + 1;
     Result<http::Response> last = network_error("no attempt made");
     int sleeps = 0;
@@ -687,9 +728,19 @@ Result<std::unique_ptr<Client>> Client::create(const Config& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   if (config.urls.empty()) return config_error("no daemon URL configured");
+  impl->urls.reserve(config.urls.size() + 1 + kMaxSiblings);
   for (const auto& u : config.urls) {
     ASSIGN_OR_RETURN(Url url, parse_url(u));
     impl->urls.push_back(std::move(url));
+  }
+  if (!config.directory_url.empty()) {
+    auto at = std::find(config.urls.begin(), config.urls.end(), config.directory_url);
+    impl->directory_index = static_cast<size_t>(at - config.urls.begin());
+    if (at == config.urls.end()) {
+      ASSIGN_OR_RETURN(Url url, parse_url(config.directory_url));
+      impl->urls.push_back(std::move(url));
+      impl->directory_only = true;
+    }
   }
   // Builds the TLS context now so a bad certificate or key is reported at creation.
   auto pool = impl->pool();

@@ -1,7 +1,7 @@
 // libp11relay-client: the C++ API the shim and the CLI use to reach p11relayd's relay API.
 // Thread-safe; a pool of keep-alive mutual-TLS connections per daemon URL; retries with backoff on
 // connection errors and 500/502/503/504 (honouring Retry-After); several URLs with failover and a
-// penalty for a failing one. Fork-aware: a child process never reuses its parent's connections.
+// penalty for a failing one; siblings learned from a directory URL's GET /directory join the list. Fork-aware: a child process never reuses its parent's connections.
 #pragma once
 
 #include "common/error.h"
@@ -19,6 +19,10 @@ namespace p11relay::client {
 
 struct Config {
   std::vector<std::string> urls;   // https://host:port/ (remote.url, remote.urls)
+  // remote.directoryurl (relic's key): asked once per process for GET /directory; the siblings it lists
+  // join `urls` (after them, same retry and penalty rules). Serves requests itself only when it is in
+  // `urls` (it is when no url/urls are configured).
+  std::string directory_url;
   std::string certfile;            // client certificate (PEM); may also hold the key
   std::string keyfile;             // client private key (PEM); defaults to certfile
   std::string cacert;              // CA bundle that verifies the daemon's certificate

@@ -115,7 +115,7 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
   const std::string w = "remote";
   RETURN_IF_ERROR(l.only_keys(r, w,
                               {"url", "urls", "certfile", "keyfile", "cacert", "serverfingerprint", "connecttimeout",
-                               "timeout", "retries", "approvalwait"}));
+                               "timeout", "retries", "approvalwait", "directoryurl"}));
   std::string url;
   RETURN_IF_ERROR(l.get_string(r, "url", url, w));
   if (!url.empty()) c.urls.push_back(url);
@@ -128,7 +128,11 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
       if (std::find(c.urls.begin(), c.urls.end(), u) == c.urls.end()) c.urls.push_back(u);
     }
   }
-  if (c.urls.empty()) return l.err(r, "'remote' needs 'url' or 'urls'");
+  RETURN_IF_ERROR(l.get_string(r, "directoryurl", c.directory_url, w));
+  if (c.urls.empty() && !c.directory_url.empty()) c.urls.push_back(c.directory_url);
+  if (!c.directory_url.empty() && !valid_url(c.directory_url))
+    return l.err(r, "directoryurl '" + c.directory_url + "' is not an https:// URL");
+  if (c.urls.empty()) return l.err(r, "'remote' needs 'url', 'urls' or 'directoryurl'");
   for (const auto& u : c.urls)
     if (!valid_url(u)) return l.err(r, "URL '" + u + "' is not an https:// URL");
   RETURN_IF_ERROR(l.path(r, "certfile", c.certfile, w, true));

@@ -85,7 +85,15 @@ std::string describe(const Error& e) {
   }
 }
 
-Result<client::Config> load_config(const Globals& g) { return client::load_config(g.config_path); }
+Result<client::Config> load_config(const Globals& g) {
+  ASSIGN_OR_RETURN(client::Config cfg, client::load_config(g.config_path));
+  if (!g.url.empty()) {
+    if (g.url.rfind("https://", 0) != 0) return bad_request("--url '" + g.url + "' is not an https:// URL");
+    cfg.urls = {g.url};  // a held request lives on the daemon that holds it: ask that one, no sibling
+    cfg.directory_url.clear();
+  }
+  return cfg;
+}
 
 Result<std::unique_ptr<client::Client>> connect(const Globals& g) {
   ASSIGN_OR_RETURN(client::Config cfg, load_config(g));

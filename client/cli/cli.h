@@ -26,6 +26,7 @@ inline constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitUnreach
 
 struct Globals {
   std::string config_path;  // -c/--config
+  std::string url;          // requests --url: this daemon only, instead of the configured URLs
   bool verbose = false;
   std::function<Status()> run;  // set by the chosen subcommand's callback
 };

@@ -120,6 +120,8 @@ Status decide(const Globals& g, const std::string& id, bool approve, const std::
 void add_request_commands(CLI::App& app, Globals& g) {
   auto* group = app.add_subcommand("requests", "approve or deny signing requests held by a key's policy (approvers)");
   group->require_subcommand(1);
+  group->add_option("--url", g.url,
+                    "the daemon that holds the request (https://host:port/), instead of the configured URLs");
   {
     auto all = std::make_shared<bool>(false), json = std::make_shared<bool>(false);
     auto* cmd = group->add_subcommand("list", "list the held requests this client may decide (oldest first)");
