@@ -3,8 +3,12 @@
 namespace p11relay::daemon {
 
 void register_pecoff(Service& svc);
+void register_msi(Service& svc);
 
-void register_signers(Service& svc) { register_pecoff(svc); }
+void register_signers(Service& svc) {
+  register_pecoff(svc);
+  register_msi(svc);
+}
 
 bool relic_flag(const SignerContext& c, const std::string& name) {
   const std::string* v = c.param(name);

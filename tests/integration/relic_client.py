@@ -63,25 +63,15 @@ def fix_checksum(data: bytes) -> bytes:
     return bytes(buf)
 
 
-def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe", digest="SHA-256",
-            page_hashes=False, description=None, url=None, encoding=None, client=None, params=None):
-    """Returns (status, headers, body, signed_file_or_None)."""
-    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "pe-coff"}
-    if page_hashes:
-        q["page-hashes"] = "true"
-    if description:
-        q["description"] = description
-    if url:
-        q["desc-url"] = url
-    q.update(params or {})
+def post_sign(daemon: "harness.Daemon", q: dict, body: bytes, *, encoding=None, client=None):
+    """POST /sign as a relic client does: chunked, optionally compressed. Returns (status, headers, body)."""
     query = urllib.parse.urlencode(sorted(q.items()))
     headers = {"User-Agent": "relic/8.2.0", "Accept-Encoding": "x-snappy-framed, gzip"}
-    body = pe
     if encoding == "gzip":
-        body = gzip.compress(pe)
+        body = gzip.compress(body)
         headers["Content-Encoding"] = "gzip"
     elif encoding == "x-snappy-framed":
-        body = snappy_framed_uncompressed(pe)
+        body = snappy_framed_uncompressed(body)
         headers["Content-Encoding"] = "x-snappy-framed"
     conn = daemon.connect(client)
     try:
@@ -95,7 +85,33 @@ def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe"
         h = {k.lower(): v for k, v in r.getheaders()}
     finally:
         conn.close()
+    return r.status, h, data
+
+
+def sign_pe(daemon: "harness.Daemon", key: str, pe: bytes, *, filename="app.exe", digest="SHA-256",
+            page_hashes=False, description=None, url=None, encoding=None, client=None, params=None):
+    """Returns (status, headers, body, signed_file_or_None)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "pe-coff"}
+    if page_hashes:
+        q["page-hashes"] = "true"
+    if description:
+        q["description"] = description
+    if url:
+        q["desc-url"] = url
+    q.update(params or {})
+    status, h, data = post_sign(daemon, q, pe, encoding=encoding, client=client)
     signed = None
-    if r.status == 200 and h.get("content-type") == "application/x-binary-patch":
+    if status == 200 and h.get("content-type") == "application/x-binary-patch":
         signed = fix_checksum(apply_binpatch(pe, data))
-    return r.status, h, data, signed
+    return status, h, data, signed
+
+
+def sign_msi(daemon: "harness.Daemon", key: str, upload: bytes, *, filename="setup.msi", digest="SHA-256",
+             extended=True, encoding=None, params=None):
+    """`relic remote sign -T msi`: uploads the tar (msi_tar.msi_to_tar); the answer is the PKCS#7 signature.
+    Returns (status, headers, body)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "msi"}
+    if not extended:
+        q["no-extended-sig"] = "true"
+    q.update(params or {})
+    return post_sign(daemon, q, upload, encoding=encoding)

@@ -1,0 +1,63 @@
+// What relic's Authenticode signers share on the server (docs/relic-protocol.md §2.6, §9, §10): the
+// upload is digested as it arrives by the container format's digester; then policy (approval or
+// quota), the SignedData over the format's SpcIndirectDataContent with the token signing the
+// attributes' digest, the server-side timestamp, the audit record, and the format's answer (a binary
+// patch for pe-coff, the PKCS#7 signature for msi). A format implements the hooks below.
+#pragma once
+
+#include "common/authenticode/signed_data.h"
+#include "common/authenticode/timestamp.h"
+#include "daemon/requests_api.h"
+#include "daemon/service.h"
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+namespace p11relay::daemon {
+
+// The digested upload: what gets signed.
+struct UploadDigest {
+  Bytes spc;           // SpcIndirectDataContent DER
+  Bytes image_digest;  // the file's digest inside it (for approvals and idempotency)
+  uint64_t size = 0;   // bytes uploaded
+};
+
+struct UploadParams {
+  std::string sigtype;  // relic signature type, for the audit and approvals
+  HashAlg alg = HashAlg::sha256;
+  authenticode::SignOptions options;
+  std::string filename;
+  std::optional<authenticode::TimestampOptions> timestamp;
+  std::string request_options;  // format flags that change the signature (a held request's identity)
+};
+
+// The parameters every relic Authenticode signer takes from the request: digest, relic's opus flags
+// (description, desc-url), file name, server-side timestamp (docs/relic-protocol.md §10).
+Result<UploadParams> upload_params(const SignerContext& c, const std::string& sigtype);
+
+class AuthenticodeUpload : public BodyConsumer {
+ public:
+  AuthenticodeUpload(Service& svc, Service::KeyRef key, std::string key_name, UploadParams params)
+      : svc_(svc), key_(std::move(key)), key_name_(std::move(key_name)), p_(std::move(params)) {}
+  asio::awaitable<http::Response> finish(RequestContext& ctx) override;
+
+ protected:
+  // After the body: the digest, or the reason the upload is not a file of this format (answered 400).
+  virtual Result<UploadDigest> digested() = 0;
+  // The answer carrying `signed_data` (the same for a retried approved request); `extra` gets the
+  // format's audit attributes.
+  virtual Result<http::Response> respond(const UploadDigest& d, const Bytes& signed_data, nlohmann::json& extra) = 0;
+
+ private:
+  HeldRequest held_request(const RequestContext& ctx, const UploadDigest& d) const;
+  http::Response sign_failed(const RequestContext& ctx, const Error& e, bool timestamp_failed) const;
+
+  Service& svc_;
+  Service::KeyRef key_;
+  std::string key_name_;
+  UploadParams p_;
+};
+
+}  // namespace p11relay::daemon
