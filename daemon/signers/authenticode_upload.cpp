@@ -157,4 +157,18 @@ Result<UploadParams> upload_params(const SignerContext& c, const std::string& si
   return p;
 }
 
+Status AuthenticodeUpload::refused_chunk(const Status& st, std::string_view what) {
+  if (st.ok()) return {};
+  return Error(ErrorCode::bad_request, std::string(what) + st.error().message);
+}
+
+http::Response AuthenticodeUpload::answer(const std::string& content_type, const Bytes& body, nlohmann::json& extra) {
+  extra["content-type"] = content_type;
+  http::Response r;
+  r.status = 200;
+  r.set("Content-Type", content_type);
+  r.body.assign(body.begin(), body.end());
+  return r;
+}
+
 }  // namespace p11relay::daemon

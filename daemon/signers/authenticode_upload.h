@@ -50,6 +50,13 @@ class AuthenticodeUpload : public BodyConsumer {
   // format's audit attributes.
   virtual Result<http::Response> respond(const UploadDigest& d, const Bytes& signed_data, nlohmann::json& extra) = 0;
 
+  // A chunk the format's digester refused is the client's problem: 400 with `what` and the reason
+  // (docs/architecture.md, failure mode 12), never relic's 500.
+  static Status refused_chunk(const Status& st, std::string_view what);
+  // The 200 answer: `body` as `content_type` (relic's client compares the type for equality, §7);
+  // the type goes into the audit attributes too.
+  static http::Response answer(const std::string& content_type, const Bytes& body, nlohmann::json& extra);
+
  private:
   HeldRequest held_request(const RequestContext& ctx, const UploadDigest& d) const;
   http::Response sign_failed(const RequestContext& ctx, const Error& e, bool timestamp_failed) const;

@@ -20,9 +20,7 @@ class MsiSigner : public AuthenticodeUpload {
         digester_(c.digest, extended) {}
 
   Status consume(std::string_view chunk) override {
-    auto st = digester_.update({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()});
-    if (!st.ok()) return Error(ErrorCode::bad_request, st.error().message);
-    return {};
+    return refused_chunk(digester_.update({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()}), "");
   }
 
  protected:
@@ -36,12 +34,7 @@ class MsiSigner : public AuthenticodeUpload {
 
   Result<http::Response> respond(const UploadDigest&, const Bytes& signed_data, nlohmann::json& extra) override {
     extra["msi.extended"] = extended_;
-    extra["content-type"] = "application/pkcs7-mime";
-    http::Response r;
-    r.status = 200;
-    r.set("Content-Type", "application/pkcs7-mime");  // relic's pkcs7.MimeType
-    r.body.assign(signed_data.begin(), signed_data.end());
-    return r;
+    return answer("application/pkcs7-mime", signed_data, extra);  // relic's pkcs7.MimeType
   }
 
  private:

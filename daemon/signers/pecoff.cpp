@@ -20,11 +20,8 @@ class PeCoffSigner : public AuthenticodeUpload {
         digester_(ac::PeDigestOptions{c.digest, page_hashes, /*keep_cert_table=*/false}) {}
 
   Status consume(std::string_view chunk) override {
-    // A PE we cannot parse is the client's problem: 4xx with the reason, not relic's 500
-    // (docs/architecture.md, failure mode 12).
-    auto st = digester_.update({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()});
-    if (!st.ok()) return Error(ErrorCode::bad_request, "not a PE file we can sign: " + st.error().message);
-    return {};
+    return refused_chunk(digester_.update({reinterpret_cast<const uint8_t*>(chunk.data()), chunk.size()}),
+                         "not a PE file we can sign: ");
   }
 
  protected:
@@ -44,13 +41,8 @@ class PeCoffSigner : public AuthenticodeUpload {
     auto blob = ac::binpatch::serialize(patch);
     if (!blob.ok()) return internal_error("binpatch: " + blob.error().message);
     extra["pe-coff.pagehashes"] = page_hashes_;
-    extra["content-type"] = "application/x-binary-patch";
     extra["perf.size.patch"] = blob->size();
-    http::Response r;
-    r.status = 200;
-    r.set("Content-Type", "application/x-binary-patch");  // compared for exact equality by the client (§7)
-    r.body.assign(blob->begin(), blob->end());
-    return r;
+    return answer("application/x-binary-patch", *blob, extra);
   }
 
  private:
