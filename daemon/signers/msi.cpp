@@ -46,7 +46,7 @@ class MsiSigner : public AuthenticodeUpload {
 Result<std::unique_ptr<BodyConsumer>> make_msi(const SignerContext& c) {
   const bool extended = !relic_flag(c, "no-extended-sig");
   ASSIGN_OR_RETURN(UploadParams p, upload_params(c, "msi"));
-  p.request_options = extended ? "x" : "-";
+  p.request_options.assign(1, extended ? 'x' : '-');
   return std::unique_ptr<BodyConsumer>(new MsiSigner(c, std::move(p), extended));
 }
 

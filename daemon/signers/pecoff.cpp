@@ -56,7 +56,7 @@ Result<std::unique_ptr<BodyConsumer>> make_pecoff(const SignerContext& c) {
   if (page_hashes && !ac::page_hash_alg_for(c.digest))
     return Error(ErrorCode::bad_request, "page hashes need SHA-1 or SHA-256");
   ASSIGN_OR_RETURN(UploadParams p, upload_params(c, "pe-coff"));
-  p.request_options = page_hashes ? "1" : "0";
+  p.request_options.assign(1, page_hashes ? '1' : '0');  // one char: GCC 12 -Wrestrict false positive on operator=(const char*)
   return std::unique_ptr<BodyConsumer>(new PeCoffSigner(c, std::move(p), page_hashes));
 }
 
