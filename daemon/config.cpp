@@ -280,6 +280,30 @@ Status check_key_timestamps(const Loader& l, const YAML::Node& root, const Confi
   return {};
 }
 
+// server.trustedproxies (relic's key: addresses or CIDR networks) and the `proxy: true` client entries
+// that go with it (docs/relic-protocol.md §4.2): a proxy entry never signs itself, and is believed
+// only from those addresses.
+Status trusted_proxies(const Loader& l, const YAML::Node& root, Config& c) {
+  ServerConfig& s = c.server;
+  const YAML::Node sn = root["server"];
+  if (sn.IsDefined() && sn.IsMap()) RETURN_IF_ERROR(l.get_list(sn, "trustedproxies", s.trustedproxies, "server"));
+  for (const auto& text : s.trustedproxies) {
+    auto n = parse_network(text);
+    if (!n.ok()) return l.err(sn["trustedproxies"], "server.trustedproxies: " + n.error().message);
+    s.trusted_networks.push_back(*n);
+  }
+  for (const auto& [name, cl] : c.clients) {
+    if (!cl.proxy) continue;
+    const YAML::Node n = root["clients"][name];
+    const std::string w = "clients." + name;
+    if (!cl.roles.empty())
+      return l.err(n, w + " is a proxy: it forwards its clients' certificates and cannot have roles itself");
+    if (s.trusted_networks.empty())
+      return l.err(n, w + " is a proxy but server.trustedproxies is empty (list the addresses it connects from)");
+  }
+  return {};
+}
+
 // yaml-cpp keeps both entries of a key given twice and every lookup returns the first: a second
 // `server:` block would be ignored without a word.
 Status no_duplicate_keys(const Loader& l, const YAML::Node& node) {
@@ -486,7 +510,8 @@ Result<Config> load(const std::string& path, bool check_secrets) {
       std::string key = kv.first.as<std::string>();
       const std::string w = "clients." + key;
       const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"nickname", "roles", "certificate"}));
+      RETURN_IF_ERROR(l.only_keys(n, w, {"nickname", "roles", "certificate", "proxy"}));
+      RETURN_IF_ERROR(l.get(n, "proxy", cl.proxy, w));
       RETURN_IF_ERROR(l.get(n, "nickname", cl.nickname, w));
       RETURN_IF_ERROR(l.get_list(n, "roles", cl.roles, w));
       RETURN_IF_ERROR(l.get(n, "certificate", cl.certificate, w));
@@ -504,6 +529,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
     }
   }
 
+  RETURN_IF_ERROR(trusted_proxies(l, root, c));
   if (YAML::Node tn = root["timestamp"]; tn.IsDefined() && !tn.IsNull())
     RETURN_IF_ERROR(load_timestamp(l, tn, c.dir, c.timestamp));
   RETURN_IF_ERROR(check_key_timestamps(l, root, c));
@@ -638,6 +664,7 @@ std::string dump_redacted(const Config& c) {
   out << YAML::Key << "moduledirs" << YAML::Value << YAML::Flow << s.moduledirs;
   if (!s.clientca.empty()) out << YAML::Key << "clientca" << YAML::Value << s.clientca;
   if (!s.statedir.empty()) out << YAML::Key << "statedir" << YAML::Value << s.statedir;
+  if (!s.trustedproxies.empty()) out << YAML::Key << "trustedproxies" << YAML::Value << YAML::Flow << s.trustedproxies;
   out << YAML::EndMap;
   out << YAML::Key << "tokens" << YAML::Value << YAML::BeginMap;
   for (const auto& [n, t] : c.tokens) {
@@ -677,6 +704,7 @@ std::string dump_redacted(const Config& c) {
     if (!cl.nickname.empty()) out << YAML::Key << "nickname" << YAML::Value << cl.nickname;
     out << YAML::Key << "roles" << YAML::Value << YAML::Flow << cl.roles;
     if (!cl.certificate.empty()) out << YAML::Key << "certificate" << YAML::Value << cl.certificate;
+    if (cl.proxy) out << YAML::Key << "proxy" << YAML::Value << true;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;

@@ -4,6 +4,7 @@
 
 #include "common/bytes.h"
 #include "common/error.h"
+#include "daemon/networks.h"
 #include "daemon/policy.h"
 
 #include <chrono>
@@ -31,6 +32,10 @@ struct ServerConfig {
   std::vector<std::string> moduledirs;      // allow-listed directories for vendor PKCS#11 modules
   std::string loglevel = "info";
   std::string clientca;                     // optional: verify client certs against this CA at TLS
+  // Reverse proxies whose Ssl-Client-Cert / X-Forwarded-For headers are believed (with a `proxy: true`
+  // client entry; docs/relic-protocol.md §4.2). Empty: none (deny by default).
+  std::vector<std::string> trustedproxies;
+  std::vector<Network> trusted_networks;  // the same, parsed
   std::string statedir;  // held approval requests and quota counters; required when a policy needs them
   bool operator==(const ServerConfig&) const = default;
 };
@@ -88,6 +93,7 @@ struct ClientConfig {
   std::string nickname;
   std::vector<std::string> roles;
   std::string certificate;  // CA bundle path (CA mode)
+  bool proxy = false;       // a TLS-terminating proxy: forwards clients' certificates, never signs itself
 };
 
 struct Config {

@@ -222,3 +222,31 @@ TEST_CASE("a key given twice and a listen port out of range are refused") {
   ok.replace(ok.find("127.0.0.1:0"), 11, "\"[::1]:65535\"");  // quoted: [ starts a YAML flow sequence
   CHECK(load_config(d.write("ok.yml", ok)).ok());
 }
+
+TEST_CASE("server.trustedproxies and proxy client entries") {
+  TempDir d;
+  d.write("c.pem", "x");
+  d.write("k.pem", "x");
+  const std::string proxy = "  " + std::string(64, 'b') + ":\n    nickname: haproxy\n    proxy: true\n";
+  auto with = [&](const std::string& networks, const std::string& entry) {
+    std::string y = base_config() + entry;
+    if (!networks.empty()) y.insert(y.find("tokens:"), "  trustedproxies: " + networks + "\n");
+    return load_config(d.write("p.yml", y));
+  };
+  auto ok = with("[127.0.0.1, \"10.0.0.0/8\", \"fd00::/8\"]", proxy);
+  REQUIRE_MESSAGE(ok.ok(), ok.error().message);
+  CHECK(ok->server.trusted_networks.size() == 3);
+  CHECK(ok->clients.at(std::string(64, 'b')).proxy);
+  CHECK_FALSE(ok->clients.at(std::string(64, 'a')).proxy);
+  CHECK(dump_redacted(*ok).find("trustedproxies") != std::string::npos);
+
+  auto bad_net = with("[10.0.0.0/40]", proxy);
+  REQUIRE_FALSE(bad_net.ok());
+  CHECK(bad_net.error().message.find("server.trustedproxies: '10.0.0.0/40'") != std::string::npos);
+  auto no_networks = with("", proxy);  // deny by default: a proxy entry alone trusts nobody
+  REQUIRE_FALSE(no_networks.ok());
+  CHECK(no_networks.error().message.find("server.trustedproxies is empty") != std::string::npos);
+  auto with_roles = with("[127.0.0.1]", proxy + "    roles: [r]\n");
+  REQUIRE_FALSE(with_roles.ok());
+  CHECK(with_roles.error().message.find("cannot have roles") != std::string::npos);
+}

@@ -3,6 +3,7 @@
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
 #include "daemon/compress.h"
+#include "daemon/proxy.h"
 #include "daemon/router.h"
 
 #include <asio/experimental/as_tuple.hpp>
@@ -147,6 +148,14 @@ http::Response error_for(const std::string& target, int status, const std::strin
     return relay_problem(e);
   }
   return text_response(status, message + "\n", true);
+}
+
+// A request refused before routing (an untrusted proxy header): the relay API's problem document, or
+// relic's problem type for the relic API.
+http::Response refused(const std::string& target, const Error& e) {
+  if (path_is_relay(target)) return relay_problem(e);
+  const char* type = e.http_status == 403 ? "https://relic.sas.com/forbidden" : "https://relic.sas.com/bad-request";
+  return relic_problem(e.http_status, type, e.message);
 }
 
 std::string key_mismatch(const ServerConfig& cfg) {
@@ -517,8 +526,17 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     http::Request& req = parser.request();
     if (!svc_.is_current(identity.snapshot.get()))
       identity = identify(svc_.current.load(), peer.get(), SSL_get_peer_cert_chain(conn->ssl));
-    RequestContext ctx{req, identity, peer_ip, true,
-                       Clock::now() + std::chrono::seconds(sc.writetimeout), solo(conn.get())};
+    auto fwd = forwarded(identity, peer_ip, req);  // a trusted proxy's client (docs/relic-protocol.md §4.2)
+    if (!fwd.ok()) {
+      http::Response r = refused(req.target, fwd.error());
+      r.keep_alive = false;
+      if (co_await write(r)) co_await linger();
+      co_return;
+    }
+    const bool proxied = fwd->has_value();
+    RequestContext ctx{req, proxied ? (*fwd)->identity : identity, proxied ? (*fwd)->client_ip : peer_ip, true,
+                       Clock::now() + std::chrono::seconds(sc.writetimeout), solo(conn.get()),
+                       proxied ? (*fwd)->proxy_ip : std::string()};
     auto started_at = Clock::now();
     RouteDecision d = router_.route(ctx);
     http::Response resp;
@@ -615,8 +633,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     }
     if (!req.keep_alive) resp.keep_alive = false;
     auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_at).count() / 1000.0;
-    spdlog::debug("{} {} {} {} {} {:.2f}ms", peer_ip, identity.has_certificate ? identity.name() : "-", req.method,
-                  req.path, resp.status, ms);
+    spdlog::debug("{} {} {} {} {} {:.2f}ms", ctx.peer_ip, ctx.identity.has_certificate ? ctx.identity.name() : "-",
+                  req.method, req.path, resp.status, ms);
     svc_.metrics.request(req.path.rfind("/v1/", 0) == 0 ? "relay" : "relic", resp.status);
     if (!co_await write(resp)) co_return;
     if (!resp.keep_alive) {

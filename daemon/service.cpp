@@ -212,6 +212,7 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
     rec["sig.x509.fingerprint"] = key.leaf_sha1;
   }
   rec["client.ip"] = ctx.peer_ip;
+  if (!ctx.proxy_ip.empty()) rec["client.proxy"] = ctx.proxy_ip;
   rec["client.name"] = ctx.identity.name();
   rec["client.fingerprint"] = ctx.identity.fingerprint;
   if (!ctx.identity.subject.empty() && ctx.identity.client && !ctx.identity.client->certificate.empty())

@@ -31,6 +31,7 @@ struct RequestContext {
   Clock::time_point deadline;  // writetimeout: handlers give up at this point (504)
   // No other connection sent a request lately (Server): a fast token may sign on this thread (token_sign).
   bool solo = false;
+  std::string proxy_ip{};  // the trusted proxy that forwarded the request (peer_ip is then the client's)
 };
 
 // While a token call runs on the network thread (token_sign with a standby), this thread stands by:
