@@ -33,11 +33,13 @@ Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o,
 // The file must still be the one that was hashed (size and mtime as before).
 Status check_unchanged(const std::string& path, const struct stat& before);
 
-enum class FileType { pe, msi };
-// From the content: OLE compound file (MSI) or anything else (the PE parser names what is wrong).
+enum class FileType { pe, msi, script };
+// From the content: OLE compound file (MSI); a script by its name (.ps1 …: text has no magic); anything
+// else is PE (the PE parser names what is wrong).
 Result<FileType> detect_file_type(const std::string& path);
 
 Status run_sign_msi(const Globals& g, const SignOptions& o);
+Status run_sign_script(const Globals& g, const SignOptions& o);
 // Prints the report; returns the primary SignedData (for the chain check).
 Result<Bytes> run_verify_msi(const std::string& path);
 

@@ -2,8 +2,10 @@
 // taken here, only the signed attributes' digest goes to the daemon, and the signed file is written
 // anew (with the \x05DigitalSignature stream) to a temp file beside the output, renamed into place.
 #include "client/cli/authenticode.h"
+#include "client/cli/temp_output.h"
 
 #include "common/authenticode/msi.h"
+#include "common/authenticode/script.h"
 #include "common/authenticode/signed_data.h"
 
 #include <fcntl.h>
@@ -18,50 +20,6 @@ namespace p11relay::cli {
 namespace ac = p11relay::authenticode;
 
 namespace {
-
-// A temp file beside `out`, renamed onto it by commit(); removed otherwise.
-class TempOutput {
- public:
-  static Result<TempOutput> create(const std::string& out, unsigned mode) {
-    TempOutput t;
-    t.out_ = out;
-    t.tmp_ = out + ".p11relay-XXXXXX";
-    t.fd_ = ::mkostemp(t.tmp_.data(), O_CLOEXEC);
-    if (t.fd_ < 0) return bad_request("cannot create a temp file beside " + out + ": " + std::strerror(errno));
-    ::fchmod(t.fd_, mode);
-    return t;
-  }
-  TempOutput(TempOutput&& o) noexcept : out_(std::move(o.out_)), tmp_(std::move(o.tmp_)), fd_(std::exchange(o.fd_, -1)) {}
-  TempOutput& operator=(TempOutput&&) = delete;
-  ~TempOutput() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      ::unlink(tmp_.c_str());
-    }
-  }
-  Status write(std::span<const uint8_t> p) {
-    while (!p.empty()) {
-      ssize_t n = ::write(fd_, p.data(), p.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return bad_request("cannot write " + tmp_ + ": " + std::strerror(errno));
-      p = p.subspan(static_cast<size_t>(n));
-    }
-    return {};
-  }
-  Status commit() {
-    const int fd = std::exchange(fd_, -1);
-    Status s = ::close(fd) == 0 ? Status{} : bad_request("cannot write " + tmp_ + ": " + std::strerror(errno));
-    if (s.ok() && std::rename(tmp_.c_str(), out_.c_str()) != 0)
-      s = bad_request("cannot rename " + tmp_ + " to " + out_ + ": " + std::strerror(errno));
-    if (!s.ok()) ::unlink(tmp_.c_str());
-    return s;
-  }
-
- private:
-  TempOutput() = default;
-  std::string out_, tmp_;
-  int fd_ = -1;
-};
 
 // With --append onto a file that has MsiDigitalSignatureEx, our digest must include the same
 // pre-hash, so the algorithms must agree.
@@ -82,6 +40,7 @@ Result<FileType> detect_file_type(const std::string& path) {
   const ssize_t n = ::read(fd, head, sizeof head);
   ::close(fd);
   if (n == static_cast<ssize_t>(sizeof head) && ac::is_ole(head)) return FileType::msi;
+  if (ac::script_style(path)) return FileType::script;  // text: only the name tells the script type
   return FileType::pe;
 }
 

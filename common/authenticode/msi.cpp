@@ -11,7 +11,6 @@ namespace p11relay::authenticode {
 namespace {
 
 constexpr size_t kMaxSignatureStream = 16u << 20;
-constexpr const char* kSpcSipInfo = "1.3.6.1.4.1.311.2.1.30";
 // The MSI subject interface package's class id, {000C10F1-0000-0000-C000-000000000046}.
 constexpr uint8_t kMsiSipGuid[16] = {0xf1, 0x10, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00,
                                      0xc0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x46};
@@ -115,10 +114,7 @@ Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended) 
 }
 
 Bytes msi_spc_indirect_data_content(HashAlg alg, std::span<const uint8_t> digest) {
-  Bytes sip = der::seq({der::integer(1), der::octet_string(kMsiSipGuid), der::integer(0), der::integer(0),
-                        der::integer(0), der::integer(0), der::integer(0)});
-  return der::seq({der::seq({der::oid(kSpcSipInfo), sip}),
-                   der::seq({der::seq({der::oid(hash_oid(alg)), der::null()}), der::octet_string(digest)})});
+  return sip_spc_indirect_data_content(alg, digest, 1, kMsiSipGuid);
 }
 
 Result<MsiSignatures> msi_signatures(const ole::File& file) {

@@ -103,6 +103,14 @@ Result<Bytes> signature_alg_id(EVP_PKEY* key, HashAlg alg) {
 
 }  // namespace
 
+Bytes sip_spc_indirect_data_content(HashAlg alg, ByteSpan digest, long sip_version,
+                                    std::span<const uint8_t, 16> sip_guid) {
+  Bytes sip = der::seq({der::integer(sip_version), der::octet_string(sip_guid), der::integer(0), der::integer(0),
+                        der::integer(0), der::integer(0), der::integer(0)});
+  return der::seq({der::seq({der::oid("1.3.6.1.4.1.311.2.1.30"), sip}),  // SPC_SIPINFO_OBJID
+                   der::seq({der::seq({der::oid(hash_oid(alg)), der::null()}), der::octet_string(digest)})});
+}
+
 Bytes spc_indirect_data_content(HashAlg alg, ByteSpan image_digest, std::optional<HashAlg> page_hash_alg,
                                 ByteSpan page_hashes) {
   Bytes link;

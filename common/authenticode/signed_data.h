@@ -47,6 +47,11 @@ Bytes spc_indirect_data_content(HashAlg alg, std::span<const uint8_t> image_dige
                                 std::optional<HashAlg> page_hash_alg = std::nullopt,
                                 std::span<const uint8_t> page_hashes = {});
 
+// SpcIndirectDataContent for a format that a subject interface package (SIP) digests (MSI, scripts):
+// SpcSipInfo {version, the SIP's class id, 0, 0, 0, 0, 0} and the digest.
+Bytes sip_spc_indirect_data_content(HashAlg alg, std::span<const uint8_t> digest, long sip_version,
+                                    std::span<const uint8_t, 16> sip_guid);
+
 // The private-key operation: signs `digest` (the hash of the DER signed attributes, algorithm
 // `alg`) and returns the signature as CMS carries it: RSA PKCS#1 v1.5 (the callback wraps the digest
 // in a DigestInfo itself, e.g. CKM_RSA_PKCS over p11relay::digest_info()), or ECDSA as a DER
