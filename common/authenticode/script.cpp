@@ -117,6 +117,10 @@ Result<ScriptLayout> script_layout(std::span<const uint8_t> f, const ScriptStyle
     line_start = at;
     first = false;
   }
+  // An unterminated last line that reads like the block's header would be taken for it once a block
+  // follows (the block starts with a line break), and the signature would no longer verify.
+  if (!l.signed_ && n >= header.size() && std::equal(header.begin(), header.end(), line.begin()))
+    return bad_request("the last line starts like a signature block header; end the script with a line break");
   return l;
 }
 

@@ -81,7 +81,8 @@ TEST_CASE("what is not text in its encoding is refused with the byte offset") {
            {"ab\xe2\x82", "not UTF-8 text at byte 2"},          // truncated
            {std::string("\xff\xfe\x41", 3), "even number of bytes"},
            {std::string("\xff\xfe\x00\xdc", 4), "not UTF-16LE text at byte 2"},  // a lone low surrogate
-           {"# SIG # Begin signature block\n", "nothing to sign"}}) {
+           {"# SIG # Begin signature block\n", "nothing to sign"},
+           {"x\n# SIG # Begin signature block", "end the script with a line break"}}) {
     INFO(why);
     auto l = script_layout(bytes_of(in), hs);  // the scan decodes every character before the block
     REQUIRE_FALSE(l.ok());
