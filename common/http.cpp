@@ -148,6 +148,7 @@ RequestParser::RequestParser(Limits limits) : limits_(limits) {
   settings_.on_header_value = on_header_value;
   settings_.on_headers_complete = on_headers_complete;
   settings_.on_body = on_body;
+  settings_.on_chunk_complete = on_chunk_complete;
   settings_.on_message_complete = on_message_complete;
   reset();
 }
@@ -160,6 +161,9 @@ void RequestParser::reset() {
   sink_ = nullptr;
   header_bytes_ = 0;
   headers_done_ = false;
+  chunk_crlf_pending_ = false;
+  chunk_crlf_at_ = nullptr;
+  chunk_crlf_seen_.clear();
   body_bytes_ = 0;
   content_length_.reset();
   in_value_ = false;
@@ -187,7 +191,13 @@ size_t RequestParser::feed(std::string_view data) {
   if (state_ != ParseState::need_more || data.empty()) return 0;
   // Count header bytes ourselves: http_parser's own limit is compiled in (80 KiB).
   bool in_headers = !headers_done_;
+  if (chunk_crlf_pending_ && !chunk_crlf_at_) chunk_crlf_at_ = data.data();
   size_t n = http_parser_execute(&parser_, &settings_, data.data(), data.size());
+  if (chunk_crlf_pending_ && chunk_crlf_at_) {  // the CR LF continues in the next feed()
+    size_t held = std::min<size_t>(2 - chunk_crlf_seen_.size(), data.data() + n - chunk_crlf_at_);
+    chunk_crlf_seen_.append(chunk_crlf_at_, held);
+    chunk_crlf_at_ = nullptr;
+  }
   if (in_headers) {
     header_bytes_ += n;
     if (header_bytes_ > limits_.max_header_bytes && state_ != ParseState::error) {
@@ -307,6 +317,25 @@ int RequestParser::on_body(http_parser* p, const char* at, size_t len) {
     }
   } else {
     self->req_.body.append(at, len);
+  }
+  if ((p->flags & F_CHUNKED) && p->content_length == 0) {  // the chunk's data is complete: CR LF follows
+    self->chunk_crlf_pending_ = true;
+    self->chunk_crlf_at_ = at + len;
+    self->chunk_crlf_seen_.clear();
+  }
+  return 0;
+}
+
+int RequestParser::on_chunk_complete(http_parser* p) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  if (!self->chunk_crlf_pending_) return 0;  // the last (empty) chunk
+  // Both bytes were consumed in this feed() or held from the one before.
+  std::string crlf = self->chunk_crlf_seen_ + std::string(self->chunk_crlf_at_, 2 - self->chunk_crlf_seen_.size());
+  self->chunk_crlf_pending_ = false;
+  self->chunk_crlf_at_ = nullptr;
+  if (crlf != "\r\n") {
+    self->fail(400, "bad chunked framing: a chunk's data is not followed by CR LF");
+    return 1;
   }
   return 0;
 }

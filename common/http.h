@@ -101,11 +101,17 @@ class RequestParser {
   static int on_header_value(http_parser*, const char*, size_t);
   static int on_headers_complete(http_parser*);
   static int on_body(http_parser*, const char*, size_t);
+  static int on_chunk_complete(http_parser*);
   static int on_message_complete(http_parser*);
 
   http_parser parser_;
   http_parser_settings settings_;
   Limits limits_;
+  // The CR LF after a chunk's data, which the non-strict http_parser consumes without looking at it
+  // (RFC 9112 §7.1): where it starts in the buffer being fed, and what of it an earlier feed() held.
+  bool chunk_crlf_pending_ = false;
+  const char* chunk_crlf_at_ = nullptr;
+  std::string chunk_crlf_seen_;
   ParseState state_ = ParseState::need_more;
   Request req_;
   BodySink sink_;

@@ -38,6 +38,39 @@ TEST_CASE("chunked body is de-chunked") {
   CHECK(p.chunked());
 }
 
+// Feeds `data` in pieces of `step` bytes (1 = byte by byte), resuming after headers.
+ParseState feed_in_steps(RequestParser& p, std::string_view data, size_t step) {
+  for (size_t off = 0; off < data.size() && p.state() == ParseState::need_more;) {
+    std::string_view piece = data.substr(off, step);
+    size_t used = 0;
+    while (used < piece.size() && p.state() == ParseState::need_more) {
+      used += p.feed(piece.substr(used));
+      if (p.state() == ParseState::headers_complete) p.resume();
+    }
+    off += piece.size();
+  }
+  return p.state();
+}
+
+TEST_CASE("a chunk's data not followed by CR LF is 400 at once, whatever the read boundaries (RFC 9112 7.1)") {
+  const std::string head = "POST /sign HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (size_t step : {size_t(1), size_t(2), size_t(3), size_t(5), size_t(4096)}) {
+    CAPTURE(step);
+    RequestParser good;
+    CHECK(feed_in_steps(good, head + "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", step) == ParseState::message_complete);
+    CHECK(good.request().body == "abcde");
+    // The non-strict http_parser takes any two bytes as the CR LF: "de" here, then waits for chunk "f".
+    for (const char* bad : {"3\r\nabcdef", "3\r\nabc\rX2\r\nde\r\n0\r\n\r\n", "3\r\nabcX\n0\r\n\r\n",
+                            "3\r\nabc\r\n2\r\nde\n\n0\r\n\r\n"}) {
+      CAPTURE(bad);
+      RequestParser p;
+      CHECK(feed_in_steps(p, head + bad, step) == ParseState::error);
+      CHECK(p.error_status() == 400);
+      CHECK(p.error_message().find("CR LF") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("pipelined requests stay unconsumed until reset") {
   RequestParser p;
   std::string two = "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
