@@ -76,3 +76,39 @@ TEST_CASE("audit_text cuts on a UTF-8 boundary") {
   CHECK(cut.substr(kAuditMaxString - 1, 4) == "...(");
   CHECK(audit_text("short") == "short");
 }
+
+TEST_CASE("a torn last line (a crash cut its write short) is reported by verify and cut at the next open") {
+  p11relay::testing::TempDir dir;
+  std::string path = (dir.path / "audit.log").string();
+  {
+    auto log = AuditLog::open(path);
+    REQUIRE(log.ok());
+    for (int i = 0; i < 3; ++i) REQUIRE((*log)->append({{"n", i}}).ok());
+  }
+  std::string whole;
+  {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    whole = ss.str();
+  }
+  std::string last = whole.substr(whole.rfind('\n', whole.size() - 2) + 1);
+  std::filesystem::resize_file(path, whole.size() - last.size() / 2);  // the last line, half of it
+  auto r = verify_audit_file(path);
+  CHECK(r.ok);
+  CHECK(r.lines == 2);
+  CHECK(r.torn_bytes == last.size() - last.size() / 2);
+  {
+    auto log = AuditLog::open(path);
+    REQUIRE(log.ok());
+    CHECK((*log)->torn_bytes() == r.torn_bytes);
+    REQUIRE((*log)->append({{"n", 9}}).ok());
+  }
+  auto after = verify_audit_file(path);
+  CHECK(after.ok);
+  CHECK(after.lines == 3);
+  CHECK(after.torn_bytes == 0);
+  // A torn line anywhere but at the end is damage, not a crash: it breaks the chain.
+  std::ofstream(path, std::ios::app) << "{\"torn\n" << last;
+  CHECK_FALSE(verify_audit_file(path).ok);
+}

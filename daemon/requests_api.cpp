@@ -100,7 +100,7 @@ asio::awaitable<Status> sign_approved(Service& svc, const HeldRequest& r) {
       extra["approved_by"] = r.info.decided_by;
       http::Request none;
       RequestContext sctx{none, submitter, "", true, job.deadline};
-      auto st = record_signature(svc, sctx, r.info.key, *ref->served, r.info.mechanism, r.digest_name, r.info.filename,
+      auto st = co_await record_signature(svc, sctx, r.info.key, *ref->served, r.info.mechanism, r.digest_name, r.info.filename,
                                  extra);
       if (!st.ok()) sig = Error(ErrorCode::internal, "audit record could not be written");
     }

@@ -396,7 +396,7 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   }
   nlohmann::json extra;
   extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0;
-  auto st = record_signature(svc, ctx, name, *ref->served, req->mechanism, digest_name, req->filename, extra);
+  auto st = co_await record_signature(svc, ctx, name, *ref->served, req->mechanism, digest_name, req->filename, extra);
   if (!st.ok()) co_return relay_problem(Error(ErrorCode::internal, "audit record could not be written"));
   co_return json_response(200, relay::encode_sign_response(*sig));
 }

@@ -195,11 +195,25 @@ std::string rfc3339_now() {
   std::snprintf(buf + n, sizeof buf - n, ".%09ldZ", ts.tv_nsec);
   return buf;
 }
+// Writes the record, then suspends the coroutine (not the thread) until a fdatasync covering it returned.
+asio::awaitable<Status> audit_durably(AuditLog& audit, nlohmann::json rec) {
+  auto n = audit.write(std::move(rec));
+  if (!n.ok()) co_return n.error();
+  auto ex = co_await asio::this_coro::executor;
+  auto init = [&audit, line = *n, ex](auto handler) {
+    auto h = std::make_shared<decltype(handler)>(std::move(handler));
+    audit.when_durable(line, [h, ex](Status st) {
+      asio::post(ex, [h, st = std::move(st)]() mutable { std::move(*h)(std::move(st)); });
+    });
+  };
+  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Status)>(init, asio::use_awaitable);
+}
 }  // namespace
 
-Status record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name, const ServedKey& key,
-                        const std::string& operation, const std::string& digest_name, const std::string& filename,
-                        nlohmann::json extra) {
+asio::awaitable<Status> record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name,
+                                         const ServedKey& key, const std::string& operation,
+                                         const std::string& digest_name, const std::string& filename,
+                                         nlohmann::json extra) {
   nlohmann::json rec = std::move(extra);
   rec["sig.timestamp"] = rfc3339_now();
   rec["sig.hostname"] = svc.hostname;
@@ -221,10 +235,10 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
   if (key_name != key.name) rec["client.keyname"] = key_name;
   if (!rec.contains("outcome")) rec["outcome"] = "ok";
   if (svc.audit) {
-    auto st = svc.audit->append(rec);
+    auto st = co_await audit_durably(*svc.audit, std::move(rec));
     if (!st.ok()) {
       spdlog::error("audit: {}", st.error().message);
-      return st;
+      co_return st;
     }
   }
   double seconds = rec.contains("perf.elapsed.ms") && rec["perf.elapsed.ms"].is_number()
@@ -235,7 +249,7 @@ Status record_signature(Service& svc, const RequestContext& ctx, const std::stri
   // signature). Without one, it is the only trace and stays at info.
   spdlog::log(svc.audit ? spdlog::level::debug : spdlog::level::info, "signed: key={} client={} op={} digest={} file={}",
               key.name, ctx.identity.name(), operation, digest_name, log_escape(filename));
-  return {};
+  co_return Status{};
 }
 
 }  // namespace p11relay::daemon

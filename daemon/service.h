@@ -174,8 +174,9 @@ asio::awaitable<T> run_blocking(Service& svc, const std::function<T()>& fn) {
   co_return std::move(*out);
 }
 
-// Audit + log line for a finished signature; fails (500) if the audit record cannot be written.
-Status record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name,
+// Audit + log line for a finished signature; fails (500) if the audit record cannot be written or
+// synced. Resumes once the line is durable (the thread is not blocked meanwhile: group commit).
+asio::awaitable<Status> record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name,
                         const ServedKey& key, const std::string& operation, const std::string& digest_name,
                         const std::string& filename, nlohmann::json extra = nlohmann::json::object());
 

@@ -112,7 +112,8 @@ asio::awaitable<http::Response> AuthenticodeUpload::finish(RequestContext& ctx) 
     if (kc.policy.has_quota())
       (void)svc_.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr), true);
   }
-  auto st = record_signature(svc_, ctx, key_name_, key, p_.sigtype, hash_info(p_.alg).relic_name, p_.filename, extra);
+  auto st = co_await record_signature(svc_, ctx, key_name_, key, p_.sigtype, hash_info(p_.alg).relic_name,
+                                      p_.filename, extra);
   // Stored after the audit record: a retry of the same file gets this SignedData, never a new signature.
   if (held)
     (void)svc_.approvals->finish(request.info.id, st.ok() ? signed_data : Result<Bytes>(st.error()), epoch_now());
