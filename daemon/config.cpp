@@ -321,10 +321,7 @@ Status no_duplicate_keys(const Loader& l, const YAML::Node& node) {
 
 // host:port with port 0..65535 (0 picks a free port); the host may be empty (all addresses).
 Status check_listen(const Loader& l, const YAML::Node& at, const std::string& what, const std::string& value) {
-  size_t colon = value.rfind(':');
-  std::string port = colon == std::string::npos ? std::string() : value.substr(colon + 1);
-  bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
-  if (!digits || std::stoul(port) > 65535)
+  if (!valid_listen_address(value))
     return l.err(at, what + " '" + value + "' must be HOST:PORT with a port from 0 to 65535");
   return {};
 }
@@ -574,6 +571,13 @@ const KeyConfig* Config::resolve_key(const std::string& name) const {
 std::vector<std::string> default_module_dirs() {
   return {"/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
           "/usr/lib/i386-linux-gnu", "/usr/lib/arm-linux-gnueabihf"};
+}
+
+bool valid_listen_address(const std::string& value) {
+  size_t colon = value.rfind(':');
+  std::string port = colon == std::string::npos ? std::string() : value.substr(colon + 1);
+  bool digits = !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos;
+  return digits && std::stoul(port) <= 65535;
 }
 
 Result<Config> load_config(const std::string& path, bool check_secrets) {

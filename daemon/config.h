@@ -122,6 +122,8 @@ std::string dump_redacted(const Config& c);
 
 // Refuses a module outside the allow-listed dirs, or writable by anyone but root, or in a
 // directory writable by non-root.
+// HOST:PORT with a decimal port from 0 to 65535 (getaddrinfo would take 99999 and listen on 34463).
+bool valid_listen_address(const std::string& value);
 Status check_module_path(const std::string& path, const std::vector<std::string>& allowed_dirs);
 
 }  // namespace p11relay::daemon

@@ -184,6 +184,8 @@ Result<Config> load_and_check(const std::string& path) {
 int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
         int io_threads) {
   auto cfg = load_and_check(config_path);
+  if (cfg.ok() && !listen_override.empty() && !valid_listen_address(listen_override))
+    cfg = config_error("--listen '" + listen_override + "' must be HOST:PORT with a port from 0 to 65535");
   if (!cfg.ok()) {
     std::cerr << "p11relayd: " << cfg.error().message << "\n";
     return 2;

@@ -396,6 +396,12 @@ class Configuration(unittest.TestCase):
                 self.assertEqual(d.returncode, 2, d.stderr)
                 self.assertIn(c.stderr.strip().splitlines()[-1], d.stderr)
 
+    def test_listen_override_out_of_range_is_refused(self):
+        p = harness.run([harness.DAEMON, "--config", str(self.st.config), "--listen", "127.0.0.1:99999"], check=False,
+                        env=self.st.env(), timeout=20)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn(b"--listen '127.0.0.1:99999' must be HOST:PORT with a port from 0 to 65535", p.stderr)
+
     def test_world_readable_pinfile_is_refused(self):
         os.chmod(self.st.pinfile, 0o644)
         try:
