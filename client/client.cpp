@@ -560,7 +560,8 @@ struct Client::Impl {
     if (!hs.ok()) {
       long v = SSL_get_verify_result(ssl);
       if (v != X509_V_OK)
-        return network_error(url.text + ": server certificate not trusted: " + X509_verify_cert_error_string(v));
+        return Error(ErrorCode::tls_trust,
+                     url.text + ": server certificate not trusted: " + X509_verify_cert_error_string(v));
       return network_error(url.text + ": " + hs.error().message);
     }
     if (*hs == 0) return network_error(url.text + ": connection closed during the TLS handshake");
@@ -569,7 +570,8 @@ struct Client::Impl {
       if (!peer) return network_error(url.text + ": server sent no certificate");
       std::string fp = spki_fingerprint(peer.get());
       if (fp != config.server_fingerprint)
-        return network_error(url.text + ": server key fingerprint " + fp + " does not match serverfingerprint");
+        return Error(ErrorCode::tls_trust,
+                     url.text + ": server key fingerprint " + fp + " does not match serverfingerprint");
     }
     return {};
   }
@@ -704,7 +706,10 @@ struct Client::Impl {
       bool elsewhere = !only && any_healthy_other_than(*p, u);
       int delay_ms = 0;
       if (!last.ok()) {
-        if (last.error().code != ErrorCode::network) return last;  // local problem: retrying cannot help
+        // A local problem: retrying cannot help. A daemon whose certificate is not trusted is skipped
+        // when another is there (a sibling may be set up right), never asked again.
+        ErrorCode code = last.error().code;
+        if (code != ErrorCode::network && !(code == ErrorCode::tls_trust && elsewhere)) return last;
         penalize(*p, u);
         delay_ms = elsewhere ? 0 : backoff_ms(sleeps++);
       } else if (retryable_status(last->status)) {

@@ -2,6 +2,7 @@
 // only here, and every YAML exception is caught here: a broken file is a message naming the file, the
 // line and the key, never an exception escaping into a PKCS#11 application.
 #include "client/client.h"
+#include "common/suggest.h"
 #include "common/yaml_error.h"
 
 #include <yaml-cpp/yaml.h>
@@ -37,7 +38,8 @@ struct Loader {
     if (!map.IsMap()) return err(map, "'" + where + "' must be a mapping");
     for (const auto& kv : map) {
       auto k = kv.first.as<std::string>();
-      if (!allowed.count(lower(k))) return err(kv.first, "unknown key '" + k + "' in '" + where + "'");
+      if (!allowed.count(lower(k)))
+        return err(kv.first, "unknown key '" + k + "' in '" + where + "'" + did_you_mean(k, allowed));
     }
     return {};
   }

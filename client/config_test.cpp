@@ -75,7 +75,8 @@ TEST_CASE("config errors name the file, the line and the key") {
   } cases[] = {
       {"remote:\n  url: https://h:1\n  certfile: c.pem\n  colour: blue\n", "unknown key 'colour' in 'remote'"},
       {"remote:\n  url: https://h:1\n  certfile: c.pem\nextra: 1\n", "unknown key 'extra' in 'top level'"},
-      {"remote:\n  url: https://h:1\n  certfile: c.pem\npkcs11:\n  pinn: 1\n", "unknown key 'pinn' in 'pkcs11'"},
+      {"remote:\n  url: https://h:1\n  certfile: c.pem\npkcs11:\n  pinn: 1\n", "unknown key 'pinn' in 'pkcs11' (did you mean 'pin'?)"},
+      {"remote:\n  url: https://h:1\n  certfile: c.pem\n  cacrt: c.pem\n", "(did you mean 'cacert'?)"},
       {"remote:\n  certfile: c.pem\n", "needs 'url', 'urls' or 'directoryurl'"},
       {"remote:\n  directoryurl: http://h:1\n  certfile: c.pem\n", "directoryurl 'http://h:1' is not an https:// URL"},
       {"remote:\n  url: http://h:1\n  certfile: c.pem\n", "not an https:// URL"},

@@ -34,6 +34,8 @@ constexpr std::array kRows = {
     Row{ErrorCode::device_error, "device-error", 502, CKR_DEVICE_ERROR},
     Row{ErrorCode::config, "config", 500, CKR_GENERAL_ERROR},
     Row{ErrorCode::network, "network", 503, CKR_DEVICE_ERROR},
+    Row{ErrorCode::tls_trust, "tls-trust", 503, CKR_DEVICE_ERROR},
+    Row{ErrorCode::timestamp_failed, "timestamp-failed", 502, CKR_DEVICE_ERROR},
     Row{ErrorCode::policy_denied, "policy-denied", 403, CKR_FUNCTION_REJECTED},
     Row{ErrorCode::quota, "quota-exceeded", 429, CKR_FUNCTION_REJECTED},
     Row{ErrorCode::request_denied, "request-denied", 403, CKR_FUNCTION_REJECTED},

@@ -34,6 +34,8 @@ enum class ErrorCode {
   device_error,          // 502, CKR_DEVICE_ERROR (the token answered with an error)
   config,                // not on the wire: configuration errors (exit 2)
   network,               // not on the wire: client side transport errors
+  tls_trust,             // not on the wire: the server's certificate is not trusted (CA, name or pinned key)
+  timestamp_failed,      // not on the wire: the client's timestamp authority failed
   // Policy and approval (docs/policy.md).
   policy_denied,         // 403, CKR_FUNCTION_REJECTED: digest/mechanism/sigtype/time window not allowed
   quota,                 // 429, CKR_FUNCTION_REJECTED (Retry-After; clients do not retry)

@@ -85,12 +85,13 @@ ClientIdentity identify(const std::shared_ptr<const ConfigSnapshot>& snapshot, X
   return id;
 }
 
-bool allowed(const ClientIdentity& id, const KeyConfig& key) {
-  if (!id.client) return false;
-  for (const auto& kr : key.roles)
-    for (const auto& cr : id.client->roles)
-      if (kr == cr) return true;
+bool shares_role(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  for (const auto& x : a)
+    for (const auto& y : b)
+      if (x == y) return true;
   return false;
 }
+
+bool allowed(const ClientIdentity& id, const KeyConfig& key) { return id.client && shares_role(key.roles, id.client->roles); }
 
 }  // namespace p11relay::daemon

@@ -1,6 +1,7 @@
 #include "daemon/config.h"
 #include "common/mechanism.h"
 #include "common/pkcs11_uri.h"
+#include "common/suggest.h"
 #include "common/yaml_error.h"
 
 #include <yaml-cpp/yaml.h>
@@ -27,7 +28,7 @@ struct Loader {
     if (!map.IsMap()) return err(map, where + " must be a mapping");
     for (const auto& kv : map) {
       auto k = kv.first.as<std::string>();
-      if (!allowed.count(k)) return err(kv.first, "unknown key '" + k + "' in " + where);
+      if (!allowed.count(k)) return err(kv.first, "unknown key '" + k + "' in " + where + did_you_mean(k, allowed));
     }
     return {};
   }

@@ -44,6 +44,13 @@ TEST_CASE("unknown keys, wrong types and bad references name file and line") {
   REQUIRE_FALSE(unknown.ok());
   CHECK(unknown.error().message.find("a.yml:18") != std::string::npos);
   CHECK(unknown.error().message.find("colour") != std::string::npos);
+  CHECK(unknown.error().message.find("did you mean") == std::string::npos);  // nothing near "colour"
+
+  std::string typo = base_config();
+  typo.replace(typo.find("listen: 127.0.0.1:0"), 19, "lisen: 127.0.0.1:0");
+  auto t = load_config(d.write("typo.yml", typo));
+  REQUIRE_FALSE(t.ok());
+  CHECK(t.error().message.find("unknown key 'lisen' in server (did you mean 'listen'?)") != std::string::npos);
 
   auto badtoken = load_config(d.write("b.yml", base_config("  k2:\n    token: nope\n    label: b\n")));
   REQUIRE_FALSE(badtoken.ok());

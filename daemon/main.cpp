@@ -1,5 +1,6 @@
 // p11relayd: serves signing on PKCS#11 tokens over mutual TLS (relic API + relay API).
 #include "daemon/config.h"
+#include "daemon/key_overlap.h"
 #include "daemon/listen_fds.h"
 #include "daemon/reload.h"
 #include "daemon/requests_api.h"
@@ -224,6 +225,7 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     auto st = token->start();
     if (!st.ok()) spdlog::error("token {}: {}", name, st.error().message);
     svc.tokens[name] = token;
+    for (const auto& m : ambiguous_keys(svc.config, token->keys())) spdlog::warn("{}", m);
   }
 
   asio::io_context io(io_threads);

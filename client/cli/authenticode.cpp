@@ -114,7 +114,7 @@ Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o,
   to.timeout_seconds = o.timestamp_timeout;
   to.ca_file = o.tsa_cafile;
   auto ts = ac::add_timestamp(sd, to);
-  if (!ts.ok()) return Error(ErrorCode::network, "timestamping failed: " + ts.error().message);
+  if (!ts.ok()) return Error(ErrorCode::timestamp_failed, "timestamping failed: " + ts.error().message);
   return std::move(ts).value();
 }
 

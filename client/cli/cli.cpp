@@ -37,19 +37,28 @@ int exit_code_for(const Error& e) {
     case ErrorCode::bad_request:
       return kExitUsage;
     case ErrorCode::network:
+      return kExitUnreachable;
+    case ErrorCode::tls_trust:
+      return kExitTlsTrust;
+    case ErrorCode::unauthenticated:
+      return kExitNotRegistered;
     case ErrorCode::unavailable:
     case ErrorCode::token_not_present:
+    case ErrorCode::token_login_failed:
     case ErrorCode::timeout:
-      return kExitUnreachable;
+      return kExitTokenUnavailable;
+    case ErrorCode::policy_denied:
+    case ErrorCode::quota:
+      return kExitPolicy;
+    case ErrorCode::request_denied:
+    case ErrorCode::request_expired:
+      return kExitApproval;
+    case ErrorCode::timestamp_failed:
+      return kExitTimestamp;
     case ErrorCode::forbidden:
-    case ErrorCode::unauthenticated:
     case ErrorCode::mechanism_invalid:
     case ErrorCode::mechanism_param:
     case ErrorCode::key_usage:
-    case ErrorCode::policy_denied:
-    case ErrorCode::quota:
-    case ErrorCode::request_denied:
-    case ErrorCode::request_expired:
     case ErrorCode::self_approval:
     case ErrorCode::not_pending:
     case ErrorCode::not_found:
@@ -59,7 +68,10 @@ int exit_code_for(const Error& e) {
   }
 }
 
-std::string describe(const Error& e) {
+namespace {
+
+// The message on one line: CR/LF become "; ".
+std::string one_line(const Error& e) {
   std::string m;
   for (char c : e.message) {
     if (c == '\n' || c == '\r') {
@@ -69,17 +81,37 @@ std::string describe(const Error& e) {
     }
   }
   m = trim(m);
-  if (m.empty()) m = error_code_name(e.code);
+  return m.empty() ? error_code_name(e.code) : m;
+}
+
+}  // namespace
+
+std::string describe(const Error& e) {
+  const std::string m = one_line(e);
   switch (e.code) {
     case ErrorCode::network:
-      return "cannot reach the daemon: " + m;
+      return "cannot reach the daemon (is p11relayd running, and remote.url right?): " + m;
+    case ErrorCode::tls_trust:
+      return "the daemon's certificate is not trusted: remote.cacert must hold the CA that issued it, and "
+             "remote.url must use a name the certificate carries: " + m;
     case ErrorCode::unauthenticated:
       return "the daemon does not accept this client's certificate (run `p11relay register` and add the "
              "fingerprint under `clients:` in p11relayd.yml): " + m;
+    case ErrorCode::token_login_failed:
+      return "the daemon's token refused its login (the operator must fix the token's PIN on the appliance): " + m;
     case ErrorCode::unavailable:
     case ErrorCode::token_not_present:
     case ErrorCode::timeout:
-      return "the daemon's token is not available: " + m;
+      return "the daemon's token is not available (not present, being re-opened, or busy; retry later or ask "
+             "the operator): " + m;
+    case ErrorCode::policy_denied:
+    case ErrorCode::quota:
+      return "the key's policy refused the request (docs/policy.md; ask the operator to change it): " + m;
+    case ErrorCode::request_denied:
+    case ErrorCode::request_expired:
+      return "the request was not approved: " + m;
+    case ErrorCode::timestamp_failed:
+      return "the timestamp authority failed (check --timestamp-url, or sign without a timestamp): " + m;
     default:
       return m;
   }
@@ -129,14 +161,31 @@ Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDes
   return keys;
 }
 
+Error token_problem_error(const std::vector<relay::TokenProblem>& unavailable) {
+  std::string what;
+  ErrorCode code = ErrorCode::token_not_present;
+  for (const auto& t : unavailable) {
+    if (t.code == "token-login-failed") code = ErrorCode::token_login_failed;
+    what += (what.empty() ? "" : "; ") + ("token '" + t.token.label + "': " + (t.detail.empty() ? t.code : t.detail));
+  }
+  return Error(code, what);
+}
+
 Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name) {
-  ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> all, c.list_keys());
+  ASSIGN_OR_RETURN(relay::KeyList list, c.list_keys_full());
+  const std::vector<relay::KeyDescription>& all = list.keys;
   ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> found, select_keys(all, name));
   if (found.size() == 1) return std::move(found.front());
   std::string names;
   for (const auto& k : found.empty() ? all : found) names += (names.empty() ? "" : ", ") + k.name;
   if (found.size() > 1)
     return bad_request("key URI '" + name + "' matches several keys (" + names + "): add object= or id=");
+  // The key may be on a token the daemon cannot use now: that is the cause to name, not "no such key".
+  if (!list.unavailable.empty()) {
+    Error e = token_problem_error(list.unavailable);
+    e.message = "key '" + name + "' is not among the keys the daemon can use now; " + e.message;
+    return e;
+  }
   return Error(ErrorCode::forbidden, "key '" + name + "' does not exist or this client may not use it (keys available: " +
                                          (names.empty() ? "none" : names) + ")");
 }

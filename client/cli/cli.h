@@ -19,10 +19,18 @@
 
 namespace p11relay::cli {
 
-// Exit codes (docs/cli.md): 0 success, 1 failure (bad signature, verification mismatch, local error),
-// 2 usage or configuration error, 3 daemon unreachable / unavailable, 4 refused by the daemon
-// (unknown key, client not registered, mechanism not allowed).
-inline constexpr int kExitOk = 0, kExitFailure = 1, kExitUsage = 2, kExitUnreachable = 3, kExitRefused = 4;
+// Exit codes, one per failure class (docs/cli.md, "Exit codes and errors").
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;      // bad signature, verification mismatch, local I/O
+inline constexpr int kExitUsage = 2;        // usage or configuration error
+inline constexpr int kExitUnreachable = 3;  // no answer from any daemon
+inline constexpr int kExitRefused = 4;      // the daemon refused: unknown key, not allowed, mechanism
+inline constexpr int kExitTlsTrust = 5;     // the daemon's certificate is not trusted
+inline constexpr int kExitNotRegistered = 6;  // the daemon does not know this client's certificate
+inline constexpr int kExitTokenUnavailable = 7;  // the daemon's token is absent, refused its login, or busy
+inline constexpr int kExitPolicy = 8;       // the key's policy or quota refused the request
+inline constexpr int kExitApproval = 9;     // an approver denied the request, or nobody decided in time
+inline constexpr int kExitTimestamp = 10;   // the timestamp authority failed
 
 struct Globals {
   std::string config_path;  // -c/--config
@@ -50,6 +58,8 @@ Result<std::unique_ptr<client::Client>> connect(const Globals& g);
 // The key named `name` among those this client may use (clear error when absent). `name` may be an
 // RFC 7512 URI: object= matches CKA_LABEL, id= CKA_ID, token=/serial=/manufacturer=/model= the token.
 Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name);
+// The daemon's "unavailable" tokens as one error (token-login-failed or token-not-present, exit 7).
+Error token_problem_error(const std::vector<relay::TokenProblem>& unavailable);
 // The keys among `keys` that `name_or_uri` names (a key name, or a pkcs11: URI as above).
 Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDescription> keys,
                                                      const std::string& name_or_uri);

@@ -69,6 +69,71 @@ std::string explain_api(const Error& e, const std::string& fp) {
   }
 }
 
+// A test signature with each key in `chosen`, verified locally with the key the daemon advertises.
+void test_signatures(Doctor& d, client::Client& c, const std::vector<relay::KeyDescription>& chosen,
+                     const std::string& fp) {
+  for (const auto& k : chosen) {
+    if (k.certificates.empty())
+      d.warn("key " + k.name, "it has no certificate: sign-digest works, Authenticode `sign` does not");
+    if (k.approval == "required") {
+      d.ok("key " + k.name + " needs an approver's decision for each signature by this client: no test "
+           "signature (docs/policy.md)");
+      continue;
+    }
+    Bytes digest(32);
+    RAND_bytes(digest.data(), static_cast<int>(digest.size()));
+    auto sig = sign_digest(c, k, HashAlg::sha256, digest, "");
+    if (!sig.ok() && sig.error().code == ErrorCode::request_expired) {
+      d.warn("test signature with key " + k.name, "the key's policy holds this client's signatures for an "
+             "approver; the test request now waits for one: deny it with `p11relay requests deny ID --reason doctor`");
+      continue;
+    }
+    if (!sig.ok()) {
+      d.fail("test signature with key " + k.name, explain_api(sig.error(), fp));
+      continue;
+    }
+    Status v = verify_digest_signature(k, HashAlg::sha256, digest, sig->mechanism, sig->signature);
+    if (!v.ok())
+      d.fail("test signature with key " + k.name,
+             "the signature does not verify with the public key the daemon advertises: the daemon's key "
+             "configuration (label/id/certificate) points at different keys");
+    else
+      d.ok("test signature with key " + k.name + " (" + sig->mechanism + ", verified locally)");
+  }
+}
+
+// The keys this client sees (and the tokens the daemon cannot use now), then test_signatures().
+// Returns the class of the first failure it found, if any.
+std::optional<ErrorCode> check_keys(Doctor& d, client::Client& c, const std::string& only_key, const std::string& fp) {
+  auto listing = c.list_keys_full();
+  if (!listing.ok()) {
+    d.fail("list keys", explain_api(listing.error(), fp));
+    return listing.error().code;
+  }
+  std::optional<ErrorCode> failure;
+  for (const auto& t : listing->unavailable) {
+    Error e = token_problem_error({t});
+    d.fail("token '" + t.token.label + "' on the daemon", describe(e));
+    failure = failure.value_or(e.code);
+  }
+  if (listing->keys.empty()) {
+    if (listing->unavailable.empty())
+      d.fail("list keys", "no key shares a role with this client: give the client a role in p11relayd.yml that "
+                          "one of the keys lists under roles");
+    return failure.value_or(ErrorCode::forbidden);
+  }
+  std::vector<relay::KeyDescription> chosen = listing->keys;
+  if (!only_key.empty()) {
+    auto selected = select_keys(listing->keys, only_key);  // a name or a pkcs11: URI
+    chosen.clear();
+    if (!selected.ok()) d.fail("key " + only_key, selected.error().message);
+    else if (selected->empty()) d.fail("key " + only_key, "no such key for this client");
+    else chosen = std::move(selected).value();
+  }
+  test_signatures(d, c, chosen, fp);
+  return failure;
+}
+
 Status run_doctor(const Globals& g, const std::string& only_key) {
   Doctor d;
   auto cfg_r = load_config(g);
@@ -116,6 +181,12 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
 
   // Each URL alone, without retries, so one bad sibling is named.
   std::unique_ptr<client::Client> working;
+  std::optional<ErrorCode> first_failure;  // the class of the first daemon's failure: the exit code's
+  auto explain = [&](const Error& e) {
+    if (!first_failure) first_failure = e.code;
+    bool transport = e.code == ErrorCode::network || e.code == ErrorCode::tls_trust;
+    return transport ? explain_transport(e, cfg) : explain_api(e, fp);
+  };
   for (const auto& url : cfg.urls) {
     client::Config one = cfg;
     one.urls = {url};
@@ -128,67 +199,24 @@ Status run_doctor(const Globals& g, const std::string& only_key) {
     }
     Status h = (*c)->health();
     if (!h.ok()) {
-      d.fail(url + " reachable", h.error().code == ErrorCode::network ? explain_transport(h.error(), cfg)
-                                                                     : explain_api(h.error(), fp));
+      d.fail(url + " reachable", explain(h.error()));
       continue;
     }
     d.ok(url + " reachable, server certificate valid, /health OK");
     auto keys = (*c)->list_keys();
     if (!keys.ok()) {
-      d.fail(url + " accepts this client", keys.error().code == ErrorCode::network ? explain_transport(keys.error(), cfg)
-                                                                                  : explain_api(keys.error(), fp));
+      d.fail(url + " accepts this client", explain(keys.error()));
       continue;
     }
     d.ok(url + " accepts this client (" + std::to_string(keys->size()) + " key(s))");
     if (!working) working = std::move(c).value();
   }
-  if (!working) return Error(ErrorCode::network, std::to_string(d.failures) + " check(s) failed");
+  if (!working)
+    return Error(first_failure.value_or(ErrorCode::network), std::to_string(d.failures) + " check(s) failed");
 
-  auto keys = working->list_keys();
-  if (!keys.ok()) {
-    d.fail("list keys", explain_api(keys.error(), fp));
-  } else if (keys->empty()) {
-    d.fail("list keys", "no key shares a role with this client: give the client a role in p11relayd.yml that "
-                        "one of the keys lists under roles");
-  } else {
-    std::vector<relay::KeyDescription> chosen = *keys;
-    if (!only_key.empty()) {
-      auto selected = select_keys(*keys, only_key);  // a name or a pkcs11: URI
-      chosen.clear();
-      if (!selected.ok()) d.fail("key " + only_key, selected.error().message);
-      else if (selected->empty()) d.fail("key " + only_key, "no such key for this client");
-      else chosen = std::move(selected).value();
-    }
-    for (const auto& k : chosen) {
-      if (k.certificates.empty())
-        d.warn("key " + k.name, "it has no certificate: sign-digest works, Authenticode `sign` does not");
-      if (k.approval == "required") {
-        d.ok("key " + k.name + " needs an approver's decision for each signature by this client: no test "
-             "signature (docs/policy.md)");
-        continue;
-      }
-      Bytes digest(32);
-      RAND_bytes(digest.data(), static_cast<int>(digest.size()));
-      auto sig = sign_digest(*working, k, HashAlg::sha256, digest, "");
-      if (!sig.ok() && sig.error().code == ErrorCode::request_expired) {
-        d.warn("test signature with key " + k.name, "the key's policy holds this client's signatures for an "
-               "approver; the test request now waits for one: deny it with `p11relay requests deny ID --reason doctor`");
-        continue;
-      }
-      if (!sig.ok()) {
-        d.fail("test signature with key " + k.name, explain_api(sig.error(), fp));
-        continue;
-      }
-      Status v = verify_digest_signature(k, HashAlg::sha256, digest, sig->mechanism, sig->signature);
-      if (!v.ok())
-        d.fail("test signature with key " + k.name,
-               "the signature does not verify with the public key the daemon advertises: the daemon's key "
-               "configuration (label/id/certificate) points at different keys");
-      else
-        d.ok("test signature with key " + k.name + " (" + sig->mechanism + ", verified locally)");
-    }
-  }
-  if (d.failures) return Error(ErrorCode::internal, std::to_string(d.failures) + " check(s) failed");
+  std::optional<ErrorCode> keys_failure = check_keys(d, *working, only_key, fp);
+  if (d.failures)
+    return Error(keys_failure.value_or(ErrorCode::internal), std::to_string(d.failures) + " check(s) failed");
   std::cout << "all checks passed\n";
   return {};
 }

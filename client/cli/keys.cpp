@@ -16,8 +16,13 @@ std::string type_of(const relay::KeyDescription& k) {
 
 Status list_keys(const Globals& g, bool long_format) {
   ASSIGN_OR_RETURN(auto c, connect(g));
-  ASSIGN_OR_RETURN(auto keys, c->list_keys());
-  for (const auto& k : keys) {
+  ASSIGN_OR_RETURN(relay::KeyList list, c->list_keys_full());
+  if (!list.unavailable.empty()) {
+    Error e = token_problem_error(list.unavailable);
+    if (list.keys.empty()) return e;  // nothing to list: the cause is the token, not an empty key set
+    std::cerr << "p11relay: warning: " << describe(e) << "\n";
+  }
+  for (const auto& k : list.keys) {
     if (!long_format) {
       std::cout << k.name << "\n";
       continue;

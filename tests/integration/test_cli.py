@@ -192,7 +192,7 @@ class Basics(CliTest):
         self.assertIn(stranger.fingerprint.encode(), p.stdout)
         self.assertIn(b"clients:", p.stdout)
         p = self.cli("list-keys", config=cfg, check=False)
-        self.assert_one_line_error(p, 4, "p11relay register")
+        self.assert_one_line_error(p, 6, "p11relay register")
 
 
 class SignDigest(CliTest):
@@ -550,7 +550,7 @@ class Register(CliTest):
 
         # not yet known to the daemon: refused with a hint
         p = self.cli("list-keys", config=cfg, check=False)
-        self.assert_one_line_error(p, 4, "p11relay register")
+        self.assert_one_line_error(p, 6, "p11relay register")
 
         # paste the snippet into p11relayd.yml (as an operator would) and restart
         conf = self.st.daemon_config()
