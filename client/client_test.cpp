@@ -426,12 +426,13 @@ TEST_CASE("server authentication: CA + IP SAN, wrong CA, host name mismatch, pin
   auto r = make_client(wrong_ca)->list_keys();
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().message.find("not trusted") != std::string::npos);
+  CHECK(r.error().code == ErrorCode::tls_trust);  // its own class (CLI exit 5), not "cannot reach"
 
   auto wrong_name = cfg;
   wrong_name.urls = {"https://localhost:" + std::to_string(s.port) + "/"};  // SAN is IP:127.0.0.1 only
   r = make_client(wrong_name)->list_keys();
   REQUIRE_FALSE(r.ok());
-  CHECK(r.error().code == ErrorCode::network);
+  CHECK(r.error().code == ErrorCode::tls_trust);
 
   auto pinned = cfg;
   pinned.cacert.clear();
@@ -441,6 +442,7 @@ TEST_CASE("server authentication: CA + IP SAN, wrong CA, host name mismatch, pin
   r = make_client(pinned)->list_keys();
   REQUIRE_FALSE(r.ok());
   CHECK(r.error().message.find("does not match serverfingerprint") != std::string::npos);
+  CHECK(r.error().code == ErrorCode::tls_trust);
 }
 
 TEST_CASE("read timeout: a server that never answers") {

@@ -1,4 +1,5 @@
 #include "daemon/auth.h"
+#include "daemon/policy.h"  // shares_role
 
 #include "common/x509.h"
 
@@ -83,13 +84,6 @@ ClientIdentity identify(const std::shared_ptr<const ConfigSnapshot>& snapshot, X
   ClientIdentity id = snapshot->auth->identify(leaf, intermediates);
   id.snapshot = snapshot;
   return id;
-}
-
-bool shares_role(const std::vector<std::string>& a, const std::vector<std::string>& b) {
-  for (const auto& x : a)
-    for (const auto& y : b)
-      if (x == y) return true;
-  return false;
 }
 
 bool allowed(const ClientIdentity& id, const KeyConfig& key) { return id.client && shares_role(key.roles, id.client->roles); }

@@ -57,7 +57,5 @@ ClientIdentity identify(const std::shared_ptr<const ConfigSnapshot>& snapshot, X
 
 // Access iff any key role equals any client role (exact match). A key with no roles: nobody.
 bool allowed(const ClientIdentity& id, const KeyConfig& key);
-// Whether two role lists have a role in common (exact match).
-bool shares_role(const std::vector<std::string>& a, const std::vector<std::string>& b);
 
 }  // namespace p11relay::daemon

@@ -1,6 +1,6 @@
 #include "daemon/key_overlap.h"
 
-#include "daemon/auth.h"
+#include "daemon/policy.h"  // shares_role
 
 namespace p11relay::daemon {
 namespace {

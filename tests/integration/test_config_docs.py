@@ -21,15 +21,17 @@ DOCS = ROOT / "docs"
 SAMPLE = ROOT / "config" / "p11relayd.yml"
 UNIT = ROOT / "systemd" / "p11relayd.service"
 
-# Where a key of each documented section goes in a YAML file (K: the key).
+# Where a key of each documented section goes in a YAML file ({k}: the key). The server section the loader
+# reads first is complete, so a later section's keys are reached.
+SERVER = "server:\n  listen: 127.0.0.1:0\n  certfile: c.pem\n  keyfile: k.pem\n"
 PLACES = {
     "server": "server:\n  {k}: ~\n",
-    "tokens.&lt;name&gt;": "tokens:\n  t:\n    {k}: ~\n",
-    "keys.&lt;name&gt;": "keys:\n  k:\n    {k}: ~\n",
-    "timestamp": "timestamp:\n  {k}: ~\n",
-    "clients.&lt;fingerprint&gt;": "clients:\n  " + "ab" * 32 + ":\n    {k}: ~\n",
+    "tokens.&lt;name&gt;": SERVER + "tokens:\n  t:\n    {k}: ~\n",
+    "keys.&lt;name&gt;": SERVER + "keys:\n  k:\n    {k}: ~\n",
+    "timestamp": SERVER + "timestamp:\n  {k}: ~\n",
+    "clients.&lt;fingerprint&gt;": SERVER + "clients:\n  " + "ab" * 32 + ":\n    {k}: ~\n",
     "top level": "{k}: ~\n",
-    "policy": "keys:\n  k:\n    policy:\n      {k}: ~\n",
+    "policy": SERVER + "keys:\n  k:\n    policy:\n      {k}: ~\n",
 }
 
 
@@ -60,6 +62,9 @@ class ConfigDocs(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-config-docs-"))
+        for name in ("c.pem", "k.pem"):  # SERVER's files: present (their content is checked after the keys)
+            (cls.tmp / name).write_text("")
+            (cls.tmp / name).chmod(0o600)
 
     @classmethod
     def tearDownClass(cls):
