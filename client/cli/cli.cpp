@@ -107,9 +107,6 @@ std::string describe(const Error& e) {
     case ErrorCode::policy_denied:
     case ErrorCode::quota:
       return "the key's policy refused the request (docs/policy.md; ask the operator to change it): " + m;
-    case ErrorCode::request_denied:
-    case ErrorCode::request_expired:
-      return "the request was not approved: " + m;
     case ErrorCode::timestamp_failed:
       return "the timestamp authority failed (check --timestamp-url, or sign without a timestamp): " + m;
     default:

@@ -120,7 +120,7 @@ class ErrorClasses(unittest.TestCase):
     def test_9_approval_not_given_in_time(self):
         cfg = client_config(self.tmp / "impatient.yml", self.daemon.url, self.st.client, self.st.ca_cert,
                             approvalwait=1)
-        self.assert_class(self.sign_digest("ec384", config=cfg, alg="sha384"), 9, "not approved",
+        self.assert_class(self.sign_digest("ec384", config=cfg, alg="sha384"), 9, "no decision on request",
                           "remote.approvalwait")
 
     def test_10_timestamp_authority(self):

@@ -191,7 +191,7 @@ class PolicyE2E(unittest.TestCase):
         self.assertNotIn("[WARN] test signature", out)
         self.assertEqual(self.requests(self.admin_cfg), [])  # doctor left no request for the approvers
 
-    def test_cli_denial_exits_4_with_the_reason(self):
+    def test_cli_denial_exits_9_with_the_reason(self):
         proc = self.start_sign_digest("rsa2048", hashlib.sha256(b"denied").digest(), self.tmp / "cli-denied.sig",
                                       "--filename", "setup.msi", "--filesize", "4242")
         with self.pending("rsa2048", proc) as req:
@@ -199,17 +199,17 @@ class PolicyE2E(unittest.TestCase):
             self.assertEqual(req["filesize"], 4242)
             self.decide("deny", req, "--reason", "not a release build")
             code, out, err = self.finish(proc)
-        self.assertEqual(code, 4, err)
+        self.assertEqual(code, 9, err)  # not approved (docs/cli.md)
         self.assertIn(f"waiting for approval of request {req['id']} (expires ", err)
         self.assertIn("not a release build", err)
         self.assertIn("denied by admin", err)
         self.assertFalse((self.tmp / "cli-denied.sig").exists())
 
-    def test_cli_expiry_exits_4(self):
+    def test_cli_expiry_exits_9(self):
         proc = self.start_sign_digest("ec256", hashlib.sha256(b"expires").digest(), self.tmp / "cli-expired.sig")
         with self.pending("ec256", proc) as req:
             code, out, err = self.finish(proc)
-        self.assertEqual(code, 4, err)
+        self.assertEqual(code, 9, err)
         self.assertIn(f"request {req['id']}", err)
         self.assertIn("expired", err)
 

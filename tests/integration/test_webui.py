@@ -250,7 +250,7 @@ class WebUI(unittest.TestCase):
                                             f"Request {req['id']} denied.")
         finally:
             proc.kill()
-        self.assertEqual(code, 4, out)
+        self.assertEqual(code, 9, out)  # not approved (docs/cli.md)
         self.assertIn("nightly builds are not released", out)
 
     def test_3_non_approver_sees_no_buttons_and_forged_posts_are_refused(self):
