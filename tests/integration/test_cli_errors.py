@@ -36,18 +36,18 @@ def a_pe_file():
     return None
 
 
-class ErrorClasses(unittest.TestCase):
-    """One daemon: rsa2048 plain, ec256 refused by policy for SHA-256, ec384 held for an approver."""
+class CliErrorTest(unittest.TestCase):
+    """A daemon per class on its own token copy, set up by configure(); the CLI with its own HOME."""
+
+    @classmethod
+    def configure(cls, st):
+        pass
 
     @classmethod
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-cli-errors-"))
         cls.st = make_state(cls.tmp)
-        cfg = cls.st.daemon_config()
-        cfg["keys"]["ec256"]["policy"] = {"digests": ["sha384"]}
-        cfg["keys"]["ec384"]["policy"] = {"approval": "required", "approvers": ["admin"], "approvaltimeout": 600}
-        cfg["server"]["statedir"] = str(cls.st.state_dir / "policy-state")
-        cls.st.write_config(config=cfg)
+        cls.configure(cls.st)
         cls.daemon = Daemon(cls.st).start()
         cls.config = client_config(cls.tmp / "client.yml", cls.daemon.url, cls.st.client, cls.st.ca_cert)
 
@@ -71,6 +71,18 @@ class ErrorClasses(unittest.TestCase):
         self.assertTrue(lines[-1].startswith("p11relay: error: "), err)
         for n in needles:
             self.assertIn(n, lines[-1])
+
+
+class ErrorClasses(CliErrorTest):
+    """rsa2048 plain, ec256 refused by policy for SHA-256, ec384 held for an approver."""
+
+    @classmethod
+    def configure(cls, st):
+        cfg = st.daemon_config()
+        cfg["keys"]["ec256"]["policy"] = {"digests": ["sha384"]}
+        cfg["keys"]["ec384"]["policy"] = {"approval": "required", "approvers": ["admin"], "approvaltimeout": 600}
+        cfg["server"]["statedir"] = str(st.state_dir / "policy-state")
+        st.write_config(config=cfg)
 
     def sign_digest(self, key, *extra, config=None, alg="sha256"):
         d = hashlib.new(alg, b"error classes").hexdigest()
@@ -136,26 +148,14 @@ class ErrorClasses(unittest.TestCase):
         self.assertFalse(out.exists())
 
 
-class TokenUnavailable(unittest.TestCase):
+class TokenUnavailable(CliErrorTest):
     """The daemon's login to its token was refused (a wrong PIN on the appliance): exit 7 and that cause, never
     "key does not exist" or an empty list with exit 0."""
 
     @classmethod
-    def setUpClass(cls):
-        cls.tmp = Path(tempfile.mkdtemp(prefix="p11relay-cli-errors-pin-"))
-        cls.st = make_state(cls.tmp)
-        cls.st.pinfile.write_text('demo: "wrongpin-5521"\n')
-        os.chmod(cls.st.pinfile, 0o600)
-        cls.daemon = Daemon(cls.st).start()
-        cls.config = client_config(cls.tmp / "client.yml", cls.daemon.url, cls.st.client, cls.st.ca_cert)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.stop()
-        harness.remove_tmp(cls.tmp)
-
-    cli = ErrorClasses.cli
-    assert_class = ErrorClasses.assert_class
+    def configure(cls, st):
+        st.pinfile.write_text('demo: "wrongpin-5521"\n')
+        os.chmod(st.pinfile, 0o600)
 
     def test_7_login_refused(self):
         for args in (["list-keys"], ["get-key", "rsa2048"],
