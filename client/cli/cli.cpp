@@ -162,7 +162,7 @@ Error token_problem_error(const std::vector<relay::TokenProblem>& unavailable) {
   std::string what;
   ErrorCode code = ErrorCode::token_not_present;
   for (const auto& t : unavailable) {
-    if (t.code == "token-login-failed") code = ErrorCode::token_login_failed;
+    if (error_code_from_name(t.code) == ErrorCode::token_login_failed) code = ErrorCode::token_login_failed;
     what += (what.empty() ? "" : "; ") + ("token '" + t.token.label + "': " + (t.detail.empty() ? t.code : t.detail));
   }
   return Error(code, what);
