@@ -340,6 +340,51 @@ Status server_addresses(const Loader& l, const YAML::Node& root, ServerConfig& s
   return {};
 }
 
+// The server: section's keys, types and positive limits (file checks come after, in load).
+Status server_keys(const Loader& l, const YAML::Node& root, ServerConfig& s) {
+  if (YAML::Node sn = root["server"]; sn.IsDefined() && !sn.IsNull()) {
+    const std::string w = "server";
+    RETURN_IF_ERROR(l.only_keys(sn, w,
+                                {"listen", "listenhttp", "certfile", "keyfile", "siblings", "disabled",
+                                 "tokencheckinterval", "tokencheckfailures", "tokenchecktimeout",
+                                 "readheadertimeout", "readtimeout", "writetimeout", "idletimeout",
+                                 "handshaketimeout", "maxconnections", "maxhandshakes", "maxhandshakespersource",
+                                 "maxbodybytes", "maxjsonbytes", "maxheaderbytes", "moduledirs", "loglevel", "logfile", "clientca",
+                                 "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics", "statedir"}));
+    RETURN_IF_ERROR(l.get(sn, "listen", s.listen, w));
+    RETURN_IF_ERROR(l.get(sn, "listenhttp", s.listenhttp, w));
+    RETURN_IF_ERROR(l.get(sn, "listenmetrics", s.listenmetrics, w));
+    RETURN_IF_ERROR(l.get(sn, "certfile", s.certfile, w));
+    RETURN_IF_ERROR(l.get(sn, "keyfile", s.keyfile, w));
+    RETURN_IF_ERROR(l.get_list(sn, "siblings", s.siblings, w));
+    RETURN_IF_ERROR(l.get(sn, "disabled", s.disabled, w));
+    RETURN_IF_ERROR(l.get(sn, "tokencheckinterval", s.tokencheckinterval, w));
+    RETURN_IF_ERROR(l.get(sn, "tokencheckfailures", s.tokencheckfailures, w));
+    RETURN_IF_ERROR(l.get(sn, "tokenchecktimeout", s.tokenchecktimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "readheadertimeout", s.readheadertimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "readtimeout", s.readtimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "writetimeout", s.writetimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "idletimeout", s.idletimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "handshaketimeout", s.handshaketimeout, w));
+    RETURN_IF_ERROR(l.get(sn, "maxconnections", s.maxconnections, w));
+    RETURN_IF_ERROR(l.get(sn, "maxhandshakes", s.maxhandshakes, w));
+    RETURN_IF_ERROR(l.get(sn, "maxhandshakespersource", s.maxhandshakespersource, w));
+    RETURN_IF_ERROR(l.get(sn, "maxbodybytes", s.maxbodybytes, w));
+    RETURN_IF_ERROR(l.get(sn, "maxjsonbytes", s.maxjsonbytes, w));
+    RETURN_IF_ERROR(l.get(sn, "maxheaderbytes", s.maxheaderbytes, w));
+    RETURN_IF_ERROR(l.get_list(sn, "moduledirs", s.moduledirs, w));
+    RETURN_IF_ERROR(l.get(sn, "loglevel", s.loglevel, w));
+    RETURN_IF_ERROR(l.get(sn, "clientca", s.clientca, w));
+    RETURN_IF_ERROR(l.get(sn, "statedir", s.statedir, w));
+    for (const char* k : {"tokencheckinterval", "tokencheckfailures", "tokenchecktimeout", "readheadertimeout",
+                          "readtimeout", "writetimeout", "idletimeout", "handshaketimeout", "maxconnections",
+                          "maxhandshakes", "maxhandshakespersource"}) {
+      if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
+    }
+  }
+  return {};
+}
+
 Result<Config> load(const std::string& path, bool check_secrets) {
   Config c;
   c.path = path;
@@ -360,43 +405,7 @@ Result<Config> load(const std::string& path, bool check_secrets) {
 
   // server:
   ServerConfig& s = c.server;
-  if (YAML::Node sn = root["server"]; sn.IsDefined() && !sn.IsNull()) {
-    const std::string w = "server";
-    RETURN_IF_ERROR(l.only_keys(sn, w,
-                                {"listen", "listenhttp", "certfile", "keyfile", "siblings", "disabled",
-                                 "tokencheckinterval", "tokencheckfailures", "tokenchecktimeout",
-                                 "readheadertimeout", "readtimeout", "writetimeout", "idletimeout",
-                                 "handshaketimeout", "maxconnections", "maxbodybytes", "maxjsonbytes",
-                                 "maxheaderbytes", "moduledirs", "loglevel", "logfile", "clientca",
-                                 "trustedproxies", "numworkers", "tokencacheseconds", "listenmetrics", "statedir"}));
-    RETURN_IF_ERROR(l.get(sn, "listen", s.listen, w));
-    RETURN_IF_ERROR(l.get(sn, "listenhttp", s.listenhttp, w));
-    RETURN_IF_ERROR(l.get(sn, "listenmetrics", s.listenmetrics, w));
-    RETURN_IF_ERROR(l.get(sn, "certfile", s.certfile, w));
-    RETURN_IF_ERROR(l.get(sn, "keyfile", s.keyfile, w));
-    RETURN_IF_ERROR(l.get_list(sn, "siblings", s.siblings, w));
-    RETURN_IF_ERROR(l.get(sn, "disabled", s.disabled, w));
-    RETURN_IF_ERROR(l.get(sn, "tokencheckinterval", s.tokencheckinterval, w));
-    RETURN_IF_ERROR(l.get(sn, "tokencheckfailures", s.tokencheckfailures, w));
-    RETURN_IF_ERROR(l.get(sn, "tokenchecktimeout", s.tokenchecktimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "readheadertimeout", s.readheadertimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "readtimeout", s.readtimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "writetimeout", s.writetimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "idletimeout", s.idletimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "handshaketimeout", s.handshaketimeout, w));
-    RETURN_IF_ERROR(l.get(sn, "maxconnections", s.maxconnections, w));
-    RETURN_IF_ERROR(l.get(sn, "maxbodybytes", s.maxbodybytes, w));
-    RETURN_IF_ERROR(l.get(sn, "maxjsonbytes", s.maxjsonbytes, w));
-    RETURN_IF_ERROR(l.get(sn, "maxheaderbytes", s.maxheaderbytes, w));
-    RETURN_IF_ERROR(l.get_list(sn, "moduledirs", s.moduledirs, w));
-    RETURN_IF_ERROR(l.get(sn, "loglevel", s.loglevel, w));
-    RETURN_IF_ERROR(l.get(sn, "clientca", s.clientca, w));
-    RETURN_IF_ERROR(l.get(sn, "statedir", s.statedir, w));
-    for (const char* k : {"tokencheckinterval", "tokencheckfailures", "tokenchecktimeout", "readheadertimeout",
-                          "readtimeout", "writetimeout", "idletimeout", "handshaketimeout", "maxconnections"}) {
-      if (sn[k].IsDefined() && sn[k].as<long>(0) <= 0) return l.err(sn[k], std::string("server.") + k + " must be > 0");
-    }
-  }
+  RETURN_IF_ERROR(server_keys(l, root, s));
   RETURN_IF_ERROR(server_addresses(l, root, s));
   if (s.moduledirs.empty()) s.moduledirs = default_module_dirs();
   if (!s.listen.empty()) {
@@ -664,6 +673,8 @@ std::string dump_redacted(const Config& c) {
   out << YAML::Key << "writetimeout" << YAML::Value << s.writetimeout;
   out << YAML::Key << "idletimeout" << YAML::Value << s.idletimeout;
   out << YAML::Key << "maxconnections" << YAML::Value << s.maxconnections;
+  out << YAML::Key << "maxhandshakes" << YAML::Value << s.maxhandshakes;
+  out << YAML::Key << "maxhandshakespersource" << YAML::Value << s.maxhandshakespersource;
   out << YAML::Key << "maxbodybytes" << YAML::Value << s.maxbodybytes;
   out << YAML::Key << "maxheaderbytes" << YAML::Value << s.maxheaderbytes;
   out << YAML::Key << "moduledirs" << YAML::Value << YAML::Flow << s.moduledirs;

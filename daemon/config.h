@@ -25,7 +25,9 @@ struct ServerConfig {
   int tokencheckinterval = 60, tokencheckfailures = 3, tokenchecktimeout = 60;
   int readheadertimeout = 10, readtimeout = 600, writetimeout = 600, idletimeout = 10;
   int handshaketimeout = 10;
-  int maxconnections = 4096;
+  int maxconnections = 4096;           // connections that finished mutual TLS
+  int maxhandshakes = 16384;           // connections still in the TLS handshake (HandshakeGate)
+  int maxhandshakespersource = 8192;   // the same, per client address
   std::uint64_t maxbodybytes = 4ull << 30;  // relic pe-coff uploads are streamed, never buffered whole
   std::uint64_t maxjsonbytes = 1 << 20;     // relay API request bodies are small
   std::size_t maxheaderbytes = 16 * 1024;

@@ -195,6 +195,7 @@ int run(const std::string& config_path, const std::string& listen_override, cons
   svc.config = std::move(cfg).value();
   if (!listen_override.empty()) svc.config.server.listen = listen_override;
   spdlog::set_level(spdlog::level::from_str(svc.config.server.loglevel));
+  raise_fd_limit(svc.config.server);
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   svc.hostname = host;

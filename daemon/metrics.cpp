@@ -74,6 +74,11 @@ std::string Metrics::render(const std::vector<TokenGauge>& tokens) const {
        "# TYPE p11relay_tls_handshake_failures_total counter\n"
        "p11relay_tls_handshake_failures_total "
     << handshake_failures_.load() << "\n";
+  o << "# HELP p11relay_tls_handshakes_evicted_total Connections dropped before finishing the TLS handshake to "
+       "admit a newer one (server.maxhandshakes, server.maxhandshakespersource).\n"
+       "# TYPE p11relay_tls_handshakes_evicted_total counter\n"
+       "p11relay_tls_handshakes_evicted_total "
+    << handshakes_evicted_.load() << "\n";
   o << "# HELP p11relay_connections Open client connections.\n# TYPE p11relay_connections gauge\n"
        "p11relay_connections "
     << connections_.load() << "\n";

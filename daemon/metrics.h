@@ -17,6 +17,7 @@ class Metrics {
   void request(const std::string& api, int status);
   void signature(const std::string& key, const std::string& client, const std::string& outcome, double seconds);
   void handshake_failure() { ++handshake_failures_; }
+  void handshake_evicted() { ++handshakes_evicted_; }
   void handshake_done(bool resumed) { ++(resumed ? handshakes_resumed_ : handshakes_full_); }
   void connection_opened() {
     ++connections_;
@@ -48,7 +49,7 @@ class Metrics {
   std::map<std::string, unsigned long long> signatures_;  // label set → count
   std::map<std::string, Histogram> latency_;               // key → histogram
   std::map<std::string, std::array<unsigned long long, 2>> by_key_;  // key → {ok, failed}
-  std::atomic<unsigned long long> handshake_failures_{0};
+  std::atomic<unsigned long long> handshake_failures_{0}, handshakes_evicted_{0};
   std::atomic<long long> connections_{0};
   std::atomic<unsigned long long> connections_accepted_{0};
   std::atomic<unsigned long long> handshakes_full_{0}, handshakes_resumed_{0};

@@ -61,6 +61,9 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 constexpr auto kSoloAfter = std::chrono::milliseconds(50);
+// Handshake deadline for connections that arrive while the handshake gate is over half full: long enough
+// for a TLS 1.3 handshake with a client certificate over a slow WAN (2 round trips).
+constexpr auto kHandshakeUnderPressure = std::chrono::seconds(3);
 
 }  // namespace
 
@@ -82,6 +85,8 @@ struct Conn {
   std::atomic<bool> timed_out{false};
   std::mutex mu;
   bool closed = false;  // under mu
+  HandshakeGate* gate = nullptr;  // while the handshake runs: its ticket there
+  std::uint64_t ticket = 0;
 
   void set_deadline(Clock::duration d) { deadline.store((Clock::now() + d).time_since_epoch().count(), std::memory_order_relaxed); }
   bool expired(Clock::rep now) const { return deadline.load(std::memory_order_relaxed) <= now; }
@@ -104,6 +109,12 @@ struct Conn {
 };
 
 namespace {
+
+// A complete ClientHello arrived: the connection is talking, not just holding a socket (HandshakeGate).
+int on_client_hello(SSL* ssl, int*, void*) {
+  if (auto* c = static_cast<Conn*>(SSL_get_app_data(ssl)); c && c->gate) c->gate->hello(c->ticket);
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
 
 enum class TlsOp { handshake, read, write };
 
@@ -197,6 +208,7 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
   // request cannot sign twice. Ticket keys live in this context: a reload or restart just means a full
   // handshake.
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_client_hello_cb(c, on_client_hello, nullptr);
   SSL_CTX_set_num_tickets(c, 1);
   SSL_CTX_set_max_early_data(c, 0);
   SSL_CTX_set_timeout(c, 3600);
@@ -219,7 +231,12 @@ Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& 
   return ctx;
 }
 
-Server::Server(asio::io_context& io, Service& service, Router& router) : io_(io), svc_(service), router_(router) {}
+Server::Server(asio::io_context& io, Service& service, Router& router)
+    : io_(io),
+      svc_(service),
+      router_(router),
+      gate_({static_cast<size_t>(service.config.server.maxhandshakes),
+             static_cast<size_t>(service.config.server.maxhandshakespersource)}) {}
 
 bool Server::solo(const Conn* c) {
   Clock::rep now = Clock::now().time_since_epoch().count();
@@ -391,6 +408,50 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
   }
 }
 
+// Sets up TLS on a new connection and runs its handshake, as a pending connection of the handshake gate
+// (a shorter deadline while the gate is under pressure). False when it failed, timed out or was evicted.
+asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) {
+  Clock::duration timeout = std::chrono::seconds(svc_.config.server.handshaketimeout);
+  if (gate_.under_pressure(peer_ip))  // spread over a second, so a flood's connections do not all end at once
+    timeout = std::min<Clock::duration>(timeout, kHandshakeUnderPressure + std::chrono::milliseconds(accept_seq_++ % 1000));
+  conn.set_deadline(timeout);
+  struct Pending {
+    Conn& c;
+    ~Pending() {
+      if (!c.gate) return;
+      c.gate->leave(c.ticket);
+      c.gate = nullptr;
+    }
+  } pending{conn};
+  conn.ticket = gate_.admit(peer_ip, [&conn, &m = svc_.metrics] {
+    m.handshake_evicted();
+    conn.expire();
+  });
+  conn.gate = &gate_;
+  // No TLS state until the client sends something: a connection that never does costs a socket only.
+  auto [wec] = co_await conn.socket.async_wait(tcp::socket::wait_read, use_nothrow);
+  std::error_code ec = wec;
+  if (!ec) conn.socket.non_blocking(true, ec);
+  if (!ec && !conn.timed_out) conn.ssl = SSL_new(tls_->native_handle());
+  if (!conn.ssl || SSL_set_fd(conn.ssl, static_cast<int>(conn.socket.native_handle())) != 1) {
+    if (conn.timed_out)
+      svc_.metrics.handshake_failure();  // silent until its deadline or its eviction
+    else if (!ec)
+      spdlog::error("connection from {}: cannot set up TLS: {}", peer_ip, openssl_error_string());
+    ERR_clear_error();
+    co_return false;
+  }
+  SSL_set_accept_state(conn.ssl);
+  SSL_set_app_data(conn.ssl, &conn);
+  if (co_await tls_call(conn, TlsOp::handshake, nullptr, 0) <= 0) {
+    svc_.metrics.handshake_failure();
+    spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn.timed_out ? "timed out or evicted" : "closed or refused");
+    co_return false;
+  }
+  svc_.metrics.handshake_done(SSL_session_reused(conn.ssl) == 1);
+  co_return true;
+}
+
 asio::awaitable<void> Server::serve(tcp::socket socket) {
   struct Count {
     std::atomic<size_t>& n;
@@ -401,8 +462,11 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   std::error_code ec;
   std::string peer_ip;
   if (auto ep = socket.remote_endpoint(ec); !ec) peer_ip = ep.address().to_string();
-  if (now_open > static_cast<size_t>(sc.maxconnections)) {
-    spdlog::warn("connection from {} refused: {} connections open (server.maxconnections)", peer_ip, now_open - 1);
+  // Pending connections are bounded by the gate's eviction; this only guards the file descriptors while
+  // evicted ones are still closing.
+  if (now_open > static_cast<size_t>(sc.maxconnections) + static_cast<size_t>(sc.maxhandshakes)) {
+    spdlog::warn("connection from {} refused: {} connections open (server.maxconnections + server.maxhandshakes)",
+                 peer_ip, now_open - 1);
     socket.close(ec);
     co_return;
   }
@@ -414,15 +478,6 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     ~Gauge() { m.connection_closed(); }
   } gauge{svc_.metrics};
   auto conn = std::make_unique<Conn>(std::move(socket));
-  conn->set_deadline(std::chrono::seconds(sc.handshaketimeout));
-  conn->socket.non_blocking(true, ec);
-  conn->ssl = SSL_new(tls_->native_handle());
-  if (ec || !conn->ssl || SSL_set_fd(conn->ssl, static_cast<int>(conn->socket.native_handle())) != 1) {
-    spdlog::error("connection from {}: cannot set up TLS: {}", peer_ip, ec ? ec.message() : openssl_error_string());
-    ERR_clear_error();
-    co_return;
-  }
-  SSL_set_accept_state(conn->ssl);
   struct Watched {  // the sweeper enforces the deadline while the connection is registered
     Server& s;
     Conn* c;
@@ -435,13 +490,16 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
       s.conns_.erase(c);
     }
   } watched{*this, conn.get()};
-
-  if (co_await tls_call(*conn, TlsOp::handshake, nullptr, 0) <= 0) {
-    svc_.metrics.handshake_failure();
-    spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn->timed_out ? "timed out" : "closed or refused");
+  if (!co_await handshake(*conn, peer_ip)) co_return;
+  struct Established {
+    std::atomic<size_t>& n;
+    ~Established() { --n; }
+  } established{established_};
+  if (++established_ > static_cast<size_t>(sc.maxconnections)) {
+    spdlog::warn("connection from {} closed after its handshake: {} authenticated connections open "
+                 "(server.maxconnections)", peer_ip, established_.load() - 1);
     co_return;
   }
-  svc_.metrics.handshake_done(SSL_session_reused(conn->ssl) == 1);
 
   // Identity once per connection (docs/relic-protocol.md §4.1), and again on the first request after a
   // config reload: a removed client loses access, an added one gains it, without reconnecting.

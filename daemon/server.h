@@ -3,6 +3,7 @@
 // per connection.
 #pragma once
 
+#include "daemon/handshake_gate.h"
 #include "daemon/router.h"
 #include "daemon/service.h"
 
@@ -35,6 +36,7 @@ class Server {
  private:
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
   asio::awaitable<void> serve(asio::ip::tcp::socket socket);
+  asio::awaitable<bool> handshake(Conn& conn, const std::string& peer_ip);
   asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
   asio::awaitable<void> metrics_accept_loop();
   asio::awaitable<void> sweep_loop();
@@ -48,7 +50,10 @@ class Server {
   std::shared_ptr<asio::ssl::context> tls_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor_;
-  std::atomic<size_t> connections_{0};
+  std::atomic<size_t> connections_{0};   // open TCP connections on the TLS listeners
+  std::atomic<size_t> established_{0};   // those past the TLS handshake (server.maxconnections)
+  HandshakeGate gate_;                   // those still in it
+  std::atomic<unsigned> accept_seq_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<const Conn*> last_requester_{nullptr};
   std::atomic<Clock::rep> crowded_until_{0};

@@ -3,9 +3,13 @@
 #include "daemon/auth.h"
 #include "daemon/server.h"
 
+#include <spdlog/spdlog.h>
+
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -69,6 +73,21 @@ Status startup_checks(const Config& config) {
   auto snapshot = Authenticator::snapshot(config);
   if (!snapshot.ok()) return snapshot.error();
   return audit_file(config.auditfile);
+}
+
+void raise_fd_limit(const ServerConfig& server) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  // the two budgets, plus the token, the audit log, listeners and slack
+  rlim_t want = static_cast<rlim_t>(server.maxconnections) + static_cast<rlim_t>(server.maxhandshakes) + 256;
+  if (rl.rlim_cur >= want) return;
+  rlim_t cur = std::min(want, rl.rlim_max);
+  rlimit raised{cur, rl.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) cur = rl.rlim_cur;
+  if (cur < want)
+    spdlog::warn("open file limit {} is below server.maxconnections + server.maxhandshakes + 256 = {}: raise it "
+                 "(LimitNOFILE= in the unit, ulimit -n) or lower those budgets",
+                 cur, want);
 }
 
 }  // namespace p11relay::daemon

@@ -14,4 +14,8 @@ namespace p11relay::daemon {
 // load_config.
 Status startup_checks(const Config& config);
 
+// Raises the soft RLIMIT_NOFILE towards what server.maxconnections + server.maxhandshakes may hold (a shell's
+// 1024 would make accept() fail long before either budget); warns when the hard limit is lower.
+void raise_fd_limit(const ServerConfig& server);
+
 }  // namespace p11relay::daemon
