@@ -136,7 +136,7 @@ Result<unsigned short> listen(Server& server, const ServerConfig& s) {
   return port;
 }
 
-// SIGHUP: loads the config file again and publishes its clients and keys (roles, hide, aliases,
+// SIGHUP: loads the config file again, runs the start-up checks on it (startup.h), and publishes its clients and keys (roles, hide, aliases,
 // policy) at once; open connections see them on their next request. An invalid file is refused whole
 // and the running config stays. What needs a token re-open or a new listener is only logged.
 void reload(Service& svc, const std::string& config_path, const std::string& listen_override) {
@@ -144,6 +144,9 @@ void reload(Service& svc, const std::string& config_path, const std::string& lis
   clock_gettime(CLOCK_MONOTONIC, &now);
   notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(now.tv_sec * 1000000LL + now.tv_nsec / 1000));
   auto fresh = load_config(config_path);
+  if (fresh.ok()) {
+    if (auto checked = startup_checks(*fresh); !checked.ok()) fresh = checked.error();  // as at start
+  }
   if (fresh.ok()) {
     if (!listen_override.empty()) fresh->server.listen = listen_override;
     // Against the start-up config: that is what the tokens and listeners were made from.

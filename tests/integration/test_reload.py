@@ -96,6 +96,16 @@ class Reload(unittest.TestCase):
         self.assertEqual(self.status(d, b, "rsa2048"), 401)
         self.assertEqual(d.sign("rsa2048", "CKM_RSA_PKCS", PKCS1_SHA256, client=self.c)[0], 200)
 
+        # A reload runs the start-up checks too: a config file others may write is refused, not obeyed.
+        good = st.config.read_text()
+        st.write_config(config=self.config([st.client]))   # would remove client c
+        os.chmod(st.config, 0o666)
+        self.hangup(d, "config reload refused")
+        self.assertIn("writable", d.log().rsplit("config reload refused", 1)[1].splitlines()[0])
+        self.assertEqual(d.sign("rsa2048", "CKM_RSA_PKCS", PKCS1_SHA256, client=self.c)[0], 200)
+        st.config.write_text(good)
+        os.chmod(st.config, 0o600)
+
         # What only a restart applies is reported, the rest applied.
         cfg = self.config([st.client, self.b, self.c])
         cfg["tokens"][st.token_name]["numworkers"] = 2
@@ -108,7 +118,7 @@ class Reload(unittest.TestCase):
         self.assertEqual(self.status(d, demo, "ec256"), 200)
         self.assertEqual(self.status(d, b, "rsa2048"), 200)
         self.assertIs(demo.sock, held)
-        self.assertEqual((self.metric("ok"), self.metric("rejected")), (2, 1))
+        self.assertEqual((self.metric("ok"), self.metric("rejected")), (2, 2))
 
         # The audit log was appended to, never reopened from scratch, and its chain is intact.
         audit = st.audit_file.read_bytes()
