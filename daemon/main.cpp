@@ -178,6 +178,39 @@ Status open_audit(Service& svc) {
   return {};
 }
 
+// The keys (not aliases) a token serves.
+std::vector<KeyConfig> keys_on(const Config& cfg, const std::string& token) {
+  std::vector<KeyConfig> keys;
+  for (const auto& [kn, kc] : cfg.keys)
+    if (kc.alias.empty() && kc.token == token) keys.push_back(kc);
+  return keys;
+}
+
+// --check-config FILE --probe: opens every token that serves a key the way the daemon does (module, slot
+// by label/serial, login with the pinfile's PIN, keys), says what it found, and closes it again.
+// 0 when every token opened with all its keys, 3 otherwise.
+int probe_tokens(const Config& cfg) {
+  int rc = 0;
+  for (const auto& [name, tc] : cfg.tokens) {
+    std::vector<KeyConfig> keys = keys_on(cfg, name);
+    if (keys.empty()) continue;
+    auto token = std::make_shared<Token>(tc, keys);
+    auto st = token->start();
+    if (!st.ok()) {
+      std::cout << "token " << name << ": " << st.error().message << "\n";
+      rc = 3;
+    } else {
+      std::string served;
+      for (const auto& k : token->keys()) served += " " + k->name;
+      std::cout << "token " << name << ": open, " << token->keys().size() << " of " << keys.size()
+                << " key(s) found:" << served << "\n";
+      if (token->keys().size() != keys.size()) rc = 3;  // the missing ones are named in the log above
+    }
+    token->stop();
+  }
+  return rc;
+}
+
 // What the daemon checks before it opens a token or binds a socket; --check-config runs this same function.
 Result<Config> load_and_check(const std::string& path) {
   ASSIGN_OR_RETURN(Config cfg, load_config(path));
@@ -221,9 +254,7 @@ int run(const std::string& config_path, const std::string& listen_override, cons
 
   // Open every token that serves at least one key (relic ListServedTokens).
   for (auto& [name, tc] : svc.config.tokens) {
-    std::vector<KeyConfig> keys;
-    for (const auto& [kn, kc] : svc.config.keys)
-      if (kc.alias.empty() && kc.token == name) keys.push_back(kc);
+    std::vector<KeyConfig> keys = keys_on(svc.config, name);
     if (keys.empty()) continue;
     auto token = std::make_shared<Token>(tc, keys);
     auto st = token->start();
@@ -292,7 +323,11 @@ int main(int argc, char** argv) {
   unsigned cores = std::thread::hardware_concurrency();
   int io_threads = cores <= 2 ? 1 : static_cast<int>(std::min(4u, cores / 2));
   app.add_option("-c,--config", config_path, "configuration file");
-  app.add_option("--check-config", check_path, "validate FILE, print the effective config (secrets redacted), exit");
+  bool probe = false;
+  auto* check = app.add_option("--check-config", check_path,
+                               "validate FILE, print the effective config (secrets redacted), exit");
+  app.add_flag("--probe", probe, "with --check-config: also open each token (module, login, keys) and report")
+      ->needs(check);
   app.add_option("--listen", listen, "override server.listen (host:port; port 0 picks a free port)");
   app.add_option("--port-file", port_file, "write the bound TLS port to this file once listening");
   app.add_option("--io-threads", io_threads, "network threads")->check(CLI::Range(1, 64));
@@ -326,7 +361,7 @@ int main(int argc, char** argv) {
     }
     std::cout << dump_redacted(*cfg);
     std::cerr << check_path << ": OK\n";
-    return 0;
+    return probe ? probe_tokens(*cfg) : 0;
   }
   return run(config_path, listen, port_file, io_threads);
 }

@@ -1,6 +1,8 @@
 #include "daemon/token.h"
 
 #include "common/mechanism.h"
+#include "common/suggest.h"
+#include "common/text.h"
 
 #include <libp11.h>
 #include <openssl/err.h>
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 
 namespace p11relay::daemon {
 
@@ -72,6 +75,35 @@ CK_RV find_object(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, CK_OBJECT_CLASS 
 // A key's public half read through the function list: from its public-key object, else (RSA) from the
 // private-key object's public attributes. (libp11 0.4.12's PKCS11_get_public_key leaks the objects it
 // makes for this, and with them the slot list: LeakSanitizer, upstream libp11 PR #566.)
+// The first slot whose initialized token matches tokens.NAME's label, serial, manufacturer and model.
+PKCS11_SLOT* match_slot(PKCS11_SLOT* slots, unsigned n, const TokenConfig& c) {
+  auto same = [](const std::string& want, const char* have) { return want.empty() || want == (have ? have : ""); };
+  for (unsigned i = 0; i < n; ++i) {
+    const PKCS11_TOKEN* t = slots[i].token;
+    if (t && t->initialized && same(c.label, t->label) && same(c.serial, t->serialnr) &&
+        same(c.manufacturer, t->manufacturer) && same(c.model, t->model))
+      return &slots[i];
+  }
+  return nullptr;
+}
+
+// What an operator needs when tokens.NAME.label (or serial) matches nothing: the tokens the module does see.
+std::string present_tokens(PKCS11_SLOT* slots, unsigned n, const std::string& wanted_label) {
+  std::string out;
+  std::set<std::string> labels;
+  for (unsigned i = 0; i < n; ++i) {
+    const PKCS11_TOKEN* t = slots[i].token;
+    if (!t || !t->initialized) continue;
+    std::string label = t->label ? t->label : "";
+    labels.insert(label);
+    out += (out.empty() ? "" : ", ") + ("'" + log_escape(label) + "'") +
+           " (serial '" + log_escape(t->serialnr ? t->serialnr : "") + "')";
+  }
+  if (out.empty()) return "the module sees no initialized token (is it plugged in? pkcs11-tool --module ... -L)";
+  return "tokens present: " + out + did_you_mean(wanted_label, labels) +
+         "; set tokens.NAME.label (and serial) to one of them";
+}
+
 EVP_PKEY_ptr read_public_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, const Bytes& id, const std::string& label) {
   // The private key as signing finds it (CKA_ID and label); its public key by CKA_ID alone (its label may
   // differ), or by label for a key without an ID.
@@ -267,21 +299,14 @@ Status Token::open_locked() {
     }
   } guard{module->ctx(), slots, nslots};
 
-  PKCS11_SLOT* slot = nullptr;
-  for (unsigned i = 0; i < nslots; ++i) {
-    PKCS11_TOKEN* t = slots[i].token;
-    if (!t || !t->initialized) continue;
-    if (!config_.label.empty() && config_.label != (t->label ? t->label : "")) continue;
-    if (!config_.serial.empty() && config_.serial != (t->serialnr ? t->serialnr : "")) continue;
-    if (!config_.manufacturer.empty() && config_.manufacturer != (t->manufacturer ? t->manufacturer : "")) continue;
-    if (!config_.model.empty() && config_.model != (t->model ? t->model : "")) continue;
-    slot = &slots[i];
-    break;
-  }
-  if (!slot)
+  PKCS11_SLOT* slot = match_slot(slots, nslots, config_);
+  if (!slot) {
+    // Logged for the operator, not put in the error: clients see that error's text (503 detail).
+    spdlog::warn("token {}: {}", config_.name, present_tokens(slots, nslots, config_.label));
     return Error(ErrorCode::token_not_present,
                  "token '" + config_.name + "' (label '" + config_.label + "'" +
                      (config_.serial.empty() ? "" : ", serial '" + config_.serial + "'") + ") is not present");
+  }
   CK_SLOT_ID slot_id = PKCS11_get_slotid_from_slot(slot);
   PKCS11_TOKEN* tok = slot->token;
 

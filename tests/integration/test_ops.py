@@ -189,5 +189,46 @@ class JournalStream(OpsTest):
         self.assertNotIn("<6>", log)
 
 
+
+class Probe(OpsTest):
+    """p11relayd --check-config FILE --probe opens the tokens as the daemon would and names what is wrong."""
+
+    def probe(self, name: str, cfg: dict, pinfile=None) -> subprocess.CompletedProcess:
+        if pinfile:
+            cfg["pinfile"] = str(pinfile)
+        path = self.st.write_config(self.st.state_dir / name, config=cfg)
+        return subprocess.run([harness.DAEMON, "--check-config", str(path), "--probe"], env=self.st.env(),
+                              capture_output=True, text=True, timeout=60)
+
+    def test_a_good_config_opens_every_token(self):
+        p = self.probe("probe-ok.yml", self.st.daemon_config(keys=["rsa2048", "ec256"]))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("token demo: open, 2 of 2 key(s) found: ec256 rsa2048", p.stdout)
+
+    def test_a_label_that_matches_no_token_lists_the_present_ones(self):
+        cfg = self.st.daemon_config(keys=["ec256"])
+        cfg["tokens"][self.st.token_name]["label"] = self.st.token_label + "x"
+        p = self.probe("probe-label.yml", cfg)
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn(f"label '{self.st.token_label}x') is not present", p.stdout)
+        # the tokens the module sees go to the operator's log, never into what clients are told
+        self.assertIn(f"tokens present: '{self.st.token_label}' (serial '", p.stderr)
+        self.assertIn(f"did you mean '{self.st.token_label}'?", p.stderr)
+        self.assertIn("set tokens.NAME.label", p.stderr)
+
+    def test_a_wrong_pin_and_a_missing_key_are_named(self):
+        pins = self.st.state_dir / "wrong-pins.yml"
+        pins.write_text(f"{self.st.token_name}: '0000'\n")
+        pins.chmod(0o600)
+        p = self.probe("probe-pin.yml", self.st.daemon_config(keys=["ec256"]), pinfile=pins)
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"(?i)token demo: .*(PIN|login)")
+        cfg = self.st.daemon_config(keys=["ec256"])
+        cfg["keys"]["ec256"]["label"] = "no-such-key"
+        p = self.probe("probe-key.yml", cfg)
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertIn("token demo: open, 0 of 1 key(s) found", p.stdout)
+        self.assertIn("not found on the token", p.stderr)
+
 if __name__ == "__main__":
     harness.main()
