@@ -1,6 +1,7 @@
 #include "common/authenticode/timestamp.h"
 
 #include "common/authenticode/signed_data.h"
+#include "common/http.h"
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
 
@@ -111,32 +112,6 @@ Status wait_fd(int fd, short events, Clock::time_point deadline) {
   }
 }
 
-// Decodes a chunked body (RFC 9112 §7.1); nullopt when malformed or incomplete.
-std::optional<Bytes> dechunk(std::span<const uint8_t> in) {
-  Bytes out;
-  size_t pos = 0;
-  for (;;) {
-    size_t eol = pos;
-    while (eol + 1 < in.size() && !(in[eol] == '\r' && in[eol + 1] == '\n')) ++eol;
-    if (eol + 1 >= in.size()) return std::nullopt;
-    uint64_t len = 0;
-    size_t i = pos;
-    for (; i < eol; ++i) {
-      char c = static_cast<char>(in[i]);
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-      if (d < 0) break;
-      if (len > (uint64_t{1} << 40)) return std::nullopt;
-      len = len * 16 + static_cast<uint64_t>(d);
-    }
-    if (i == pos) return std::nullopt;
-    pos = eol + 2;
-    if (len == 0) return out;
-    if (len > in.size() - pos || in.size() - pos - len < 2) return std::nullopt;
-    out.insert(out.end(), in.begin() + static_cast<ptrdiff_t>(pos), in.begin() + static_cast<ptrdiff_t>(pos + len));
-    pos += len + 2;
-  }
-}
-
 }  // namespace
 
 Result<HttpReply> http_post(const std::string& url, const std::string& content_type, std::span<const uint8_t> body,
@@ -187,56 +162,30 @@ Result<HttpReply> http_post(const std::string& url, const std::string& content_t
     }
     sent += static_cast<size_t>(n);
   }
+  // The reply through the same HTTP parser the relay client uses (common/http.h, http_parser).
   constexpr size_t kMaxReply = 4 * 1024 * 1024;
-  Bytes in;
-  uint8_t buf[16384];
-  for (;;) {
+  http::ResponseParser parser(kMaxReply);
+  char buf[16384];
+  while (!parser.complete()) {
     RETURN_IF_ERROR(wait_fd(sock->get(), POLLIN, deadline));
     ssize_t n = ::recv(sock->get(), buf, sizeof buf, 0);
     if (n < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
       return network_error(std::string("receive from timestamp server: ") + std::strerror(errno));
     }
-    if (n == 0) break;
-    in.insert(in.end(), buf, buf + n);
-    if (in.size() > kMaxReply) return network_error("timestamp server reply too large");
+    if (n == 0) {
+      parser.finish_eof();
+      if (!parser.complete()) return network_error("truncated reply from timestamp server");
+      break;
+    }
+    parser.feed(std::string_view(buf, static_cast<size_t>(n)));
+    if (parser.failed()) return network_error("malformed HTTP reply from timestamp server: " + parser.error_message());
   }
-  // Status line and headers.
-  std::string text(in.begin(), in.end());
-  size_t hdr_end = text.find("\r\n\r\n");
-  if (hdr_end == std::string::npos || text.compare(0, 5, "HTTP/") != 0)
-    return network_error("malformed HTTP reply from timestamp server");
+  const http::Response& r = parser.response();
   HttpReply reply;
-  size_t sp = text.find(' ');
-  if (sp == std::string::npos || sp + 4 > hdr_end) return network_error("malformed HTTP status line");
-  reply.status = std::atoi(text.substr(sp + 1, 3).c_str());
-  bool chunked = false;
-  std::optional<size_t> content_length;
-  size_t line = text.find("\r\n") + 2;
-  while (line < hdr_end) {
-    size_t eol = text.find("\r\n", line);
-    std::string h = text.substr(line, eol - line);
-    line = eol + 2;
-    size_t colon = h.find(':');
-    if (colon == std::string::npos) continue;
-    std::string name = h.substr(0, colon), value = h.substr(colon + 1);
-    while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.erase(0, 1);
-    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (name == "content-type") reply.content_type = value;
-    if (name == "transfer-encoding" && value.find("chunked") != std::string::npos) chunked = true;
-    if (name == "content-length") content_length = static_cast<size_t>(std::strtoull(value.c_str(), nullptr, 10));
-  }
-  std::span<const uint8_t> raw = std::span<const uint8_t>(in).subspan(hdr_end + 4);
-  if (chunked) {
-    auto b = dechunk(raw);
-    if (!b) return network_error("malformed chunked reply from timestamp server");
-    reply.body = std::move(*b);
-  } else if (content_length) {
-    if (raw.size() < *content_length) return network_error("truncated reply from timestamp server");
-    reply.body.assign(raw.begin(), raw.begin() + static_cast<ptrdiff_t>(*content_length));
-  } else {
-    reply.body.assign(raw.begin(), raw.end());
-  }
+  reply.status = r.status;
+  if (const std::string* ct = r.header("Content-Type")) reply.content_type = *ct;
+  reply.body.assign(r.body.begin(), r.body.end());
   return reply;
 }
 
