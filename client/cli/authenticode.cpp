@@ -157,6 +157,7 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(FileType t, detect_file_type(o.file));
   if (t == FileType::msi) return run_sign_msi(g, o);
   if (t == FileType::script) return run_sign_script(g, o);
+  if (t == FileType::cab) return run_sign_cab(g, o);
   if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
   return run_sign_pe(g, o);
 }
@@ -253,8 +254,9 @@ Status verify_pe_report(const VerifyOptions& o, std::vector<Bytes>& primaries) {
 Status run_verify(const VerifyOptions& o) {
   ASSIGN_OR_RETURN(FileType t, detect_file_type(o.file));
   std::vector<Bytes> primaries;
-  if (t == FileType::script)
-    return bad_request(o.file + ": p11relay verify does not check scripts yet (osslsigncode verify does)");
+  if (t == FileType::script || t == FileType::cab)
+    return bad_request(o.file + ": p11relay verify does not check " + (t == FileType::cab ? "cabinets" : "scripts") +
+                       " yet (osslsigncode verify does)");
   if (t == FileType::msi) {
     ASSIGN_OR_RETURN(Bytes sd, run_verify_msi(o.file));
     primaries.push_back(std::move(sd));
@@ -275,8 +277,8 @@ void add_authenticode(CLI::App& app, Globals& g) {
   {
     auto o = std::make_shared<SignOptions>();
     auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi), a Windows Installer file "
-                                           "(.msi, .msm, .msp) or a script (.ps1, .psm1, .psd1, .ps1xml, .psc1, "
-                                           ".cdxml, .mof); the file stays here, only a digest is sent");
+                                           "(.msi, .msm, .msp), a cabinet (.cab) or a script (.ps1, .psm1, .psd1, "
+                                           ".ps1xml, .psc1, .cdxml, .mof); the file stays here, only a digest is sent");
     cmd->add_option("-k,--key", o->key, "key name (see list-keys) or pkcs11: URI")->required();
     cmd->add_option("-f,--file", o->file, "file to sign (the type is taken from its content)")->required()->check(CLI::ExistingFile);
     cmd->add_option("-o,--output", o->output, "signed file (default: replace --file, via a temp file + rename)");

@@ -30,16 +30,20 @@ Result<HashAlg> check_sign_options(const SignOptions& o);
 Result<Signing> open_signing(const Globals& g, const SignOptions& o);
 Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o, HashAlg alg,
                              std::span<const uint8_t> spc, uint64_t size);
+// For a format with no nested signatures and none of the PE or MSI options (scripts, cabinets; `what` is
+// their plural): refuses --page-hashes, --msi-extended and --append.
+Status only_plain_sign_options(const SignOptions& o, const char* what);
 // The file must still be the one that was hashed (size and mtime as before).
 Status check_unchanged(const std::string& path, const struct stat& before);
 
-enum class FileType { pe, msi, script };
-// From the content: OLE compound file (MSI); a script by its name (.ps1 …: text has no magic); anything
-// else is PE (the PE parser names what is wrong).
+enum class FileType { pe, msi, cab, script };
+// From the content: OLE compound file (MSI), MSCF (cabinet); a script by its name (.ps1 …: text has no
+// magic); anything else is PE (the PE parser names what is wrong).
 Result<FileType> detect_file_type(const std::string& path);
 
 Status run_sign_msi(const Globals& g, const SignOptions& o);
 Status run_sign_script(const Globals& g, const SignOptions& o);
+Status run_sign_cab(const Globals& g, const SignOptions& o);
 // Prints the report; returns the primary SignedData (for the chain check).
 Result<Bytes> run_verify_msi(const std::string& path);
 

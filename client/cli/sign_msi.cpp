@@ -4,6 +4,7 @@
 #include "client/cli/authenticode.h"
 #include "client/cli/temp_output.h"
 
+#include "common/authenticode/cab.h"
 #include "common/authenticode/msi.h"
 #include "common/authenticode/script.h"
 #include "common/authenticode/signed_data.h"
@@ -40,8 +41,18 @@ Result<FileType> detect_file_type(const std::string& path) {
   const ssize_t n = ::read(fd, head, sizeof head);
   ::close(fd);
   if (n == static_cast<ssize_t>(sizeof head) && ac::is_ole(head)) return FileType::msi;
+  if (n == static_cast<ssize_t>(sizeof head) && ac::is_cab(head)) return FileType::cab;
   if (ac::script_style(path)) return FileType::script;  // text: only the name tells the script type
   return FileType::pe;
+}
+
+Status only_plain_sign_options(const SignOptions& o, const char* what) {
+  if (o.page_hashes) return bad_request("--page-hashes applies to PE files only");
+  if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
+  if (o.append)
+    return bad_request(std::string("--append (a nested signature) is not supported for ") + what +
+                       " yet: sign without it");
+  return {};
 }
 
 Status check_unchanged(const std::string& path, const struct stat& before) {

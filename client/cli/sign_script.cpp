@@ -15,9 +15,7 @@ namespace ac = p11relay::authenticode;
 
 Status run_sign_script(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
-  if (o.page_hashes) return bad_request("--page-hashes applies to PE files only");
-  if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
-  if (o.append) return bad_request("--append (a nested signature) is not supported for scripts yet: sign without it");
+  RETURN_IF_ERROR(only_plain_sign_options(o, "scripts"));
   const std::optional<ac::ScriptStyle> style = ac::script_style(o.file);
   if (!style) return bad_request(o.file + ": not a script type p11relay signs (.ps1, .psm1, .psd1, .ps1xml, .psc1, .cdxml, .mof)");
   const std::string output = o.output.empty() ? o.file : o.output;

@@ -1,0 +1,44 @@
+// `p11relay sign` for cabinet files (.cab): the cabinet digest is taken here over the cabinet as it will be
+// written (with the signature reserve inserted when it has none), only the signed attributes' digest goes to
+// the daemon, and the cabinet is written with its signature to a temp file beside the output, renamed into
+// place (common/authenticode/cab.h).
+#include "client/cli/authenticode.h"
+#include "client/cli/temp_output.h"
+
+#include "common/authenticode/cab.h"
+
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+
+namespace p11relay::cli {
+namespace ac = p11relay::authenticode;
+
+Status run_sign_cab(const Globals& g, const SignOptions& o) {
+  ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
+  RETURN_IF_ERROR(only_plain_sign_options(o, "cabinets"));
+  const std::string output = o.output.empty() ? o.file : o.output;
+  struct stat before {};
+  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
+  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
+  auto plan = ac::cab_plan(in.data());
+  if (!plan.ok()) return bad_request(o.file + ": " + plan.error().message);
+  Bytes digest = ac::cab_digest(*plan, in.data(), alg);
+  if (g.verbose) std::cerr << "cabinet digest: " << hash_info(alg).name << " " << to_hex(digest) << "\n";
+  ASSIGN_OR_RETURN(Signing s, open_signing(g, o));
+  Bytes spc = ac::cab_spc_indirect_data_content(alg, digest);
+  ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
+  RETURN_IF_ERROR(check_unchanged(o.file, before));
+  Bytes area = ac::cab_signature_area(*plan, sd);
+  ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
+  RETURN_IF_ERROR(out.write(plan->head));
+  RETURN_IF_ERROR(out.write(in.data().subspan(plan->tail_from, plan->tail_to - plan->tail_from)));
+  RETURN_IF_ERROR(out.write(area));
+  RETURN_IF_ERROR(out.commit());
+  std::cerr << "signed " << output << " with key '" << s.key.name << "' (cabinet, " << hash_info(alg).name
+            << (o.timestamp_url.empty() ? "" : ", timestamped") << (plan->was_signed ? ", signature replaced" : "")
+            << ")\n";
+  return {};
+}
+
+}  // namespace p11relay::cli

@@ -1,0 +1,45 @@
+// Authenticode for cabinet files (.cab, MS-CAB). The signature lives after the last data block, and the
+// CFHEADER's reserved area (cbCFHeader = 20, abReserve = 00 00 10 00, offset, size, 8 zero bytes) says
+// where. An unsigned cabinet gets that area inserted after the fixed header, which moves everything
+// behind it by 24 bytes (cbCabinet, coffFiles and each CFFOLDER's coffCabStart grow by 24; CFFILE and
+// CFDATA hold no file offsets). The digest covers the cabinet as written, except bytes 4-7 (reserved1)
+// and 34-55 (iCabinet, the reserve sizes and the signature's offset and size): the layout osslsigncode
+// and Windows' cabinet SIP use. The SpcIndirectDataContent is SPC_CAB_DATA_OBJID with an obsolete
+// SpcLink. The whole file is never copied: the new head plus a span of the original.
+#pragma once
+
+#include "common/bytes.h"
+#include "common/digest.h"
+#include "common/error.h"
+
+#include <span>
+
+namespace p11relay::authenticode {
+
+// "MSCF" and a zero reserved1: a cabinet, whatever the file is called.
+bool is_cab(std::span<const std::uint8_t> head);
+
+// How a cabinet is written signed: `head` (CFHEADER with the signature reserve, the optional next-
+// cabinet names, the CFFOLDERs; offsets already moved), then file[tail_from, tail_to) unchanged (CFFILEs
+// and CFDATA), then the signature padded to 8 bytes.
+struct CabPlan {
+  Bytes head;
+  size_t tail_from = 0, tail_to = 0;
+  bool was_signed = false;  // the input had a signature; it is replaced
+  std::uint64_t signed_size() const { return head.size() + (tail_to - tail_from); }
+};
+
+// Checks the cabinet and plans it. Refused: not a cabinet, a continuation of another cabinet (multi-volume
+// with a previous one), reserved fields of other sizes than a signature's, offsets or sizes outside the
+// file, a signature area that does not end the file, a cabinet over 4 GiB.
+Result<CabPlan> cab_plan(std::span<const std::uint8_t> file);
+// The Authenticode digest of the planned cabinet.
+Bytes cab_digest(const CabPlan& plan, std::span<const std::uint8_t> file, HashAlg alg);
+Bytes cab_spc_indirect_data_content(HashAlg alg, std::span<const std::uint8_t> digest);
+// Writes the signature's offset and padded size into plan.head (not covered by the digest) and returns the
+// bytes that follow the tail: `signed_data` and its zero padding to a multiple of 8.
+Bytes cab_signature_area(CabPlan& plan, std::span<const std::uint8_t> signed_data);
+// The signature (DER) of a signed cabinet, empty when there is none. Its digest: cab_digest(cab_plan(file)).
+Result<std::span<const std::uint8_t>> cab_signature(std::span<const std::uint8_t> file);
+
+}  // namespace p11relay::authenticode

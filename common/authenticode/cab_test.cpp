@@ -1,0 +1,142 @@
+#include "common/authenticode/cab.h"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+using namespace p11relay;
+using namespace p11relay::authenticode;
+
+namespace {
+void le(Bytes& b, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+// A minimal cabinet: one folder (stored), one file "a.txt" = "hello", one CFDATA block.
+Bytes tiny_cab() {
+  Bytes b{'M', 'S', 'C', 'F'};
+  le(b, 0, 4);
+  le(b, 79, 4);      // cbCabinet
+  le(b, 0, 4);
+  le(b, 44, 4);      // coffFiles
+  le(b, 0, 4);
+  b.push_back(3);
+  b.push_back(1);
+  le(b, 1, 2);       // cFolders
+  le(b, 1, 2);       // cFiles
+  le(b, 0, 2);       // flags
+  le(b, 0x1234, 2);  // setID
+  le(b, 0, 2);       // iCabinet
+  le(b, 66, 4);      // CFFOLDER coffCabStart
+  le(b, 1, 2);
+  le(b, 0, 2);
+  le(b, 5, 4);       // CFFILE cbFile
+  le(b, 0, 4);
+  le(b, 0, 2);
+  le(b, 0, 6);
+  for (char c : std::string("a.txt")) b.push_back(static_cast<uint8_t>(c));
+  b.push_back(0);
+  le(b, 0, 4);       // CFDATA csum
+  le(b, 5, 2);
+  le(b, 5, 2);
+  for (char c : std::string("hello")) b.push_back(static_cast<uint8_t>(c));
+  return b;
+}
+uint32_t u32at(const Bytes& b, size_t at) {
+  return static_cast<uint32_t>(b[at] | b[at + 1] << 8 | b[at + 2] << 16 | static_cast<uint32_t>(b[at + 3]) << 24);
+}
+Bytes written(CabPlan& plan, const Bytes& file, const Bytes& sig) {
+  Bytes area = cab_signature_area(plan, sig);
+  Bytes out = plan.head;
+  out.insert(out.end(), file.begin() + static_cast<ptrdiff_t>(plan.tail_from),
+             file.begin() + static_cast<ptrdiff_t>(plan.tail_to));
+  out.insert(out.end(), area.begin(), area.end());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("cab: an unsigned cabinet gets the signature reserve and every offset moves by 24") {
+  Bytes f = tiny_cab();
+  REQUIRE(f.size() == 79);
+  CHECK(is_cab(f));
+  auto plan = cab_plan(f);
+  REQUIRE_MESSAGE(plan.ok(), plan.error().message);
+  CHECK(plan->head.size() == 44 + 24);
+  CHECK(plan->tail_from == 44);
+  CHECK(plan->tail_to == 79);
+  CHECK(u32at(plan->head, 8) == 79 + 24);   // cbCabinet
+  CHECK(u32at(plan->head, 16) == 44 + 24);  // coffFiles
+  CHECK(u32at(plan->head, 60) == 66 + 24);  // the folder's coffCabStart
+  CHECK((plan->head[30] & 4) != 0);
+  CHECK(u32at(plan->head, 36) == 20);
+  CHECK(u32at(plan->head, 40) == 0x00100000);
+  CHECK_FALSE(plan->was_signed);
+}
+
+TEST_CASE("cab: the signed cabinet has the digest it was signed over, and signing it again replaces the signature") {
+  Bytes f = tiny_cab();
+  auto plan = cab_plan(f);
+  REQUIRE(plan.ok());
+  Bytes d = cab_digest(*plan, f, HashAlg::sha256);
+  Bytes sig(13, 0x30);
+  Bytes s = written(*plan, f, sig);
+  CHECK(s.size() == 79 + 24 + 16);  // 13 bytes padded to 16
+  CHECK(u32at(s, 44) == 79 + 24);
+  CHECK(u32at(s, 48) == 16);
+  auto found = cab_signature(s);
+  REQUIRE(found.ok());
+  CHECK(found->size() == 16);
+  auto again = cab_plan(s);
+  REQUIRE_MESSAGE(again.ok(), again.error().message);
+  CHECK(again->was_signed);
+  CHECK(cab_digest(*again, s, HashAlg::sha256) == d);
+  Bytes s2 = written(*again, s, Bytes(40, 0x30));
+  CHECK(s2.size() == 79 + 24 + 40);
+  auto plan3 = cab_plan(s2);
+  REQUIRE(plan3.ok());
+  CHECK(cab_digest(*plan3, s2, HashAlg::sha256) == d);
+  CHECK(cab_signature(f)->empty());
+}
+
+TEST_CASE("cab: the digest covers the content and the offsets, not the signature's place") {
+  Bytes f = tiny_cab();
+  auto plan = cab_plan(f);
+  Bytes d = cab_digest(*plan, f, HashAlg::sha256);
+  Bytes g = f;
+  g.back() ^= 1;  // file content
+  CHECK(cab_digest(*cab_plan(g), g, HashAlg::sha256) != d);
+  g = f;
+  g[32] ^= 1;  // setID
+  CHECK(cab_digest(*cab_plan(g), g, HashAlg::sha256) != d);
+  g = f;
+  g[34] ^= 1;  // iCabinet: not covered
+  CHECK(cab_digest(*cab_plan(g), g, HashAlg::sha256) == d);
+}
+
+TEST_CASE("cab: hostile and unsupported cabinets are refused with the reason") {
+  Bytes f = tiny_cab();
+  auto why = [](Bytes b) {
+    auto p = cab_plan(b);
+    return p.ok() ? std::string("accepted") : p.error().message;
+  };
+  CHECK(why(Bytes(f.begin(), f.begin() + 20)).find("no MSCF header") != std::string::npos);
+  CHECK(why(Bytes(f.begin(), f.begin() + 60)).find("cbCabinet says") != std::string::npos);
+  Bytes g = f;
+  g[30] |= 1;
+  CHECK(why(g).find("continues another cabinet") != std::string::npos);
+  g = f;
+  g[26] = 0xff;  // 255 folders
+  CHECK(why(g).find("CFFOLDER entries run past the end") != std::string::npos);
+  g = f;
+  g[16] = 50;  // coffFiles
+  CHECK(why(g).find("coffFiles") != std::string::npos);
+  g = f;
+  g[36] = 0x70;  // folder coffCabStart beyond the file
+  CHECK(why(g).find("data offset is outside") != std::string::npos);
+  g = f;
+  g[30] |= 2;  // a next-cabinet name that never ends
+  std::fill(g.begin() + 36, g.end(), 'x');
+  CHECK(why(g).find("unterminated") != std::string::npos);
+  g = f;
+  g[30] |= 4;  // a reserve of another kind
+  CHECK(why(g).find("reserve") != std::string::npos);
+}
