@@ -46,5 +46,6 @@ Status run_sign_script(const Globals& g, const SignOptions& o);
 Status run_sign_cab(const Globals& g, const SignOptions& o);
 // Prints the report; returns the primary SignedData (for the chain check).
 Result<Bytes> run_verify_msi(const std::string& path);
+Result<Bytes> run_verify_cab(const std::string& path);
 
 }  // namespace p11relay::cli

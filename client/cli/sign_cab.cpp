@@ -1,7 +1,7 @@
 // `p11relay sign` for cabinet files (.cab): the cabinet digest is taken here over the cabinet as it will be
 // written (with the signature reserve inserted when it has none), only the signed attributes' digest goes to
 // the daemon, and the cabinet is written with its signature to a temp file beside the output, renamed into
-// place (common/authenticode/cab.h).
+// place (common/authenticode/cab.h). `p11relay verify` for cabinets too.
 #include "client/cli/authenticode.h"
 #include "client/cli/temp_output.h"
 
@@ -39,6 +39,20 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
             << (o.timestamp_url.empty() ? "" : ", timestamped") << (plan->was_signed ? ", signature replaced" : "")
             << ")\n";
   return {};
+}
+
+Result<Bytes> run_verify_cab(const std::string& path) {
+  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(path));
+  auto report = ac::verify_cab(in.data());
+  if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
+  const ac::SignatureReport& s = report->signatures.front();
+  std::cout << "signature (primary): OK\n"
+            << "  type:        cabinet\n"
+            << "  signer:      " << s.signer_subject << "\n"
+            << "  issuer:      " << s.signer_issuer << "\n"
+            << "  digest:      " << hash_info(s.alg).name << " " << to_hex(s.image_digest) << "\n"
+            << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
+  return std::move(report->cert_table);
 }
 
 }  // namespace p11relay::cli

@@ -155,4 +155,19 @@ Result<std::span<const uint8_t>> cab_signature(std::span<const uint8_t> f) {
   return f.subspan(r.first, r.second);
 }
 
+Result<VerifyReport> verify_cab(std::span<const uint8_t> file) {
+  ASSIGN_OR_RETURN(auto area, cab_signature(file));
+  if (area.empty()) return bad_request("the cabinet is not signed");
+  der::Reader r(area);  // the SignedData, then the zero padding to 8 bytes
+  ASSIGN_OR_RETURN(der::Tlv sd, r.next("the cabinet's signature"));
+  ASSIGN_OR_RETURN(CabPlan plan, cab_plan(file));
+  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(sd.whole));
+  if (cab_digest(plan, file, signer.alg) != signer.image_digest)
+    return bad_request("the cabinet's digest is not the one its signature carries (changed after signing)");
+  VerifyReport report;
+  report.signatures.push_back(std::move(signer));
+  report.cert_table.assign(sd.whole.begin(), sd.whole.end());
+  return report;
+}
+
 }  // namespace p11relay::authenticode

@@ -8,6 +8,7 @@
 // SpcLink. The whole file is never copied: the new head plus a span of the original.
 #pragma once
 
+#include "common/authenticode/verify.h"
 #include "common/bytes.h"
 #include "common/digest.h"
 #include "common/error.h"
@@ -39,7 +40,10 @@ Bytes cab_spc_indirect_data_content(HashAlg alg, std::span<const std::uint8_t> d
 // Writes the signature's offset and padded size into plan.head (not covered by the digest) and returns the
 // bytes that follow the tail: `signed_data` and its zero padding to a multiple of 8.
 Bytes cab_signature_area(CabPlan& plan, std::span<const std::uint8_t> signed_data);
-// The signature (DER) of a signed cabinet, empty when there is none. Its digest: cab_digest(cab_plan(file)).
+// The signature area of a signed cabinet (the DER SignedData and its padding), empty when there is none.
 Result<std::span<const std::uint8_t>> cab_signature(std::span<const std::uint8_t> file);
+// Checks a signed cabinet: its signature (verify_signer) and that the digest it carries is the cabinet's.
+// cert_table of the report holds the SignedData (for a chain check).
+Result<VerifyReport> verify_cab(std::span<const std::uint8_t> file);
 
 }  // namespace p11relay::authenticode

@@ -66,6 +66,10 @@ class Cabinets(CliTest):
                 self.assertIn(f"cabinet digest: {alg} ".encode(), p.stderr)
                 self.assertIn("Number of verified signatures: 1", self.verify(out, key))
                 self.extracts_the_same(out)
+                v = self.cli("verify", "--file", out, "--cafile", self.cert(key), config=False).stdout.decode()
+                self.assertIn("signature (primary): OK", v)
+                self.assertIn("type:        cabinet", v)
+                self.assertIn(f"digest:      {alg} ", v)
                 self.assertEqual(src.read_bytes(), before, "the input was modified")
                 data = out.read_bytes()
                 sig_at, sig_len = int.from_bytes(data[44:48], "little"), int.from_bytes(data[48:52], "little")
@@ -94,6 +98,8 @@ class Cabinets(CliTest):
         self.assertIn(b"signature replaced", p.stderr)
         self.assertIn("Number of verified signatures: 1", self.verify(again, "ec256"))
         self.extracts_the_same(again)
+        # p11relay verify reads a cabinet osslsigncode signed
+        self.assertIn(b"signature (primary): OK", self.cli("verify", "--file", theirs, config=False).stdout)
 
     def test_resign_in_place_replaces_the_signature_and_timestamps(self):
         f = self.tmp / "inplace.cab"
@@ -121,6 +127,11 @@ class Cabinets(CliTest):
         data[data.index(b"p11relay cabinet test")] ^= 0x20
         out.write_bytes(bytes(data))
         self.assertNotEqual(osslsigncode_verify(self, out, self.cert("rsa2048"), check=False)[0], 0)
+        p = self.cli("verify", "--file", out, config=False, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"changed after signing", p.stderr)
+        p = self.cli("verify", "--file", self.zipped, config=False, check=False)
+        self.assertIn(b"the cabinet is not signed", p.stderr)
         good = self.zipped.read_bytes()
         bad_reserve = bytearray(good)
         bad_reserve[30] |= 0x04   # claims a reserve the header does not have
