@@ -1,4 +1,4 @@
-// libFuzzer target: the cabinet check and plan (common/authenticode/cab.cpp). A crash or a sanitizer report is
+// libFuzzer target: the cabinet check, plan and verification (common/authenticode/cab.cpp). A crash or a sanitizer report is
 // a bug; hostile input must be an error. For a cabinet it accepts: the plan stays inside the file, the signed
 // cabinet it describes is accepted in turn with the same digest, and its signature is found where it was put.
 #include "common/authenticode/cab.h"
@@ -12,6 +12,7 @@ using namespace p11relay::authenticode;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::span<const uint8_t> in(data, size);
   (void)cab_signature(in);
+  (void)verify_cab(in);  // a signature area that is not a SignedData, or does not match: an error
   auto plan = cab_plan(in);
   if (!plan.ok()) return 0;
   if (plan->tail_from > plan->tail_to || plan->tail_to > in.size()) abort();
