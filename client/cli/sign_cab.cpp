@@ -45,13 +45,7 @@ Result<Bytes> run_verify_cab(const std::string& path) {
   ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(path));
   auto report = ac::verify_cab(in.data());
   if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
-  const ac::SignatureReport& s = report->signatures.front();
-  std::cout << "signature (primary): OK\n"
-            << "  type:        cabinet\n"
-            << "  signer:      " << s.signer_subject << "\n"
-            << "  issuer:      " << s.signer_issuer << "\n"
-            << "  digest:      " << hash_info(s.alg).name << " " << to_hex(s.image_digest) << "\n"
-            << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
+  print_signature(report->signatures.front(), "cabinet");
   return std::move(report->cert_table);
 }
 

@@ -55,6 +55,16 @@ Status only_plain_sign_options(const SignOptions& o, const char* what) {
   return {};
 }
 
+void print_signature(const ac::SignatureReport& s, const char* type) {
+  std::cout << (s.nesting == 0 ? "signature (primary)" : "signature (nested " + std::to_string(s.nesting) + ")")
+            << ": OK\n"
+            << "  type:        " << type << "\n"
+            << "  signer:      " << s.signer_subject << "\n"
+            << "  issuer:      " << s.signer_issuer << "\n"
+            << "  digest:      " << hash_info(s.alg).name << " " << to_hex(s.image_digest) << "\n"
+            << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
+}
+
 Status check_unchanged(const std::string& path, const struct stat& before) {
   struct stat now {};
   if (stat(path.c_str(), &now) != 0 || now.st_size != before.st_size || now.st_mtim.tv_sec != before.st_mtim.tv_sec ||
@@ -100,14 +110,7 @@ Result<Bytes> run_verify_msi(const std::string& path) {
   if (!file.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + file.error().message);
   auto report = ac::verify_msi(*file);
   if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
-  for (const auto& s : report->signatures)
-    std::cout << (s.nesting == 0 ? "signature (primary)" : "signature (nested " + std::to_string(s.nesting) + ")")
-              << ": OK\n"
-              << "  type:        MSI\n"
-              << "  signer:      " << s.signer_subject << "\n"
-              << "  issuer:      " << s.signer_issuer << "\n"
-              << "  digest:      " << hash_info(s.alg).name << " " << to_hex(s.image_digest) << "\n"
-              << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
+  for (const auto& s : report->signatures) print_signature(s, "MSI");
   return std::move(report->cert_table);
 }
 

@@ -87,6 +87,17 @@ class CliTest(unittest.TestCase):
                                  f"{p.stderr.decode(errors='replace')}")
         return p
 
+    def assert_sign_refused(self, cases, key="rsa2048"):
+        """Each (file name, bytes, why): `p11relay sign` exits 2 naming `why` and writes no output."""
+        for name, data, why in cases:
+            with self.subTest(name=name):
+                src, dst = self.tmp / name, self.tmp / ("never-" + name)
+                src.write_bytes(data)
+                p = self.cli("sign", "--key", key, "--file", src, "--output", dst, check=False)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(why, p.stderr)
+                self.assertFalse(dst.exists())
+
     def assert_one_line_error(self, p, code, *needles):
         self.assertEqual(p.returncode, code, p.stderr)
         err = p.stderr.decode()

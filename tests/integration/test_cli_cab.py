@@ -139,18 +139,11 @@ class Cabinets(CliTest):
         cb[8:12] = (len(good) + 5).to_bytes(4, "little")
         prev = bytearray(good)
         prev[30] |= 0x01
-        for name, blob, why in (("short.cab", good[:30], b"no MSCF header"),
-                                ("truncated.cab", good[:len(good) // 2], b"cbCabinet says"),
-                                ("reserve.cab", bytes(bad_reserve), b"not a signature reserve"),
-                                ("cbcabinet.cab", bytes(cb), b"cbCabinet says"),
-                                ("prev.cab", bytes(prev), b"continues another cabinet")):
-            with self.subTest(name=name):
-                src, dst = self.tmp / name, self.tmp / ("never-" + name)
-                src.write_bytes(blob)
-                p = self.cli("sign", "--key", "rsa2048", "--file", src, "--output", dst, check=False)
-                self.assertEqual(p.returncode, 2, p.stderr)
-                self.assertIn(why, p.stderr)
-                self.assertFalse(dst.exists())
+        self.assert_sign_refused((("short.cab", good[:30], b"no MSCF header"),
+                                  ("truncated.cab", good[:len(good) // 2], b"cbCabinet says"),
+                                  ("reserve.cab", bytes(bad_reserve), b"not a signature reserve"),
+                                  ("cbcabinet.cab", bytes(cb), b"cbCabinet says"),
+                                  ("prev.cab", bytes(prev), b"continues another cabinet")))
         p = self.cli("sign", "--key", "rsa2048", "--file", self.zipped, "--output", self.tmp / "x.cab", "--append",
                      check=False)
         self.assertIn(b"not supported for cabinets yet", p.stderr)
