@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 
 namespace p11relay::authenticode {
 
@@ -34,9 +35,18 @@ void put32(Bytes& b, size_t at, uint32_t v) {
   for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
+// The planned head's part of the digest: MSCF (not reserved1), cbCabinet .. setID (not iCabinet, the reserve
+// sizes, the tag, the signature's offset and size), then from the reserve's last 4 bytes on.
+void hash_head(Hasher& h, std::span<const uint8_t> head) {
+  h.update(head.first(4));
+  h.update(head.subspan(8, 34 - 8));
+  h.update(head.subspan(56));
+}
+
 Error cab_error(const std::string& what) { return bad_request("not a cabinet p11relay can sign: " + what); }
 
-// The signature reserve of a cabinet that has one: its offset and size (0, 0 when unsigned), checked.
+// The signature reserve of a cabinet that has one: its offset and size (0, 0 when unsigned), checked
+// against the header; whether they end the file is cab_check_size's.
 Result<std::pair<uint32_t, uint32_t>> signature_reserve(std::span<const uint8_t> f) {
   if (f.size() < kReserveEnd) return cab_error("the file ends inside the CFHEADER");
   if (u32(f, kReserveSizes) != 20)
@@ -46,9 +56,9 @@ Result<std::pair<uint32_t, uint32_t>> signature_reserve(std::span<const uint8_t>
   if (u32(f, kReserveTag) != 0x00100000) return cab_error("its 20-byte reserve is not a signature reserve");
   const uint32_t pos = u32(f, kSigPos), len = u32(f, kSigLen);
   if ((pos == 0) != (len == 0)) return cab_error("the signature offset and size disagree");
-  if (pos != 0 && (pos > f.size() || f.size() - pos != len))
-    return cab_error("the signature area (offset " + std::to_string(pos) + ", " + std::to_string(len) +
-                     " bytes) does not end the file");
+  if (pos != 0 && pos != u32(f, kCbCabinet))
+    return cab_error("the signature does not follow the cabinet (offset " + std::to_string(pos) + ", cbCabinet " +
+                     std::to_string(u32(f, kCbCabinet)) + ")");
   return std::pair{pos, len};
 }
 
@@ -71,44 +81,50 @@ bool is_cab(std::span<const uint8_t> head) {
   return head.size() >= 8 && std::memcmp(head.data(), "MSCF", 4) == 0 && u32(head, 4) == 0;
 }
 
-Result<CabPlan> cab_plan(std::span<const uint8_t> f) {
-  if (f.size() < kFixedEnd || !is_cab(f)) return cab_error("no MSCF header");
-  if (f.size() > std::numeric_limits<uint32_t>::max() - kInsert) return cab_error("larger than 4 GiB");
+Result<std::optional<size_t>> cab_head_size(std::span<const uint8_t> prefix) {
+  if (prefix.size() < kFixedEnd) return std::optional<size_t>{};
+  if (!is_cab(prefix)) return cab_error("no MSCF header");
+  const size_t coff_files = u32(prefix, kCoffFiles);
+  constexpr size_t kMaxHead = kReserveEnd + 2 * kMaxName + kFolderSize * 65535;
+  if (coff_files < kFixedEnd || coff_files > kMaxHead) return cab_error("coffFiles does not follow the CFFOLDER entries");
+  return std::optional<size_t>{coff_files};
+}
+
+Result<CabPlan> cab_plan_head(std::span<const uint8_t> f) {
+  ASSIGN_OR_RETURN(auto need, cab_head_size(f));
+  if (!need || f.size() < *need) return cab_error("the file ends inside its header");
   const uint16_t flags = u16(f, kFlags);
   if (flags & kPrevCabinet) return cab_error("it continues another cabinet (multi-volume sets are not supported)");
   const bool reserve = flags & kReservePresent;
-  uint32_t sigpos = 0;
+  uint32_t sigpos = 0, siglen = 0;
   if (reserve) {
     ASSIGN_OR_RETURN(auto r, signature_reserve(f));
-    sigpos = r.first;
+    std::tie(sigpos, siglen) = r;
   }
-  const size_t data_end = sigpos ? sigpos : f.size();
-  if (u32(f, kCbCabinet) != data_end)
-    return cab_error("cbCabinet says " + std::to_string(u32(f, kCbCabinet)) + " bytes, the cabinet has " +
-                     std::to_string(data_end));
-  ASSIGN_OR_RETURN(size_t folders_at, skip_names(f, reserve ? kReserveEnd : kFixedEnd, data_end, flags));
+  const size_t data_end = u32(f, kCbCabinet);  // believed here, checked by cab_check_size
+  if (data_end > std::numeric_limits<uint32_t>::max() - kInsert) return cab_error("larger than 4 GiB");
+  ASSIGN_OR_RETURN(size_t folders_at, skip_names(f, reserve ? kReserveEnd : kFixedEnd, *need, flags));
   const size_t folders_end = folders_at + kFolderSize * u16(f, kCFolders);
+  if (folders_end != *need) return cab_error("coffFiles does not follow the CFFOLDER entries");
   if (folders_end > data_end) return cab_error("its CFFOLDER entries run past the end");
-  if (u32(f, kCoffFiles) != folders_end) return cab_error("coffFiles does not follow the CFFOLDER entries");
 
   CabPlan plan;
   plan.was_signed = sigpos != 0;
+  plan.old_sig_end = static_cast<uint64_t>(sigpos) + siglen;
   plan.tail_from = folders_end;
   plan.tail_to = data_end;
   const size_t shift = reserve ? 0 : kInsert;
   plan.head.assign(f.begin(), f.begin() + static_cast<ptrdiff_t>(kFixedEnd));
-  if (reserve) {
-    plan.head.insert(plan.head.end(), f.begin() + kFixedEnd, f.begin() + static_cast<ptrdiff_t>(folders_end));
-  } else {
+  if (!reserve) {
     static const uint8_t kReserve[kInsert] = {0x14, 0, 0, 0, 0, 0, 0x10, 0};  // sizes 20/0/0, tag; rest 0
     plan.head.insert(plan.head.end(), std::begin(kReserve), std::end(kReserve));
-    plan.head.insert(plan.head.end(), f.begin() + kFixedEnd, f.begin() + static_cast<ptrdiff_t>(folders_end));
     put16(plan.head, kFlags, static_cast<uint16_t>(flags | kReservePresent));
     put32(plan.head, kCoffFiles, static_cast<uint32_t>(folders_end + shift));
   }
+  plan.head.insert(plan.head.end(), f.begin() + kFixedEnd, f.begin() + static_cast<ptrdiff_t>(folders_end));
   for (size_t at = folders_at + shift; at < folders_end + shift; at += kFolderSize) {
     const uint32_t start = u32(plan.head, at);
-    if (start < u32(f, kCoffFiles) || start > data_end) return cab_error("a CFFOLDER's data offset is outside the file");
+    if (start < folders_end || start > data_end) return cab_error("a CFFOLDER's data offset is outside the file");
     put32(plan.head, at, static_cast<uint32_t>(start + shift));
   }
   put32(plan.head, kCbCabinet, static_cast<uint32_t>(plan.signed_size()));
@@ -117,12 +133,57 @@ Result<CabPlan> cab_plan(std::span<const uint8_t> f) {
   return plan;
 }
 
+Status cab_check_size(const CabPlan& plan, uint64_t file_size) {
+  const uint64_t end = plan.was_signed ? plan.old_sig_end : plan.tail_to;
+  if (file_size != end)
+    return cab_error(plan.was_signed ? "the signature area does not end the file"
+                                     : "cbCabinet says " + std::to_string(plan.tail_to) + " bytes, the cabinet has " +
+                                           std::to_string(file_size));
+  return {};
+}
+
+Result<CabPlan> cab_plan(std::span<const uint8_t> f) {
+  if (f.size() < kFixedEnd || !is_cab(f)) return cab_error("no MSCF header");
+  ASSIGN_OR_RETURN(auto need, cab_head_size(f));
+  if (*need > f.size() || u32(f, kCbCabinet) > f.size())
+    return cab_error("cbCabinet says " + std::to_string(u32(f, kCbCabinet)) + " bytes, the cabinet has " +
+                     std::to_string(f.size()));
+  ASSIGN_OR_RETURN(CabPlan plan, cab_plan_head(f));
+  RETURN_IF_ERROR(cab_check_size(plan, f.size()));
+  return plan;
+}
+
+Status CabDigester::update(std::span<const uint8_t> chunk) {
+  while (!plan_ && !chunk.empty()) {  // the head: the fixed header, then up to coffFiles
+    ASSIGN_OR_RETURN(auto need, cab_head_size(head_));
+    const size_t take = std::min(chunk.size(), (need ? *need : kFixedEnd) - head_.size());
+    head_.insert(head_.end(), chunk.begin(), chunk.begin() + static_cast<ptrdiff_t>(take));
+    chunk = chunk.subspan(take);
+    seen_ += take;
+    ASSIGN_OR_RETURN(need, cab_head_size(head_));
+    if (!need || head_.size() < *need) continue;
+    ASSIGN_OR_RETURN(CabPlan plan, cab_plan_head(head_));
+    plan_ = std::move(plan);
+    hasher_.emplace(alg_);
+    hash_head(*hasher_, plan_->head);
+  }
+  // The tail is file[tail_from, tail_to); what follows it (an old signature) is not hashed.
+  const uint64_t at = seen_;
+  seen_ += chunk.size();
+  if (!chunk.empty() && at < plan_->tail_to)
+    hasher_->update(chunk.first(static_cast<size_t>(std::min<uint64_t>(chunk.size(), plan_->tail_to - at))));
+  return {};
+}
+
+Result<std::pair<CabPlan, Bytes>> CabDigester::finish() {
+  if (!plan_) return cab_error(head_.size() < kFixedEnd ? "no MSCF header" : "the file ends inside its header");
+  RETURN_IF_ERROR(cab_check_size(*plan_, seen_));
+  return std::pair{std::move(*plan_), hasher_->finish()};
+}
+
 Bytes cab_digest(const CabPlan& plan, std::span<const uint8_t> file, HashAlg alg) {
   Hasher h(alg);
-  std::span<const uint8_t> head(plan.head);
-  h.update(head.first(4));                      // MSCF; not reserved1
-  h.update(head.subspan(8, 34 - 8));            // cbCabinet .. setID; not iCabinet, the reserve sizes,
-  h.update(head.subspan(56));                   // the tag, offset and size; the reserve's last 4 bytes on
+  hash_head(h, plan.head);
   h.update(file.subspan(plan.tail_from, plan.tail_to - plan.tail_from));
   return h.finish();
 }
@@ -146,6 +207,14 @@ Bytes cab_signature_area(CabPlan& plan, std::span<const uint8_t> signed_data) {
   put32(plan.head, kSigPos, static_cast<uint32_t>(plan.signed_size()));
   put32(plan.head, kSigLen, static_cast<uint32_t>(out.size()));
   return out;
+}
+
+binpatch::Patch cab_patch(CabPlan plan, uint64_t file_size, std::span<const uint8_t> signed_data) {
+  Bytes area = cab_signature_area(plan, signed_data);
+  binpatch::Patch p;
+  p.records.push_back({0, plan.tail_from, std::move(plan.head)});
+  p.records.push_back({plan.tail_to, file_size - plan.tail_to, std::move(area)});
+  return p;
 }
 
 Result<std::span<const uint8_t>> cab_signature(std::span<const uint8_t> f) {

@@ -124,7 +124,10 @@ TEST_CASE("cab: hostile and unsupported cabinets are refused with the reason") {
   g[30] |= 1;
   CHECK(why(g).find("continues another cabinet") != std::string::npos);
   g = f;
-  g[26] = 0xff;  // 255 folders
+  g[26] = 0xff;  // 255 folders: they would end past coffFiles
+  CHECK(why(g).find("coffFiles does not follow") != std::string::npos);
+  g = f;
+  g[8] = 40;  // cbCabinet ends inside the CFFOLDER entries
   CHECK(why(g).find("CFFOLDER entries run past the end") != std::string::npos);
   g = f;
   g[16] = 50;  // coffFiles
@@ -139,4 +142,35 @@ TEST_CASE("cab: hostile and unsupported cabinets are refused with the reason") {
   g = f;
   g[30] |= 4;  // a reserve of another kind
   CHECK(why(g).find("reserve") != std::string::npos);
+}
+
+TEST_CASE("cab: streamed in any chunk size, the digest and plan are the file's; an early end is an error") {
+  Bytes f = tiny_cab();
+  auto plan = cab_plan(f);
+  REQUIRE(plan.ok());
+  Bytes whole = cab_digest(*plan, f, HashAlg::sha256);
+  Bytes sig(13, 0x30);
+  Bytes s = written(*plan, f, sig);  // a signed one: the old signature is not hashed
+  for (const Bytes* in : {&f, &s}) {
+    for (size_t step : {1, 3, 7, 36, 44, 1000}) {
+      CabDigester d(HashAlg::sha256);
+      for (size_t at = 0; at < in->size(); at += step)
+        REQUIRE(d.update(std::span<const uint8_t>(*in).subspan(at, std::min(step, in->size() - at))).ok());
+      auto r = d.finish();
+      REQUIRE_MESSAGE(r.ok(), r.error().message);
+      CHECK(r->second == whole);
+      CHECK(r->first.head == cab_plan(*in)->head);
+      CHECK(d.bytes_seen() == in->size());
+    }
+  }
+  CabDigester cut(HashAlg::sha256);
+  REQUIRE(cut.update(std::span<const uint8_t>(f).first(60)).ok());
+  auto early = cut.finish();
+  REQUIRE_FALSE(early.ok());
+  CHECK(early.error().message.find("cbCabinet says 79") != std::string::npos);
+  CabDigester head(HashAlg::sha256);
+  REQUIRE(head.update(std::span<const uint8_t>(f).first(40)).ok());
+  CHECK(head.finish().error().message.find("ends inside its header") != std::string::npos);
+  CabDigester junk(HashAlg::sha256);
+  CHECK_FALSE(junk.update(Bytes(64, 'x')).ok());
 }

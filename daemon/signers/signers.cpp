@@ -4,10 +4,12 @@ namespace p11relay::daemon {
 
 void register_pecoff(Service& svc);
 void register_msi(Service& svc);
+void register_cab(Service& svc);
 
 void register_signers(Service& svc) {
   register_pecoff(svc);
   register_msi(svc);
+  register_cab(svc);
 }
 
 bool relic_flag(const SignerContext& c, const std::string& name) {

@@ -115,3 +115,16 @@ def sign_msi(daemon: "harness.Daemon", key: str, upload: bytes, *, filename="set
         q["no-extended-sig"] = "true"
     q.update(params or {})
     return post_sign(daemon, q, upload, encoding=encoding)
+
+
+def sign_cab(daemon: "harness.Daemon", key: str, cab: bytes, *, filename="driver.cab", digest="SHA-256",
+             encoding=None, params=None):
+    """`relic remote sign -T cab`: uploads the whole cabinet; the answer is a binary patch.
+    Returns (status, headers, body, signed_cabinet_or_None)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "cab"}
+    q.update(params or {})
+    status, h, data = post_sign(daemon, q, cab, encoding=encoding)
+    signed = None
+    if status == 200 and h.get("content-type") == "application/x-binary-patch":
+        signed = apply_binpatch(cab, data)
+    return status, h, data, signed
