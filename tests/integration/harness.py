@@ -239,6 +239,32 @@ class Tsa:
         self.proc.stdout.close()
 
 
+class TsaDaemonTest(DaemonTest):
+    """A daemon per class with a local TSA (cls.tsa) as its timestamp.urls and server-side timestamps on
+    rsa2048 (relic's signers); a subclass changes the config in configure(cfg) before the start."""
+    start_daemon = False
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tsa = Tsa(cls.tmp)
+        cfg = cls.st.daemon_config()
+        cfg["timestamp"] = {"urls": [cls.tsa.url], "timeout": 10, "cacert": str(cls.tsa.ca)}
+        cfg["keys"]["rsa2048"]["timestamp"] = True
+        cls.configure(cfg)
+        cls.st.write_config(config=cfg)
+        cls.daemon.start()
+
+    @classmethod
+    def configure(cls, cfg: dict) -> None:
+        pass
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tsa.stop()
+        super().tearDownClass()
+
+
 def remove_tmp(tmp: Path) -> None:
     """Deletes a test's temp dir, unless P11RELAY_KEEP_TMP asks to keep it for a post-mortem."""
     if os.environ.get("P11RELAY_KEEP_TMP"):

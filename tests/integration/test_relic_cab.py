@@ -11,7 +11,6 @@ import unittest
 
 import harness
 import relic_client
-from harness import DaemonTest
 from test_cli import osslsigncode_verify
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
@@ -19,18 +18,10 @@ GCAB = shutil.which("gcab")
 
 
 @unittest.skipUnless(OSSLSIGNCODE and GCAB, "osslsigncode or gcab not installed")
-class RelicCab(DaemonTest):
-    start_daemon = False
-
+class RelicCab(harness.TsaDaemonTest):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tsa = harness.Tsa(cls.tmp)
-        cfg = cls.st.daemon_config()
-        cfg["timestamp"] = {"urls": [cls.tsa.url], "timeout": 10, "cacert": str(cls.tsa.ca)}
-        cfg["keys"]["rsa2048"]["timestamp"] = True
-        cls.st.write_config(config=cfg)
-        cls.daemon.start()
         src = cls.tmp / "payload"
         src.mkdir()
         cls.files = {"readme.txt": b"relic cabinet\r\n" * 40, "data.bin": os.urandom(150_000)}
@@ -39,11 +30,6 @@ class RelicCab(DaemonTest):
         cab = cls.tmp / "driver.cab"
         subprocess.run([GCAB, "-cz", str(cab), *sorted(cls.files)], cwd=src, check=True, timeout=60)
         cls.cab = cab.read_bytes()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tsa.stop()
-        super().tearDownClass()
 
     def check(self, name: str, signed: bytes, key: str) -> str:
         out = self.tmp / f"{name}.cab"

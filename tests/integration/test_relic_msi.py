@@ -12,32 +12,18 @@ import unittest
 import harness
 import msi_tar
 import relic_client
-from harness import DaemonTest
 from test_cli_msi import build_msi, WIXL
 
 OSSLSIGNCODE = shutil.which("osslsigncode")
 
 
 @unittest.skipUnless(OSSLSIGNCODE and WIXL, "osslsigncode or wixl not installed")
-class RelicMsi(DaemonTest):
-    start_daemon = False
-
+class RelicMsi(harness.TsaDaemonTest):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.tsa = harness.Tsa(cls.tmp)
-        cfg = cls.st.daemon_config()
-        cfg["timestamp"] = {"urls": [cls.tsa.url], "timeout": 10, "cacert": str(cls.tsa.ca)}
-        cfg["keys"]["rsa2048"]["timestamp"] = True
-        cls.st.write_config(config=cfg)
-        cls.daemon.start()
         cls.msi = build_msi(cls.tmp / "msi")
         cls.upload = msi_tar.msi_to_tar(cls.msi.read_bytes())
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tsa.stop()
-        super().tearDownClass()
 
     def attach_and_verify(self, name: str, sig: bytes, key: str, extended: bool) -> str:
         """osslsigncode puts the signature into the MSI and checks it: the digest it computes from the file must

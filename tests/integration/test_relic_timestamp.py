@@ -10,25 +10,19 @@ import unittest
 
 import harness
 import relic_client
-from harness import DaemonTest
 from test_relic_pecoff import osslsigncode_verify, tiny_pe
 
 
 @unittest.skipUnless(shutil.which("osslsigncode"), "osslsigncode not installed")
-class RelicTimestamps(DaemonTest):
-    start_daemon = False
-
+class RelicTimestamps(harness.TsaDaemonTest):
     @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.tsa = harness.Tsa(cls.tmp)
+    def configure(cls, cfg):
         # A TSA that accepts the connection and never answers: only the timeout ends the wait.
         cls.silent = socket.socket()
         cls.silent.bind(("127.0.0.1", 0))
         cls.silent.listen(8)
         cls.silent_url = f"http://127.0.0.1:{cls.silent.getsockname()[1]}/"
         cls.closed_url = f"http://127.0.0.1:{harness.free_port()}/"
-        cfg = cls.st.daemon_config()
         cfg["timestamp"] = {
             # the first TSA refuses the connection: every signature fails over to the second
             "urls": [cls.closed_url, cls.tsa.url],
@@ -36,15 +30,15 @@ class RelicTimestamps(DaemonTest):
             "timeout": 2,
             "cacert": str(cls.tsa.ca),
         }
-        cfg["keys"]["rsa2048"]["timestamp"] = True
         cfg["keys"]["ec256"]["timestamper"] = "dead"
-        cls.st.write_config(config=cfg)
-        cls.daemon.start()
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
         cls.pe = tiny_pe(cls.tmp, "x86_64")
 
     @classmethod
     def tearDownClass(cls):
-        cls.tsa.stop()
         cls.silent.close()
         super().tearDownClass()
 
