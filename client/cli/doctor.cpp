@@ -53,18 +53,11 @@ std::string explain_api(const Error& e, const std::string& fp) {
              ":\n           nickname: …\n           roles: [signers]\n       under `clients:` in p11relayd.yml and reload the daemon";
     case ErrorCode::forbidden:
       return "the daemon refused: the key does not exist or has no role in common with this client (" + e.message + ")";
-    case ErrorCode::unavailable:
-    case ErrorCode::token_not_present:
-      return "the token is not available on the daemon (unplugged, being re-opened, or busy): " + e.message;
-    case ErrorCode::timeout:
-      return "the token did not answer in time: " + e.message;
     case ErrorCode::device_error:
       return "the token refused the operation: " + e.message;
     case ErrorCode::mechanism_invalid:
       return "the key does not allow this mechanism: " + e.message;
-    case ErrorCode::network:
-      return "the connection failed: " + e.message;
-    default:
+    default:  // the classes every command reports: one wording (cli.cpp describe)
       return describe(e);
   }
 }

@@ -166,7 +166,7 @@ class TokenUnavailable(CliErrorTest):
             self.assertNotIn(b"wrongpin-5521", p.stderr)
         p = self.cli("doctor")
         self.assertEqual(p.returncode, 7, p.stdout)
-        self.assertIn(b"token is not available on the daemon", p.stdout)
+        self.assertIn(b"token is not available", p.stdout)
 
 
 if __name__ == "__main__":
