@@ -34,6 +34,8 @@ std::optional<HashAlg> hash_by_oid_content(ByteSpan content) {
 
 namespace {
 
+P11R_OSSL_PTR(ECDSA_SIG, ECDSA_SIG_free);
+
 Bytes hash_alg_id(HashAlg alg) { return der::seq({der::oid(hash_oid(alg)), der::null()}); }
 
 // SpcPeImagePageHashes class id of the SpcSerializedObject moniker (§9.3).
@@ -133,34 +135,27 @@ Result<Bytes> ecdsa_raw_to_der(ByteSpan raw) {
   if (raw.empty() || raw.size() % 2 != 0 || raw.size() > 2 * 66)
     return bad_request("raw ECDSA signature must be r||s of equal halves");
   const size_t half = raw.size() / 2;
-  ECDSA_SIG* sig = ECDSA_SIG_new();
-  BIGNUM* r = BN_bin2bn(raw.data(), static_cast<int>(half), nullptr);
-  BIGNUM* s = BN_bin2bn(raw.data() + half, static_cast<int>(half), nullptr);
-  if (!sig || !r || !s || ECDSA_SIG_set0(sig, r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(sig);
+  ECDSA_SIG_ptr sig(ECDSA_SIG_new());
+  BIGNUM_ptr r(BN_bin2bn(raw.data(), static_cast<int>(half), nullptr));
+  BIGNUM_ptr s(BN_bin2bn(raw.data() + half, static_cast<int>(half), nullptr));
+  if (!sig || !r || !s || ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1)
     return internal_error("ECDSA_SIG: " + openssl_error_string());
-  }
-  Bytes out = i2d_bytes([&](unsigned char** p) { return i2d_ECDSA_SIG(sig, p); });
-  ECDSA_SIG_free(sig);
+  (void)r.release();  // owned by sig now
+  (void)s.release();
+  Bytes out = i2d_bytes([&](unsigned char** p) { return i2d_ECDSA_SIG(sig.get(), p); });
   if (out.empty()) return internal_error("i2d_ECDSA_SIG failed");
   return out;
 }
 
 Result<Bytes> ecdsa_der_to_raw(ByteSpan der_sig, size_t half) {
   const unsigned char* p = der_sig.data();
-  ECDSA_SIG* sig = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_sig.size()));
-  if (!sig || p != der_sig.data() + der_sig.size()) {
-    ECDSA_SIG_free(sig);
-    return bad_request("not a DER ECDSA signature");
-  }
+  ECDSA_SIG_ptr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_sig.size())));
+  if (!sig || p != der_sig.data() + der_sig.size()) return bad_request("not a DER ECDSA signature");
   Bytes out(2 * half);
-  const BIGNUM* r = ECDSA_SIG_get0_r(sig);
-  const BIGNUM* s = ECDSA_SIG_get0_s(sig);
+  const BIGNUM* r = ECDSA_SIG_get0_r(sig.get());
+  const BIGNUM* s = ECDSA_SIG_get0_s(sig.get());
   bool ok = BN_bn2binpad(r, out.data(), static_cast<int>(half)) >= 0 &&
             BN_bn2binpad(s, out.data() + half, static_cast<int>(half)) >= 0;
-  ECDSA_SIG_free(sig);
   if (!ok) return bad_request("ECDSA signature value larger than the field size");
   return out;
 }

@@ -27,29 +27,31 @@ namespace p11relay::authenticode {
 
 namespace {
 
-struct TsReqDeleter { void operator()(TS_REQ* p) const noexcept { TS_REQ_free(p); } };
-struct TsRespDeleter { void operator()(TS_RESP* p) const noexcept { TS_RESP_free(p); } };
-struct TsVerifyDeleter { void operator()(TS_VERIFY_CTX* p) const noexcept { TS_VERIFY_CTX_free(p); } };
-struct Pkcs7Deleter { void operator()(PKCS7* p) const noexcept { PKCS7_free(p); } };
+P11R_OSSL_PTR(TS_REQ, TS_REQ_free);
+P11R_OSSL_PTR(TS_RESP, TS_RESP_free);
+P11R_OSSL_PTR(TS_VERIFY_CTX, TS_VERIFY_CTX_free);
+P11R_OSSL_PTR(TS_MSG_IMPRINT, TS_MSG_IMPRINT_free);
+P11R_OSSL_PTR(TS_TST_INFO, TS_TST_INFO_free);
+P11R_OSSL_PTR(X509_ALGOR, X509_ALGOR_free);
+P11R_OSSL_PTR(ASN1_INTEGER, ASN1_INTEGER_free);
+struct X509_view_stack_deleter {  // a stack that does not own its certificates (PKCS7_get0_signers)
+  void operator()(STACK_OF(X509) * s) const noexcept { sk_X509_free(s); }
+};
 
-Result<std::unique_ptr<TS_REQ, TsReqDeleter>> build_req(HashAlg alg, std::span<const uint8_t> message,
-                                                        std::span<const uint8_t> nonce) {
-  std::unique_ptr<TS_REQ, TsReqDeleter> req(TS_REQ_new());
-  TS_MSG_IMPRINT* imprint = TS_MSG_IMPRINT_new();
-  X509_ALGOR* algor = X509_ALGOR_new();
-  ASN1_INTEGER* n = nullptr;
-  BIGNUM* bn = BN_bin2bn(nonce.data(), static_cast<int>(nonce.size()), nullptr);
+// The setters copy what they are given (TS_REQ_set_msg_imprint, _set_nonce, TS_MSG_IMPRINT_set_algo).
+Result<TS_REQ_ptr> build_req(HashAlg alg, std::span<const uint8_t> message, std::span<const uint8_t> nonce) {
+  TS_REQ_ptr req(TS_REQ_new());
+  TS_MSG_IMPRINT_ptr imprint(TS_MSG_IMPRINT_new());
+  X509_ALGOR_ptr algor(X509_ALGOR_new());
+  BIGNUM_ptr bn(BN_bin2bn(nonce.data(), static_cast<int>(nonce.size()), nullptr));
+  ASN1_INTEGER_ptr n(bn ? BN_to_ASN1_INTEGER(bn.get(), nullptr) : nullptr);
   Bytes digest = hash(alg, message);
-  bool ok = req && imprint && algor && bn && TS_REQ_set_version(req.get(), 1) == 1 &&
-            X509_ALGOR_set0(algor, OBJ_nid2obj(EVP_MD_get_type(evp_md(alg))), V_ASN1_NULL, nullptr) == 1 &&
-            TS_MSG_IMPRINT_set_algo(imprint, algor) == 1 &&
-            TS_MSG_IMPRINT_set_msg(imprint, digest.data(), static_cast<int>(digest.size())) == 1 &&
-            TS_REQ_set_msg_imprint(req.get(), imprint) == 1 && (n = BN_to_ASN1_INTEGER(bn, nullptr)) != nullptr &&
-            TS_REQ_set_nonce(req.get(), n) == 1 && TS_REQ_set_cert_req(req.get(), 1) == 1;
-  ASN1_INTEGER_free(n);
-  BN_free(bn);
-  X509_ALGOR_free(algor);
-  TS_MSG_IMPRINT_free(imprint);
+  bool ok = req && imprint && algor && n && TS_REQ_set_version(req.get(), 1) == 1 &&
+            X509_ALGOR_set0(algor.get(), OBJ_nid2obj(EVP_MD_get_type(evp_md(alg))), V_ASN1_NULL, nullptr) == 1 &&
+            TS_MSG_IMPRINT_set_algo(imprint.get(), algor.get()) == 1 &&
+            TS_MSG_IMPRINT_set_msg(imprint.get(), digest.data(), static_cast<int>(digest.size())) == 1 &&
+            TS_REQ_set_msg_imprint(req.get(), imprint.get()) == 1 && TS_REQ_set_nonce(req.get(), n.get()) == 1 &&
+            TS_REQ_set_cert_req(req.get(), 1) == 1;
   if (!ok) return internal_error("building TimeStampReq: " + openssl_error_string());
   return req;
 }
@@ -198,16 +200,16 @@ Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uin
   ASSIGN_OR_RETURN(auto req, build_req(alg, message, r.nonce));
   unsigned char* p = nullptr;
   int n = i2d_TS_REQ(req.get(), &p);
+  OpenSSL_buffer<unsigned char> owned(p);
   if (n <= 0) return internal_error("encoding TimeStampReq: " + openssl_error_string());
   r.der.assign(p, p + n);
-  OPENSSL_free(p);
   return r;
 }
 
 Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const TimestampRequest& request,
                                        const TimestampOptions& options) {
   const unsigned char* p = response.data();
-  std::unique_ptr<TS_RESP, TsRespDeleter> resp(d2i_TS_RESP(nullptr, &p, static_cast<long>(response.size())));
+  TS_RESP_ptr resp(d2i_TS_RESP(nullptr, &p, static_cast<long>(response.size())));
   if (!resp || p != response.data() + response.size()) {
     openssl_error_string();
     return Error(ErrorCode::device_error, "timestamp server sent something that is not a TimeStampResp");
@@ -221,18 +223,16 @@ Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const 
 
   // Imprint, nonce and version through OpenSSL's TS verifier, built from our own request.
   const unsigned char* rp = request.der.data();
-  std::unique_ptr<TS_REQ, TsReqDeleter> req(d2i_TS_REQ(nullptr, &rp, static_cast<long>(request.der.size())));
+  TS_REQ_ptr req(d2i_TS_REQ(nullptr, &rp, static_cast<long>(request.der.size())));
   if (!req) return internal_error("re-reading our TimeStampReq failed");
-  std::unique_ptr<TS_VERIFY_CTX, TsVerifyDeleter> vctx(TS_REQ_to_TS_VERIFY_CTX(req.get(), nullptr));
+  TS_VERIFY_CTX_ptr vctx(TS_REQ_to_TS_VERIFY_CTX(req.get(), nullptr));
   if (!vctx) return internal_error("TS_VERIFY_CTX: " + openssl_error_string());
   int flags = TS_VFY_VERSION | TS_VFY_IMPRINT | TS_VFY_NONCE;
   if (!options.ca_file.empty()) {
-    X509_STORE* store = X509_STORE_new();
-    if (!store || X509_STORE_load_file(store, options.ca_file.c_str()) != 1) {
-      X509_STORE_free(store);
+    X509_STORE_ptr store(X509_STORE_new());
+    if (!store || X509_STORE_load_file(store.get(), options.ca_file.c_str()) != 1)
       return config_error("cannot load timestamp CA file " + options.ca_file + ": " + openssl_error_string());
-    }
-    TS_VERIFY_CTX_set_store(vctx.get(), store);  // takes ownership
+    TS_VERIFY_CTX_set_store(vctx.get(), store.release());  // takes ownership
     flags |= TS_VFY_SIGNATURE;
   }
   TS_VERIFY_CTX_set_flags(vctx.get(), flags);
@@ -246,10 +246,9 @@ Result<Bytes> check_timestamp_response(std::span<const uint8_t> response, const 
   }
   unsigned char* out = nullptr;
   int n = i2d_PKCS7(token, &out);
+  OpenSSL_buffer<unsigned char> owned(out);
   if (n <= 0) return internal_error("encoding timestamp token: " + openssl_error_string());
-  Bytes der(out, out + n);
-  OPENSSL_free(out);
-  return der;
+  return Bytes(out, out + n);
 }
 
 namespace {
@@ -266,15 +265,12 @@ std::string rfc3339(const ASN1_GENERALIZEDTIME* t) {
 // Signer subject and genTime of a token that check_timestamp_response accepted.
 void describe_token(std::span<const uint8_t> token_der, TimestampInfo& info) {
   const unsigned char* p = token_der.data();
-  std::unique_ptr<PKCS7, Pkcs7Deleter> token(d2i_PKCS7(nullptr, &p, static_cast<long>(token_der.size())));
+  PKCS7_ptr token(d2i_PKCS7(nullptr, &p, static_cast<long>(token_der.size())));
   if (!token) return;
-  if (TS_TST_INFO* tst = PKCS7_to_TS_TST_INFO(token.get())) {
-    info.gen_time = rfc3339(TS_TST_INFO_get_time(tst));
-    TS_TST_INFO_free(tst);
-  }
-  STACK_OF(X509)* signers = PKCS7_get0_signers(token.get(), nullptr, 0);
-  if (signers && sk_X509_num(signers) > 0) info.tsa_subject = name_rfc2253(X509_get_subject_name(sk_X509_value(signers, 0)));
-  sk_X509_free(signers);
+  if (TS_TST_INFO_ptr tst{PKCS7_to_TS_TST_INFO(token.get())}) info.gen_time = rfc3339(TS_TST_INFO_get_time(tst.get()));
+  std::unique_ptr<STACK_OF(X509), X509_view_stack_deleter> signers(PKCS7_get0_signers(token.get(), nullptr, 0));
+  if (signers && sk_X509_num(signers.get()) > 0)
+    info.tsa_subject = name_rfc2253(X509_get_subject_name(sk_X509_value(signers.get(), 0)));
   openssl_error_string();  // clear what a partial description left queued
 }
 
