@@ -1,5 +1,7 @@
 #include "pkcs11-shim/mechanisms.h"
 
+#include "common/authenticode/signed_data.h"
+
 #include "common/openssl_ptr.h"
 
 #include <openssl/core_names.h>
@@ -159,22 +161,9 @@ Status verify_signature(EVP_PKEY* key, const SignMech& m, const std::optional<re
     }
     case SignKind::ecdsa: {
       // PKCS#11 ECDSA signatures are r||s; OpenSSL verifies DER ECDSA-Sig-Value.
-      size_t half = sig.size() / 2;
-      ECDSA_SIG* es = ECDSA_SIG_new();
-      BIGNUM* r = BN_bin2bn(sig.data(), static_cast<int>(half), nullptr);
-      BIGNUM* s = BN_bin2bn(sig.data() + half, static_cast<int>(half), nullptr);
-      if (!es || !r || !s || ECDSA_SIG_set0(es, r, s) != 1) {
-        BN_free(r);
-        BN_free(s);
-        ECDSA_SIG_free(es);
-        return verify_error(CKR_GENERAL_ERROR, "ECDSA_SIG");
-      }
-      unsigned char* der = nullptr;
-      int len = i2d_ECDSA_SIG(es, &der);
-      ECDSA_SIG_free(es);
-      if (len <= 0) return verify_error(CKR_GENERAL_ERROR, "i2d_ECDSA_SIG");
-      sig.assign(der, der + len);
-      OPENSSL_free(der);
+      auto der = authenticode::ecdsa_raw_to_der(sig);
+      if (!der.ok()) return verify_error(CKR_SIGNATURE_INVALID, "signature does not verify");
+      sig = std::move(der).value();
       break;
     }
   }
