@@ -45,11 +45,11 @@ Bytes i2d_bytes(T* obj, F i2d) {
 }
 
 Bytes bn_param(EVP_PKEY* key, const char* name) {
-  BIGNUM* bn = nullptr;
-  if (EVP_PKEY_get_bn_param(key, name, &bn) != 1) return {};
-  Bytes out(static_cast<size_t>(BN_num_bytes(bn)));
-  BN_bn2bin(bn, out.data());
-  BN_free(bn);
+  BIGNUM* raw = nullptr;
+  if (EVP_PKEY_get_bn_param(key, name, &raw) != 1) return {};
+  BIGNUM_ptr bn(raw);
+  Bytes out(static_cast<size_t>(BN_num_bytes(bn.get())));
+  BN_bn2bin(bn.get(), out.data());
   return out;
 }
 

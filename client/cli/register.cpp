@@ -86,9 +86,9 @@ Result<X509_ptr> self_signed(EVP_PKEY* key, const std::string& cn) {
   uint8_t serial[16];
   if (RAND_bytes(serial, sizeof serial) != 1) return internal_error("no randomness: " + openssl_error_string());
   serial[0] &= 0x7f;
-  BIGNUM* bn = BN_bin2bn(serial, sizeof serial, nullptr);
-  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(c.get()));
-  BN_free(bn);
+  BIGNUM_ptr bn(BN_bin2bn(serial, sizeof serial, nullptr));
+  if (!bn || !BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(c.get())))
+    return internal_error("certificate serial: " + openssl_error_string());
   X509_gmtime_adj(X509_getm_notBefore(c.get()), -3600);
   X509_gmtime_adj(X509_getm_notAfter(c.get()), 36500L * 24 * 3600);
   X509_NAME* name = X509_get_subject_name(c.get());
