@@ -5,11 +5,13 @@ namespace p11relay::daemon {
 void register_pecoff(Service& svc);
 void register_msi(Service& svc);
 void register_cab(Service& svc);
+void register_ps(Service& svc);
 
 void register_signers(Service& svc) {
   register_pecoff(svc);
   register_msi(svc);
   register_cab(svc);
+  register_ps(svc);
 }
 
 bool relic_flag(const SignerContext& c, const std::string& name) {

@@ -128,3 +128,17 @@ def sign_cab(daemon: "harness.Daemon", key: str, cab: bytes, *, filename="driver
     if status == 200 and h.get("content-type") == "application/x-binary-patch":
         signed = apply_binpatch(cab, data)
     return status, h, data, signed
+
+
+def sign_ps(daemon: "harness.Daemon", key: str, script: bytes, *, filename="deploy.ps1", style=None,
+            digest="SHA-256", params=None):
+    """`relic remote sign -T ps`: uploads the whole script with its style (ps-style, the file's extension as
+    relic's client sets it); the answer is a binary patch. Returns (status, headers, body, signed_or_None)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "ps",
+         "ps-style": style if style is not None else "." + filename.rsplit(".", 1)[-1]}
+    q.update(params or {})
+    status, h, data = post_sign(daemon, q, script)
+    signed = None
+    if status == 200 and h.get("content-type") == "application/x-binary-patch":
+        signed = apply_binpatch(script, data)
+    return status, h, data, signed
