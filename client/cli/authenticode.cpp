@@ -254,10 +254,10 @@ Status verify_pe_report(const VerifyOptions& o, std::vector<Bytes>& primaries) {
 Status run_verify(const VerifyOptions& o) {
   ASSIGN_OR_RETURN(FileType t, detect_file_type(o.file));
   std::vector<Bytes> primaries;
-  if (t == FileType::script)
-    return bad_request(o.file + ": p11relay verify does not check scripts yet (osslsigncode verify does)");
-  if (t == FileType::msi || t == FileType::cab) {
-    ASSIGN_OR_RETURN(Bytes sd, t == FileType::msi ? run_verify_msi(o.file) : run_verify_cab(o.file));
+  if (t != FileType::pe) {
+    ASSIGN_OR_RETURN(Bytes sd, t == FileType::msi   ? run_verify_msi(o.file)
+                               : t == FileType::cab ? run_verify_cab(o.file)
+                                                    : run_verify_script(o.file));
     primaries.push_back(std::move(sd));
   } else {
     RETURN_IF_ERROR(verify_pe_report(o, primaries));
@@ -296,8 +296,8 @@ void add_authenticode(CLI::App& app, Globals& g) {
   }
   {
     auto o = std::make_shared<VerifyOptions>();
-    auto* cmd = app.add_subcommand("verify", "check a PE, MSI or cabinet file's Authenticode signature(s) against the file");
-    cmd->add_option("-f,--file", o->file, "signed PE, MSI or cabinet file")->required()->check(CLI::ExistingFile);
+    auto* cmd = app.add_subcommand("verify", "check a PE, MSI, cabinet or script file's Authenticode signature(s) against the file");
+    cmd->add_option("-f,--file", o->file, "signed PE, MSI, cabinet or script file")->required()->check(CLI::ExistingFile);
     cmd->add_option("--cafile", o->cafile, "also require the signer's chain to lead to one of these certificates")
         ->check(CLI::ExistingFile);
     cmd->callback([o, &g] { g.run = [o] { return run_verify(*o); }; });

@@ -48,7 +48,8 @@ Status run_sign_cab(const Globals& g, const SignOptions& o);
 // Prints the report; returns the primary SignedData (for the chain check).
 Result<Bytes> run_verify_msi(const std::string& path);
 Result<Bytes> run_verify_cab(const std::string& path);
-// `p11relay verify`'s report of one signature of a container without a PE checksum (MSI, cabinet).
+Result<Bytes> run_verify_script(const std::string& path);
+// `p11relay verify`'s report of one signature of a file without a PE checksum (MSI, cabinet, script).
 void print_signature(const authenticode::SignatureReport& s, const char* type);
 
 }  // namespace p11relay::cli

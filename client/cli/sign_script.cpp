@@ -1,6 +1,7 @@
 // `p11relay sign` for scripts (PowerShell .ps1/.psm1/.psd1, .ps1xml/.psc1/.cdxml, .mof): the digest
 // of the text is taken here, only the signed attributes' digest goes to the daemon, and the script is
-// written with its signature block to a temp file beside the output, renamed into place.
+// written with its signature block to a temp file beside the output, renamed into place. `p11relay verify`
+// for scripts too.
 #include "client/cli/authenticode.h"
 #include "client/cli/temp_output.h"
 
@@ -40,6 +41,16 @@ Status run_sign_script(const Globals& g, const SignOptions& o) {
             << (layout->utf16 ? ", UTF-16" : ", UTF-8") << (o.timestamp_url.empty() ? "" : ", timestamped")
             << (layout->signed_ ? ", signature replaced" : "") << ")\n";
   return {};
+}
+
+Result<Bytes> run_verify_script(const std::string& path) {
+  const std::optional<ac::ScriptStyle> style = ac::script_style(path);
+  if (!style) return bad_request(path + ": not a script type p11relay checks (.ps1, .psm1, .psd1, .ps1xml, .psc1, .cdxml, .mof)");
+  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(path));
+  auto report = ac::verify_script(in.data(), *style);
+  if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
+  print_signature(report->signatures.front(), "script");
+  return std::move(report->cert_table);
 }
 
 }  // namespace p11relay::cli

@@ -165,4 +165,52 @@ Bytes script_signature_block(const ScriptStyle& style, bool utf16, std::span<con
   return out;
 }
 
+namespace {
+
+// The base64 text of a signature block (file[content_end, end)): every line between the header and the
+// footer, without the comment's open and close strings.
+Result<std::string> block_base64(std::span<const uint8_t> f, const ScriptLayout& l, const ScriptStyle& style) {
+  std::string text;
+  for (size_t pos = l.content_end; pos < f.size();) {
+    const size_t at = pos;
+    auto r = next_rune(f, l.utf16, pos);
+    if (!r || *r > 0x7f) return bad_request("the signature block is not ASCII at byte " + std::to_string(at));
+    text.push_back(static_cast<char>(*r));
+  }
+  std::string b64;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    if (line.ends_with('\r')) line.remove_suffix(1);
+    if (line.empty()) continue;
+    if (!line.starts_with(style.open) || !line.ends_with(style.close) || line.size() < style.open.size() + style.close.size())
+      return bad_request("a line of the signature block is not a comment in the script's style");
+    line = line.substr(style.open.size(), line.size() - style.open.size() - style.close.size());
+    if (line == kHeader || line == kFooter) continue;
+    b64.append(line);
+  }
+  return b64;
+}
+
+}  // namespace
+
+Result<VerifyReport> verify_script(std::span<const uint8_t> file, const ScriptStyle& style) {
+  ASSIGN_OR_RETURN(ScriptLayout layout, script_layout(file, style));
+  if (!layout.signed_) return bad_request("the script is not signed (no signature block)");
+  ASSIGN_OR_RETURN(std::string b64, block_base64(file, layout, style));
+  std::optional<Bytes> sd = base64_decode(b64);
+  if (!sd) return bad_request("the signature block is not base64");
+  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(*sd));
+  ASSIGN_OR_RETURN(Bytes digest, script_digest(file, layout, signer.alg));
+  if (digest != signer.image_digest)
+    return bad_request("the script's digest is not the one its signature carries (changed after signing)");
+  VerifyReport report;
+  report.signatures.push_back(std::move(signer));
+  report.cert_table = std::move(*sd);
+  return report;
+}
+
 }  // namespace p11relay::authenticode

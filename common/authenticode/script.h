@@ -6,6 +6,7 @@
 // is the layout osslsigncode and Windows' Set-AuthenticodeSignature write (docs/cli.md).
 #pragma once
 
+#include "common/authenticode/verify.h"
 #include "common/bytes.h"
 #include "common/digest.h"
 #include "common/error.h"
@@ -37,5 +38,9 @@ Result<Bytes> script_digest(std::span<const std::uint8_t> file, const ScriptLayo
 Bytes script_spc_indirect_data_content(HashAlg alg, std::span<const std::uint8_t> digest);
 // The bytes that follow file[0, content_end): the signature block carrying `signed_data` (DER).
 Bytes script_signature_block(const ScriptStyle& style, bool utf16, std::span<const std::uint8_t> signed_data);
+
+// Checks a signed script: the signature block's PKCS#7 (verify_signer) and that the digest it carries is the
+// script's. cert_table of the report holds the SignedData (for a chain check).
+Result<VerifyReport> verify_script(std::span<const std::uint8_t> file, const ScriptStyle& style);
 
 }  // namespace p11relay::authenticode

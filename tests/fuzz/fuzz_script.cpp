@@ -14,6 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static constexpr const char* kNames[] = {"a.ps1", "a.ps1xml", "a.mof"};
   const ScriptStyle style = *script_style(kNames[data[0] % 3]);
   std::span<const uint8_t> in(data + 1, size - 1);
+  (void)verify_script(in, style);  // a block that is not base64 PKCS#7, or does not match: an error
   auto l = script_layout(in, style);
   if (!l.ok()) return 0;
   if (l->content_end > in.size()) abort();

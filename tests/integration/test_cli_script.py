@@ -52,6 +52,10 @@ class Scripts(CliTest):
                 self.assertIn(f"script digest: {alg} ".encode(), p.stderr)
                 text = self.verify(out, key)
                 self.assertIn("Number of verified signatures: 1", text)
+                v = self.cli("verify", "--file", out, "--cafile", self.cert(key), config=False).stdout.decode()
+                self.assertIn("signature (primary): OK", v)
+                self.assertIn("type:        script", v)
+                self.assertIn(f"digest:      {alg} ", v)
                 data = out.read_bytes()
                 self.assertTrue(data.startswith(before), "the script text must stay as it was")
                 enc = "utf-16-le" if src is self.utf16 else "utf-8"
@@ -77,6 +81,8 @@ class Scripts(CliTest):
                 self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
                 self.assertEqual(self.digest_of(self.verify(ours, "rsa2048")),
                                  self.digest_of(self.verify(theirs, "rsa2048")))
+                # p11relay verify reads what osslsigncode wrote
+                self.assertIn(b"signature (primary): OK", self.cli("verify", "--file", theirs, config=False).stdout)
 
     def test_resign_in_place_replaces_the_block_and_timestamps(self):
         f = self.tmp / "inplace.ps1"
@@ -101,6 +107,11 @@ class Scripts(CliTest):
         self.cli("sign", "--key", "rsa2048", "--file", self.utf8, "--output", out)
         out.write_bytes(out.read_bytes().replace(b"hello $Name", b"HELLO $Name"))
         self.assertNotEqual(osslsigncode_verify(self, out, self.cert("rsa2048"), check=False)[0], 0)
+        p = self.cli("verify", "--file", out, config=False, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"changed after signing", p.stderr)
+        p = self.cli("verify", "--file", self.utf8, config=False, check=False)
+        self.assertIn(b"the script is not signed", p.stderr)
         self.assert_sign_refused((("bad-utf8.ps1", b"Write-Output \xff\xfe\xfd\r\n", b"not UTF-8 text at byte 13"),
                                   ("odd.ps1", b"\xff\xfeW\x00r", b"even number of bytes"),
                                   ("surrogate.ps1", b"\xff\xfe\x00\xd8A\x00", b"not UTF-16LE text at byte 2"),
