@@ -31,9 +31,8 @@ Result<HashAlg> check_sign_options(const SignOptions& o);
 Result<Signing> open_signing(const Globals& g, const SignOptions& o);
 Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o, HashAlg alg,
                              std::span<const uint8_t> spc, uint64_t size);
-// For a format with no nested signatures and none of the PE or MSI options (scripts, cabinets; `what` is
-// their plural): refuses --page-hashes, --msi-extended and --append.
-Status only_plain_sign_options(const SignOptions& o, const char* what);
+// For a format without the PE or MSI options (scripts, cabinets): refuses --page-hashes and --msi-extended.
+Status only_plain_sign_options(const SignOptions& o);
 // The file must still be the one that was hashed (size and mtime as before).
 Status check_unchanged(const std::string& path, const struct stat& before);
 

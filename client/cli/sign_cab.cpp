@@ -6,6 +6,7 @@
 #include "client/cli/temp_output.h"
 
 #include "common/authenticode/cab.h"
+#include "common/authenticode/signed_data.h"
 
 #include <cerrno>
 #include <cstring>
@@ -16,7 +17,7 @@ namespace ac = p11relay::authenticode;
 
 Status run_sign_cab(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
-  RETURN_IF_ERROR(only_plain_sign_options(o, "cabinets"));
+  RETURN_IF_ERROR(only_plain_sign_options(o));
   const std::string output = o.output.empty() ? o.file : o.output;
   struct stat before {};
   if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
@@ -29,6 +30,12 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   Bytes spc = ac::cab_spc_indirect_data_content(alg, digest);
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
   RETURN_IF_ERROR(check_unchanged(o.file, before));
+  const bool nest = o.append && plan->was_signed;
+  if (nest) {
+    auto existing = ac::verify_cab(in.data());  // the signature to nest into must be one
+    if (!existing.ok()) return bad_request(o.file + ": --append: " + existing.error().message);
+    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(existing->cert_table, ac::oid::kNestedSignature, sd));
+  }
   Bytes area = ac::cab_signature_area(*plan, sd);
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(plan->head));
@@ -36,7 +43,8 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   RETURN_IF_ERROR(out.write(area));
   RETURN_IF_ERROR(out.commit());
   std::cerr << "signed " << output << " with key '" << s.key.name << "' (cabinet, " << hash_info(alg).name
-            << (o.timestamp_url.empty() ? "" : ", timestamped") << (plan->was_signed ? ", signature replaced" : "")
+            << (o.timestamp_url.empty() ? "" : ", timestamped")
+            << (nest ? ", nested" : plan->was_signed ? ", signature replaced" : "")
             << ")\n";
   return {};
 }
@@ -45,7 +53,7 @@ Result<Bytes> run_verify_cab(const std::string& path) {
   ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(path));
   auto report = ac::verify_cab(in.data());
   if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
-  print_signature(report->signatures.front(), "cabinet");
+  for (const auto& s : report->signatures) print_signature(s, "cabinet");
   return std::move(report->cert_table);
 }
 

@@ -46,12 +46,9 @@ Result<FileType> detect_file_type(const std::string& path) {
   return FileType::pe;
 }
 
-Status only_plain_sign_options(const SignOptions& o, const char* what) {
+Status only_plain_sign_options(const SignOptions& o) {
   if (o.page_hashes) return bad_request("--page-hashes applies to PE files only");
   if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
-  if (o.append)
-    return bad_request(std::string("--append (a nested signature) is not supported for ") + what +
-                       " yet: sign without it");
   return {};
 }
 

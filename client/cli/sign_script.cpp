@@ -6,6 +6,7 @@
 #include "client/cli/temp_output.h"
 
 #include "common/authenticode/script.h"
+#include "common/authenticode/signed_data.h"
 
 #include <cerrno>
 #include <cstring>
@@ -16,7 +17,7 @@ namespace ac = p11relay::authenticode;
 
 Status run_sign_script(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
-  RETURN_IF_ERROR(only_plain_sign_options(o, "scripts"));
+  RETURN_IF_ERROR(only_plain_sign_options(o));
   const std::optional<ac::ScriptStyle> style = ac::script_style(o.file);
   if (!style) return bad_request(o.file + ": not a script type p11relay signs (.ps1, .psm1, .psd1, .ps1xml, .psc1, .cdxml, .mof)");
   const std::string output = o.output.empty() ? o.file : o.output;
@@ -33,13 +34,19 @@ Status run_sign_script(const Globals& g, const SignOptions& o) {
   Bytes spc = ac::script_spc_indirect_data_content(alg, *digest);
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
   RETURN_IF_ERROR(check_unchanged(o.file, before));
+  const bool nest = o.append && layout->signed_;
+  if (nest) {
+    auto existing = ac::script_signature(in.data(), *style);
+    if (!existing.ok()) return bad_request(o.file + ": --append: " + existing.error().message);
+    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(*existing, ac::oid::kNestedSignature, sd));
+  }
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(in.data().first(layout->content_end)));
   RETURN_IF_ERROR(out.write(ac::script_signature_block(*style, layout->utf16, sd)));
   RETURN_IF_ERROR(out.commit());
   std::cerr << "signed " << output << " with key '" << s.key.name << "' (script, " << hash_info(alg).name
             << (layout->utf16 ? ", UTF-16" : ", UTF-8") << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (layout->signed_ ? ", signature replaced" : "") << ")\n";
+            << (nest ? ", nested" : layout->signed_ ? ", signature replaced" : "") << ")\n";
   return {};
 }
 
@@ -49,7 +56,7 @@ Result<Bytes> run_verify_script(const std::string& path) {
   ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(path));
   auto report = ac::verify_script(in.data(), *style);
   if (!report.ok()) return Error(ErrorCode::internal, path + ": signature check FAILED: " + report.error().message);
-  print_signature(report->signatures.front(), "script");
+  for (const auto& s : report->signatures) print_signature(s, "script");
   return std::move(report->cert_table);
 }
 

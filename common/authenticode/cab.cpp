@@ -230,13 +230,8 @@ Result<VerifyReport> verify_cab(std::span<const uint8_t> file) {
   der::Reader r(area);  // the SignedData, then the zero padding to 8 bytes
   ASSIGN_OR_RETURN(der::Tlv sd, r.next("the cabinet's signature"));
   ASSIGN_OR_RETURN(CabPlan plan, cab_plan(file));
-  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(sd.whole));
-  if (cab_digest(plan, file, signer.alg) != signer.image_digest)
-    return bad_request("the cabinet's digest is not the one its signature carries (changed after signing)");
-  VerifyReport report;
-  report.signatures.push_back(std::move(signer));
-  report.cert_table.assign(sd.whole.begin(), sd.whole.end());
-  return report;
+  return verify_with_nested(
+      sd.whole, [&](HashAlg alg) -> Result<Bytes> { return cab_digest(plan, file, alg); }, "the cabinet's");
 }
 
 }  // namespace p11relay::authenticode

@@ -151,20 +151,13 @@ Status msi_write_signed(const ole::File& file, std::span<const uint8_t> signed_d
 Result<VerifyReport> verify_msi(const ole::File& file) {
   ASSIGN_OR_RETURN(MsiSignatures sigs, msi_signatures(file));
   if (sigs.signature.empty()) return bad_request("file is not signed (no \\x05DigitalSignature stream)");
-  VerifyReport rep;
-  rep.cert_table = sigs.signature;
-  ASSIGN_OR_RETURN(std::vector<Bytes> all, nested_signatures(sigs.signature));
-  all.insert(all.begin(), sigs.signature);
-  for (size_t i = 0; i < all.size(); ++i) {
-    ASSIGN_OR_RETURN(SignatureReport r, verify_signer(all[i], i == 0 ? 0 : 1));
-    ASSIGN_OR_RETURN(MsiDigest d, msi_digest(file, r.alg, !sigs.extended.empty()));
+  auto digest_of = [&](HashAlg alg) -> Result<Bytes> {
+    ASSIGN_OR_RETURN(MsiDigest d, msi_digest(file, alg, !sigs.extended.empty()));
     if (!sigs.extended.empty() && d.prehash != sigs.extended)
       return bad_request("MsiDigitalSignatureEx does not match the file's metadata");
-    if (d.digest != r.image_digest)
-      return bad_request("MSI digest mismatch: file " + to_hex(d.digest) + ", signature " + to_hex(r.image_digest));
-    rep.signatures.push_back(std::move(r));
-  }
-  return rep;
+    return std::move(d.digest);
+  };
+  return verify_with_nested(sigs.signature, digest_of, "the MSI's");
 }
 
 }  // namespace p11relay::authenticode

@@ -197,20 +197,21 @@ Result<std::string> block_base64(std::span<const uint8_t> f, const ScriptLayout&
 
 }  // namespace
 
-Result<VerifyReport> verify_script(std::span<const uint8_t> file, const ScriptStyle& style) {
+Result<Bytes> script_signature(std::span<const uint8_t> file, const ScriptStyle& style) {
   ASSIGN_OR_RETURN(ScriptLayout layout, script_layout(file, style));
-  if (!layout.signed_) return bad_request("the script is not signed (no signature block)");
+  if (!layout.signed_) return Bytes{};
   ASSIGN_OR_RETURN(std::string b64, block_base64(file, layout, style));
   std::optional<Bytes> sd = base64_decode(b64);
-  if (!sd) return bad_request("the signature block is not base64");
-  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(*sd));
-  ASSIGN_OR_RETURN(Bytes digest, script_digest(file, layout, signer.alg));
-  if (digest != signer.image_digest)
-    return bad_request("the script's digest is not the one its signature carries (changed after signing)");
-  VerifyReport report;
-  report.signatures.push_back(std::move(signer));
-  report.cert_table = std::move(*sd);
-  return report;
+  if (!sd || sd->empty()) return bad_request("the signature block is not base64");
+  return std::move(*sd);
+}
+
+Result<VerifyReport> verify_script(std::span<const uint8_t> file, const ScriptStyle& style) {
+  ASSIGN_OR_RETURN(ScriptLayout layout, script_layout(file, style));
+  ASSIGN_OR_RETURN(Bytes sd, script_signature(file, style));
+  if (sd.empty()) return bad_request("the script is not signed (no signature block)");
+  return verify_with_nested(
+      sd, [&](HashAlg alg) { return script_digest(file, layout, alg); }, "the script's");
 }
 
 }  // namespace p11relay::authenticode

@@ -39,6 +39,8 @@ Bytes script_spc_indirect_data_content(HashAlg alg, std::span<const std::uint8_t
 // The bytes that follow file[0, content_end): the signature block carrying `signed_data` (DER).
 Bytes script_signature_block(const ScriptStyle& style, bool utf16, std::span<const std::uint8_t> signed_data);
 
+// The SignedData in a signed script's block (empty when the script has no block).
+Result<Bytes> script_signature(std::span<const std::uint8_t> file, const ScriptStyle& style);
 // Checks a signed script: the signature block's PKCS#7 (verify_signer) and that the digest it carries is the
 // script's. cert_table of the report holds the SignedData (for a chain check).
 Result<VerifyReport> verify_script(std::span<const std::uint8_t> file, const ScriptStyle& style);

@@ -229,6 +229,24 @@ Result<std::vector<Bytes>> nested_signatures(ByteSpan signed_data) {
   return out;
 }
 
+Result<VerifyReport> verify_with_nested(ByteSpan signed_data, const std::function<Result<Bytes>(HashAlg)>& digest_of,
+                                        const std::string& what) {
+  VerifyReport rep;
+  rep.cert_table.assign(signed_data.begin(), signed_data.end());
+  ASSIGN_OR_RETURN(std::vector<Bytes> all, nested_signatures(signed_data));
+  all.insert(all.begin(), rep.cert_table);
+  for (size_t i = 0; i < all.size(); ++i) {
+    ASSIGN_OR_RETURN(SignatureReport r, verify_signer(all[i], i == 0 ? 0 : 1));
+    ASSIGN_OR_RETURN(Bytes digest, digest_of(r.alg));
+    if (digest != r.image_digest)
+      return bad_request(what + " digest is not the one its " + (i == 0 ? "" : "nested ") +
+                         "signature carries (changed after signing): file " + to_hex(digest) + ", signature " +
+                         to_hex(r.image_digest));
+    rep.signatures.push_back(std::move(r));
+  }
+  return rep;
+}
+
 Result<SignatureReport> verify_signed_data(ByteSpan file, ByteSpan signed_data, int nesting) {
   return verify_one([file](const PeDigestOptions& o) { return pe_digest(file, o); }, signed_data, nesting, nullptr);
 }

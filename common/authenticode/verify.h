@@ -51,6 +51,13 @@ Result<SignatureReport> verify_signer(std::span<const uint8_t> signed_data, int 
 // The signatures nested in a SignedData's first SignerInfo (1.3.6.1.4.1.311.2.4.1).
 Result<std::vector<Bytes>> nested_signatures(std::span<const uint8_t> signed_data);
 
+// For the formats whose digest is one value per algorithm (MSI, cabinets, scripts): the primary signature in
+// `signed_data` and each one nested in it through verify_signer, each against `digest_of(alg)`, the file's
+// digest for that signature's algorithm; a mismatch is "`what` … changed after signing". cert_table of the
+// report holds `signed_data`.
+Result<VerifyReport> verify_with_nested(std::span<const uint8_t> signed_data,
+                                        const std::function<Result<Bytes>(HashAlg)>& digest_of, const std::string& what);
+
 // Checks one ContentInfo(SignedData) against the PE file it came from.
 Result<SignatureReport> verify_signed_data(std::span<const uint8_t> file, std::span<const uint8_t> signed_data,
                                            int nesting = 0);

@@ -144,9 +144,22 @@ class Cabinets(CliTest):
                                   ("reserve.cab", bytes(bad_reserve), b"not a signature reserve"),
                                   ("cbcabinet.cab", bytes(cb), b"cbCabinet says"),
                                   ("prev.cab", bytes(prev), b"continues another cabinet")))
-        p = self.cli("sign", "--key", "rsa2048", "--file", self.zipped, "--output", self.tmp / "x.cab", "--append",
-                     check=False)
-        self.assertIn(b"not supported for cabinets yet", p.stderr)
+
+    def test_append_nests_a_second_signature(self):
+        f = self.tmp / "nested.cab"
+        self.cli("sign", "--key", "rsa2048", "--file", self.zipped, "--output", f)
+        p = self.cli("sign", "--key", "ec256", "--file", f, "--append", "--digest", "sha384")
+        self.assertIn(b"nested", p.stderr)
+        v = self.cli("verify", "--file", f, config=False).stdout.decode()
+        self.assertIn("signature (primary): OK", v)
+        self.assertIn("signature (nested 1): OK", v)
+        self.assertIn("digest:      sha384 ", v)
+        self.assertIn("Number of verified signatures: 2", osslsigncode_verify(self, f, self.cert("rsa2048"))[1])
+        self.extracts_the_same(f)
+        # --append on an unsigned cabinet just signs it
+        g = self.tmp / "first.cab"
+        self.cli("sign", "--key", "ec256", "--file", self.stored, "--output", g, "--append")
+        self.assertIn("signature (primary): OK", self.cli("verify", "--file", g, config=False).stdout.decode())
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ class Msi(CliTest):
         out.write_bytes(bytes(data))
         p = self.cli("verify", "--file", out, config=False, check=False)
         self.assertEqual(p.returncode, 1)
-        self.assertIn(b"MSI digest mismatch", p.stderr)
+        self.assertIn(b"the MSI's digest is not the one its signature carries", p.stderr)
         self.assertNotEqual(self.osslverify(out, self.cert("rsa2048"), check=False)[0], 0)
         # a truncated compound file: a clear error, nothing written
         bad = self.tmp / "truncated.msi"

@@ -116,9 +116,19 @@ class Scripts(CliTest):
                                   ("odd.ps1", b"\xff\xfeW\x00r", b"even number of bytes"),
                                   ("surrogate.ps1", b"\xff\xfe\x00\xd8A\x00", b"not UTF-16LE text at byte 2"),
                                   ("onlysig.ps1", b"# SIG # Begin signature block\r\nAAAA\r\n", b"nothing to sign")))
-        p = self.cli("sign", "--key", "rsa2048", "--file", self.utf8, "--output", self.tmp / "x.ps1", "--append",
-                     check=False)
-        self.assertIn(b"not supported for scripts yet", p.stderr)
+
+    def test_append_nests_a_second_signature(self):
+        for src in (self.utf8, self.utf16):
+            with self.subTest(src=src.name):
+                f = self.tmp / f"nested{src.suffix}"
+                self.cli("sign", "--key", "rsa2048", "--file", src, "--output", f)
+                p = self.cli("sign", "--key", "ec256", "--file", f, "--append", "--digest", "sha384")
+                self.assertIn(b"nested", p.stderr)
+                v = self.cli("verify", "--file", f, config=False).stdout.decode()
+                self.assertIn("signature (primary): OK", v)
+                self.assertIn("signature (nested 1): OK", v)
+                self.assertIn("Number of verified signatures: 2", self.verify(f, "rsa2048"))
+                self.assertEqual(f.read_bytes().count("SIG # Begin".encode("utf-16-le" if src is self.utf16 else "utf-8")), 1)
 
 
 if __name__ == "__main__":
