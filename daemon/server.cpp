@@ -235,8 +235,9 @@ Server::Server(asio::io_context& io, Service& service, Router& router)
     : io_(io),
       svc_(service),
       router_(router),
-      gate_({static_cast<size_t>(service.config.server.maxhandshakes),
-             static_cast<size_t>(service.config.server.maxhandshakespersource)}) {}
+      reg_(std::make_shared<Registry>(HandshakeGate::Limits{
+          static_cast<size_t>(service.config.server.maxhandshakes),
+          static_cast<size_t>(service.config.server.maxhandshakespersource)})) {}
 
 bool Server::solo(const Conn* c) {
   Clock::rep now = Clock::now().time_since_epoch().count();
@@ -312,8 +313,8 @@ asio::awaitable<void> Server::sweep_loop() {
     // Held requests expire on time even when nobody reads them (audit line, waiting clients woken).
     // Rare enough to store the expiry right here.
     if (svc_.approvals) svc_.approvals->expire_due(static_cast<int64_t>(std::time(nullptr)));
-    std::lock_guard lock(conns_mu_);
-    for (Conn* c : conns_)
+    std::lock_guard lock(reg_->mu);
+    for (Conn* c : reg_->conns)
       if (c->expired(now.time_since_epoch().count())) c->expire();
   }
 }
@@ -412,7 +413,7 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
 // (a shorter deadline while the gate is under pressure). False when it failed, timed out or was evicted.
 asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) {
   Clock::duration timeout = std::chrono::seconds(svc_.config.server.handshaketimeout);
-  if (gate_.under_pressure(peer_ip))  // spread over a second, so a flood's connections do not all end at once
+  if (reg_->gate.under_pressure(peer_ip))  // spread over a second, so a flood's connections do not all end at once
     timeout = std::min<Clock::duration>(timeout, kHandshakeUnderPressure + std::chrono::milliseconds(accept_seq_++ % 1000));
   conn.set_deadline(timeout);
   struct Pending {
@@ -423,11 +424,11 @@ asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) 
       c.gate = nullptr;
     }
   } pending{conn};
-  conn.ticket = gate_.admit(peer_ip, [&conn, &m = svc_.metrics] {
+  conn.ticket = reg_->gate.admit(peer_ip, [&conn, &m = svc_.metrics] {
     m.handshake_evicted();
     conn.expire();
   });
-  conn.gate = &gate_;
+  conn.gate = &reg_->gate;
   // No TLS state until the client sends something: a connection that never does costs a socket only.
   auto [wec] = co_await conn.socket.async_wait(tcp::socket::wait_read, use_nothrow);
   std::error_code ec = wec;
@@ -453,11 +454,12 @@ asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) 
 }
 
 asio::awaitable<void> Server::serve(tcp::socket socket) {
+  const std::shared_ptr<Registry> reg = reg_;  // outlives this frame's guards, whenever it is destroyed
   struct Count {
     std::atomic<size_t>& n;
     ~Count() { --n; }
-  } count{connections_};
-  size_t now_open = ++connections_;
+  } count{reg->connections};
+  size_t now_open = ++reg->connections;
   const ServerConfig& sc = svc_.config.server;
   std::error_code ec;
   std::string peer_ip;
@@ -479,25 +481,25 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
   } gauge{svc_.metrics};
   auto conn = std::make_unique<Conn>(std::move(socket));
   struct Watched {  // the sweeper enforces the deadline while the connection is registered
-    Server& s;
+    Registry& r;
     Conn* c;
-    Watched(Server& srv, Conn* conn) : s(srv), c(conn) {
-      std::lock_guard lock(s.conns_mu_);
-      s.conns_.insert(c);
+    Watched(Registry& reg, Conn* conn) : r(reg), c(conn) {
+      std::lock_guard lock(r.mu);
+      r.conns.insert(c);
     }
     ~Watched() {
-      std::lock_guard lock(s.conns_mu_);
-      s.conns_.erase(c);
+      std::lock_guard lock(r.mu);
+      r.conns.erase(c);
     }
-  } watched{*this, conn.get()};
+  } watched{*reg, conn.get()};
   if (!co_await handshake(*conn, peer_ip)) co_return;
   struct Established {
     std::atomic<size_t>& n;
     ~Established() { --n; }
-  } established{established_};
-  if (++established_ > static_cast<size_t>(sc.maxconnections)) {
+  } established{reg->established};
+  if (++reg->established > static_cast<size_t>(sc.maxconnections)) {
     spdlog::warn("connection from {} closed after its handshake: {} authenticated connections open "
-                 "(server.maxconnections)", peer_ip, established_.load() - 1);
+                 "(server.maxconnections)", peer_ip, reg->established.load() - 1);
     co_return;
   }
 

@@ -31,7 +31,7 @@ class Server {
   Result<unsigned short> listen_metrics(const std::string& address, int fd = -1);
   void start();
   void stop();
-  size_t connections() const { return connections_.load(); }
+  size_t connections() const { return reg_->connections.load(); }
 
  private:
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
@@ -50,15 +50,21 @@ class Server {
   std::shared_ptr<asio::ssl::context> tls_;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors_;
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor_;
-  std::atomic<size_t> connections_{0};   // open TCP connections on the TLS listeners
-  std::atomic<size_t> established_{0};   // those past the TLS handshake (server.maxconnections)
-  HandshakeGate gate_;                   // those still in it
+  // What a connection's coroutine touches when it ends. Each connection holds it too: at shutdown the
+  // io_context destroys the coroutines still waiting (in a handshake, on a token) after the Server is gone.
+  struct Registry {
+    explicit Registry(HandshakeGate::Limits limits) : gate(limits) {}
+    std::atomic<size_t> connections{0};  // open TCP connections on the TLS listeners
+    std::atomic<size_t> established{0};  // those past the TLS handshake (server.maxconnections)
+    HandshakeGate gate;                  // those still in it
+    std::mutex mu;
+    std::unordered_set<Conn*> conns;  // open TLS connections, for the deadline sweeper
+  };
+  std::shared_ptr<Registry> reg_;
   std::atomic<unsigned> accept_seq_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<const Conn*> last_requester_{nullptr};
   std::atomic<Clock::rep> crowded_until_{0};
-  std::mutex conns_mu_;
-  std::unordered_set<Conn*> conns_;  // open TLS connections, for the deadline sweeper
 };
 
 }  // namespace p11relay::daemon

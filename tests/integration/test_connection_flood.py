@@ -152,5 +152,23 @@ class MaxConnectionsTest(harness.DaemonTest):
                 s.close()
 
 
+class StopWithPendingConnections(harness.DaemonTest):
+    def test_stop_with_connections_in_the_handshake_and_idle_ones(self):
+        # SIGTERM while connections wait in their handshake and after it: the io_context then destroys their
+        # coroutines after the Server; they must find what they release (the ASan run checks the log).
+        raw = [socket.create_connection(("127.0.0.1", self.daemon.port)) for _ in range(30)]
+        hello = socket.create_connection(("127.0.0.1", self.daemon.port))
+        hello.sendall(flood.client_hello())
+        held = self.daemon.connect()
+        self.assertEqual(self.daemon.request("GET", "/v1/keys", conn=held)[0], 200)
+        time.sleep(0.3)
+        try:
+            self.assertEqual(self.daemon.stop(), 0)
+        finally:
+            for s in raw + [hello]:
+                s.close()
+            held.close()
+
+
 if __name__ == "__main__":
     harness.main()
