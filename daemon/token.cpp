@@ -96,8 +96,10 @@ std::string present_tokens(PKCS11_SLOT* slots, unsigned n, const std::string& wa
     if (!t || !t->initialized) continue;
     std::string label = t->label ? t->label : "";
     labels.insert(label);
-    out += (out.empty() ? "" : ", ") + ("'" + log_escape(label) + "'") +
-           " (serial '" + log_escape(t->serialnr ? t->serialnr : "") + "')";
+    // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict for "literal" + std::string&&.
+    if (!out.empty()) out.append(", ");
+    out.append("'").append(log_escape(label)).append("' (serial '");
+    out.append(log_escape(t->serialnr ? t->serialnr : "")).append("')");
   }
   if (out.empty()) return "the module sees no initialized token (is it plugged in? pkcs11-tool --module ... -L)";
   return "tokens present: " + out + did_you_mean(wanted_label, labels) +
