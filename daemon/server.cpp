@@ -61,7 +61,8 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 constexpr auto kSoloAfter = std::chrono::milliseconds(50);
-// Handshake deadline for connections that arrive while the handshake gate is over half full: long enough
+// Handshake deadline for connections that arrive while the handshake gate is under pressure (over 3/4 of a
+// budget, HandshakeGate::under_pressure), spread over one more second: long enough
 // for a TLS 1.3 handshake with a client certificate over a slow WAN (2 round trips).
 constexpr auto kHandshakeUnderPressure = std::chrono::seconds(3);
 
@@ -455,10 +456,11 @@ asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) 
 
 asio::awaitable<void> Server::serve(tcp::socket socket) {
   const std::shared_ptr<Registry> reg = reg_;  // outlives this frame's guards, whenever it is destroyed
-  struct Count {
+  struct Release {  // takes the connection off a counter when it ends
     std::atomic<size_t>& n;
-    ~Count() { --n; }
-  } count{reg->connections};
+    ~Release() { --n; }
+  };
+  Release count{reg->connections};
   size_t now_open = ++reg->connections;
   const ServerConfig& sc = svc_.config.server;
   std::error_code ec;
@@ -493,10 +495,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     }
   } watched{*reg, conn.get()};
   if (!co_await handshake(*conn, peer_ip)) co_return;
-  struct Established {
-    std::atomic<size_t>& n;
-    ~Established() { --n; }
-  } established{reg->established};
+  Release established{reg->established};
   if (++reg->established > static_cast<size_t>(sc.maxconnections)) {
     spdlog::warn("connection from {} closed after its handshake: {} authenticated connections open "
                  "(server.maxconnections)", peer_ip, reg->established.load() - 1);

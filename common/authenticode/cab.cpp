@@ -144,10 +144,6 @@ Status cab_check_size(const CabPlan& plan, uint64_t file_size) {
 
 Result<CabPlan> cab_plan(std::span<const uint8_t> f) {
   if (f.size() < kFixedEnd || !is_cab(f)) return cab_error("no MSCF header");
-  ASSIGN_OR_RETURN(auto need, cab_head_size(f));
-  if (*need > f.size() || u32(f, kCbCabinet) > f.size())
-    return cab_error("cbCabinet says " + std::to_string(u32(f, kCbCabinet)) + " bytes, the cabinet has " +
-                     std::to_string(f.size()));
   ASSIGN_OR_RETURN(CabPlan plan, cab_plan_head(f));
   RETURN_IF_ERROR(cab_check_size(plan, f.size()));
   return plan;
