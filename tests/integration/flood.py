@@ -138,10 +138,10 @@ def percentile(values: list, p: float) -> float:
     return v[min(len(v) - 1, int(round(p / 100.0 * (len(v) - 1))))]
 
 
-def legit_latencies(daemon, n: int, sign, seconds: float = 0.0) -> tuple[list, int]:
-    """A legitimate client's operations, each on a NEW connection (full mutual-TLS handshake, then
-    `sign(conn)`): `n` of them, or as many as fit in `seconds` when that is given. Returns (seconds of each
-    successful one, failures)."""
+def legit_latencies(daemon, n: int, seconds: float = 0.0) -> tuple[list, int]:
+    """A legitimate client's operations, each on a NEW connection (full mutual-TLS handshake, then one ECDSA
+    signature, sign_once): `n` of them, or as many as fit in `seconds` when that is given. Returns (seconds
+    of each successful one, failures)."""
     lat, failed = [], 0
     end = time.monotonic() + seconds
     while (time.monotonic() < end) if seconds else (len(lat) + failed < n):
@@ -149,7 +149,7 @@ def legit_latencies(daemon, n: int, sign, seconds: float = 0.0) -> tuple[list, i
         try:
             conn = daemon.connect(timeout=30)
             try:
-                ok = sign(conn)
+                ok = sign_once(conn, len(lat) + failed)
             finally:
                 conn.close()
         except (OSError, ssl.SSLError):

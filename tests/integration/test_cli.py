@@ -98,6 +98,22 @@ class CliTest(unittest.TestCase):
                 self.assertIn(why, p.stderr)
                 self.assertFalse(dst.exists())
 
+    def resign_timestamped(self, f) -> str:
+        """Signs `f` in place with rsa2048, then again with ec256 and a timestamp from a local TSA: the first
+        signature must be replaced, osslsigncode must verify one timestamped signature. Its report."""
+        self.cli("sign", "--key", "rsa2048", "--file", f)
+        tsa = Tsa(self.tmp)
+        try:
+            p = self.cli("sign", "--key", "ec256", "--file", f, "--timestamp-url", tsa.url,
+                         "--timestamp-cafile", tsa.ca)
+            self.assertIn(b"signature replaced", p.stderr)
+            text = osslsigncode_verify(self, f, self.st.keys["ec256"].certfile, tsa_ca=tsa.ca)[1]
+        finally:
+            tsa.stop()
+        self.assertIn("Timestamp", text)
+        self.assertIn("Number of verified signatures: 1", text)
+        return text
+
     def assert_one_line_error(self, p, code, *needles):
         self.assertEqual(p.returncode, code, p.stderr)
         err = p.stderr.decode()

@@ -9,7 +9,6 @@ import subprocess
 import unittest
 
 import harness
-from harness import Tsa
 from test_cli import CliTest, OSSLSIGNCODE, PKCS11_ENGINE, osslsigncode_verify
 
 SCRIPT = ('# p11relay test script: Grüße, ✓, 𝄞\r\n'
@@ -87,17 +86,7 @@ class Scripts(CliTest):
     def test_resign_in_place_replaces_the_block_and_timestamps(self):
         f = self.tmp / "inplace.ps1"
         f.write_bytes(SCRIPT.encode())
-        self.cli("sign", "--key", "rsa2048", "--file", f)
-        tsa = Tsa(self.tmp)
-        try:
-            p = self.cli("sign", "--key", "ec256", "--file", f, "--timestamp-url", tsa.url,
-                         "--timestamp-cafile", tsa.ca)
-            self.assertIn(b"signature replaced", p.stderr)
-            text = self.verify(f, "ec256", tsa_ca=tsa.ca)
-        finally:
-            tsa.stop()
-        self.assertIn("Timestamp", text)
-        self.assertIn("Number of verified signatures: 1", text)
+        self.resign_timestamped(f)
         self.assertEqual(f.read_bytes().count(b"SIG # Begin signature block"), 1)
         self.assertTrue(f.read_bytes().startswith(SCRIPT.encode()))
         self.assertEqual([x for x in os.listdir(self.tmp) if ".p11relay-" in x], [])

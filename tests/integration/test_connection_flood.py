@@ -27,19 +27,15 @@ class FloodBase(harness.DaemonTest):
     METRICS = harness.free_port()
     config_overrides = {"server": {"listenmetrics": f"127.0.0.1:{METRICS}"}}
 
-    def measure(self, n: int) -> tuple:
-        counter = iter(range(10 ** 9))
-        return flood.legit_latencies(self.daemon, n, lambda conn: flood.sign_once(conn, next(counter)))
-
     def flooded(self, idle: int, slow: int, n_legit: int) -> tuple:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         if hard != resource.RLIM_INFINITY and hard < idle + slow + 1024:
             self.skipTest(f"the open-file hard limit ({hard}) is below what the flood and the daemon need")
-        base, failed = self.measure(n_legit // 2)
+        base, failed = flood.legit_latencies(self.daemon, n_legit // 2)
         self.assertEqual(failed, 0)
         f = flood.Flood(self.daemon.port, idle, slow).start(settle=3.0)
         try:
-            under, failed = self.measure(n_legit)
+            under, failed = flood.legit_latencies(self.daemon, n_legit)
             stats = f.stats()
         finally:
             f.stop()
