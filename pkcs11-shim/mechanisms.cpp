@@ -10,12 +10,6 @@
 #include <openssl/rsa.h>
 
 namespace p11relay::shim {
-namespace {
-
-Error ck(CK_RV rv, std::string msg) { return Error(ErrorCode::bad_request, std::move(msg), rv); }
-
-}  // namespace
-
 const std::vector<SignMech>& sign_mechanisms() {
   static const std::vector<SignMech> kMechs = {
       {CKM_RSA_PKCS, SignKind::rsa_pkcs1, std::nullopt},

@@ -9,9 +9,13 @@
 #include <p11-kit/pkcs11.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace p11relay::shim {
+
+// Errors inside the shim carry the CKR_ value the C function returns.
+inline Error ck(CK_RV rv, std::string message) { return Error(ErrorCode::bad_request, std::move(message), rv); }
 
 enum class SignKind { rsa_pkcs1, rsa_pss, ecdsa };
 

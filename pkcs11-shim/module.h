@@ -22,9 +22,6 @@
 
 namespace p11relay::shim {
 
-// Errors inside the shim carry the CKR_ value the C function returns.
-inline Error ck(CK_RV rv, std::string message) { return Error(ErrorCode::bad_request, std::move(message), rv); }
-
 // A sign or verify operation: local state only (docs/architecture.md, invariant 3), so a daemon restart
 // between C_SignInit and C_Sign costs nothing.
 struct SignOp {
