@@ -1,4 +1,5 @@
 #include "common/authenticode/cab.h"
+#include "common/authenticode/le.h"
 
 #include "common/authenticode/der.h"
 #include "common/authenticode/signed_data.h"
@@ -22,18 +23,6 @@ constexpr size_t kFolderSize = 8;                    // CFFOLDER without per-fol
 constexpr size_t kMaxName = 256;                     // szCabinetNext / szDiskNext, NUL included
 const char* const kCabDataOid = "1.3.6.1.4.1.311.2.1.25";  // SPC_CAB_DATA_OBJID
 
-uint16_t u16(std::span<const uint8_t> b, size_t at) { return static_cast<uint16_t>(b[at] | b[at + 1] << 8); }
-uint32_t u32(std::span<const uint8_t> b, size_t at) {
-  return static_cast<uint32_t>(b[at]) | static_cast<uint32_t>(b[at + 1]) << 8 | static_cast<uint32_t>(b[at + 2]) << 16 |
-         static_cast<uint32_t>(b[at + 3]) << 24;
-}
-void put16(Bytes& b, size_t at, uint16_t v) {
-  b[at] = static_cast<uint8_t>(v);
-  b[at + 1] = static_cast<uint8_t>(v >> 8);
-}
-void put32(Bytes& b, size_t at, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
-}
 
 // The planned head's part of the digest: MSCF (not reserved1), cbCabinet .. setID (not iCabinet, the reserve
 // sizes, the tag, the signature's offset and size), then from the reserve's last 4 bytes on.
@@ -49,16 +38,16 @@ Error cab_error(const std::string& what) { return bad_request("not a cabinet p11
 // against the header; whether they end the file is cab_check_size's.
 Result<std::pair<uint32_t, uint32_t>> signature_reserve(std::span<const uint8_t> f) {
   if (f.size() < kReserveEnd) return cab_error("the file ends inside the CFHEADER");
-  if (u32(f, kReserveSizes) != 20)
-    return cab_error("it has reserved fields of its own (cbCFHeader " + std::to_string(u16(f, kReserveSizes)) +
+  if (le::get32(f, kReserveSizes) != 20)
+    return cab_error("it has reserved fields of its own (cbCFHeader " + std::to_string(le::get16(f, kReserveSizes)) +
                      ", cbCFFolder " + std::to_string(f[38]) + ", cbCFData " + std::to_string(f[39]) +
                      "), not a signature reserve");
-  if (u32(f, kReserveTag) != 0x00100000) return cab_error("its 20-byte reserve is not a signature reserve");
-  const uint32_t pos = u32(f, kSigPos), len = u32(f, kSigLen);
+  if (le::get32(f, kReserveTag) != 0x00100000) return cab_error("its 20-byte reserve is not a signature reserve");
+  const uint32_t pos = le::get32(f, kSigPos), len = le::get32(f, kSigLen);
   if ((pos == 0) != (len == 0)) return cab_error("the signature offset and size disagree");
-  if (pos != 0 && pos != u32(f, kCbCabinet))
+  if (pos != 0 && pos != le::get32(f, kCbCabinet))
     return cab_error("the signature does not follow the cabinet (offset " + std::to_string(pos) + ", cbCabinet " +
-                     std::to_string(u32(f, kCbCabinet)) + ")");
+                     std::to_string(le::get32(f, kCbCabinet)) + ")");
   return std::pair{pos, len};
 }
 
@@ -78,13 +67,13 @@ Result<size_t> skip_names(std::span<const uint8_t> f, size_t at, size_t end, uin
 }  // namespace
 
 bool is_cab(std::span<const uint8_t> head) {
-  return head.size() >= 8 && std::memcmp(head.data(), "MSCF", 4) == 0 && u32(head, 4) == 0;
+  return head.size() >= 8 && std::memcmp(head.data(), "MSCF", 4) == 0 && le::get32(head, 4) == 0;
 }
 
 Result<std::optional<size_t>> cab_head_size(std::span<const uint8_t> prefix) {
   if (prefix.size() < kFixedEnd) return std::optional<size_t>{};
   if (!is_cab(prefix)) return cab_error("no MSCF header");
-  const size_t coff_files = u32(prefix, kCoffFiles);
+  const size_t coff_files = le::get32(prefix, kCoffFiles);
   constexpr size_t kMaxHead = kReserveEnd + 2 * kMaxName + kFolderSize * 65535;
   if (coff_files < kFixedEnd || coff_files > kMaxHead) return cab_error("coffFiles does not follow the CFFOLDER entries");
   return std::optional<size_t>{coff_files};
@@ -93,7 +82,7 @@ Result<std::optional<size_t>> cab_head_size(std::span<const uint8_t> prefix) {
 Result<CabPlan> cab_plan_head(std::span<const uint8_t> f) {
   ASSIGN_OR_RETURN(auto need, cab_head_size(f));
   if (!need || f.size() < *need) return cab_error("the file ends inside its header");
-  const uint16_t flags = u16(f, kFlags);
+  const uint16_t flags = le::get16(f, kFlags);
   if (flags & kPrevCabinet) return cab_error("it continues another cabinet (multi-volume sets are not supported)");
   const bool reserve = flags & kReservePresent;
   uint32_t sigpos = 0, siglen = 0;
@@ -101,10 +90,10 @@ Result<CabPlan> cab_plan_head(std::span<const uint8_t> f) {
     ASSIGN_OR_RETURN(auto r, signature_reserve(f));
     std::tie(sigpos, siglen) = r;
   }
-  const size_t data_end = u32(f, kCbCabinet);  // believed here, checked by cab_check_size
+  const size_t data_end = le::get32(f, kCbCabinet);  // believed here, checked by cab_check_size
   if (data_end > std::numeric_limits<uint32_t>::max() - kInsert) return cab_error("larger than 4 GiB");
   ASSIGN_OR_RETURN(size_t folders_at, skip_names(f, reserve ? kReserveEnd : kFixedEnd, *need, flags));
-  const size_t folders_end = folders_at + kFolderSize * u16(f, kCFolders);
+  const size_t folders_end = folders_at + kFolderSize * le::get16(f, kCFolders);
   if (folders_end != *need) return cab_error("coffFiles does not follow the CFFOLDER entries");
   if (folders_end > data_end) return cab_error("its CFFOLDER entries run past the end");
 
@@ -118,18 +107,18 @@ Result<CabPlan> cab_plan_head(std::span<const uint8_t> f) {
   if (!reserve) {
     static const uint8_t kReserve[kInsert] = {0x14, 0, 0, 0, 0, 0, 0x10, 0};  // sizes 20/0/0, tag; rest 0
     plan.head.insert(plan.head.end(), std::begin(kReserve), std::end(kReserve));
-    put16(plan.head, kFlags, static_cast<uint16_t>(flags | kReservePresent));
-    put32(plan.head, kCoffFiles, static_cast<uint32_t>(folders_end + shift));
+    le::put16(plan.head, kFlags, static_cast<uint16_t>(flags | kReservePresent));
+    le::put32(plan.head, kCoffFiles, static_cast<uint32_t>(folders_end + shift));
   }
   plan.head.insert(plan.head.end(), f.begin() + kFixedEnd, f.begin() + static_cast<ptrdiff_t>(folders_end));
   for (size_t at = folders_at + shift; at < folders_end + shift; at += kFolderSize) {
-    const uint32_t start = u32(plan.head, at);
+    const uint32_t start = le::get32(plan.head, at);
     if (start < folders_end || start > data_end) return cab_error("a CFFOLDER's data offset is outside the file");
-    put32(plan.head, at, static_cast<uint32_t>(start + shift));
+    le::put32(plan.head, at, static_cast<uint32_t>(start + shift));
   }
-  put32(plan.head, kCbCabinet, static_cast<uint32_t>(plan.signed_size()));
-  put32(plan.head, kSigPos, 0);
-  put32(plan.head, kSigLen, 0);
+  le::put32(plan.head, kCbCabinet, static_cast<uint32_t>(plan.signed_size()));
+  le::put32(plan.head, kSigPos, 0);
+  le::put32(plan.head, kSigLen, 0);
   return plan;
 }
 
@@ -200,8 +189,8 @@ Bytes cab_spc_indirect_data_content(HashAlg alg, std::span<const uint8_t> digest
 Bytes cab_signature_area(CabPlan& plan, std::span<const uint8_t> signed_data) {
   Bytes out(signed_data.begin(), signed_data.end());
   out.resize((out.size() + 7) / 8 * 8, 0);
-  put32(plan.head, kSigPos, static_cast<uint32_t>(plan.signed_size()));
-  put32(plan.head, kSigLen, static_cast<uint32_t>(out.size()));
+  le::put32(plan.head, kSigPos, static_cast<uint32_t>(plan.signed_size()));
+  le::put32(plan.head, kSigLen, static_cast<uint32_t>(out.size()));
   return out;
 }
 
@@ -215,7 +204,7 @@ binpatch::Patch cab_patch(CabPlan plan, uint64_t file_size, std::span<const uint
 
 Result<std::span<const uint8_t>> cab_signature(std::span<const uint8_t> f) {
   if (f.size() < kFixedEnd || !is_cab(f)) return cab_error("no MSCF header");
-  if (!(u16(f, kFlags) & kReservePresent)) return std::span<const uint8_t>{};
+  if (!(le::get16(f, kFlags) & kReservePresent)) return std::span<const uint8_t>{};
   ASSIGN_OR_RETURN(auto r, signature_reserve(f));
   return f.subspan(r.first, r.second);
 }

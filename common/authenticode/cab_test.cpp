@@ -1,4 +1,5 @@
 #include "common/authenticode/cab.h"
+#include "common/authenticode/le.h"
 
 #include <doctest/doctest.h>
 
@@ -8,41 +9,35 @@ using namespace p11relay;
 using namespace p11relay::authenticode;
 
 namespace {
-void le(Bytes& b, uint64_t v, int n) {
-  for (int i = 0; i < n; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
 // A minimal cabinet: one folder (stored), one file "a.txt" = "hello", one CFDATA block.
 Bytes tiny_cab() {
   Bytes b{'M', 'S', 'C', 'F'};
-  le(b, 0, 4);
-  le(b, 79, 4);      // cbCabinet
-  le(b, 0, 4);
-  le(b, 44, 4);      // coffFiles
-  le(b, 0, 4);
+  le::append(b, 0, 4);
+  le::append(b, 79, 4);      // cbCabinet
+  le::append(b, 0, 4);
+  le::append(b, 44, 4);      // coffFiles
+  le::append(b, 0, 4);
   b.push_back(3);
   b.push_back(1);
-  le(b, 1, 2);       // cFolders
-  le(b, 1, 2);       // cFiles
-  le(b, 0, 2);       // flags
-  le(b, 0x1234, 2);  // setID
-  le(b, 0, 2);       // iCabinet
-  le(b, 66, 4);      // CFFOLDER coffCabStart
-  le(b, 1, 2);
-  le(b, 0, 2);
-  le(b, 5, 4);       // CFFILE cbFile
-  le(b, 0, 4);
-  le(b, 0, 2);
-  le(b, 0, 6);
+  le::append(b, 1, 2);       // cFolders
+  le::append(b, 1, 2);       // cFiles
+  le::append(b, 0, 2);       // flags
+  le::append(b, 0x1234, 2);  // setID
+  le::append(b, 0, 2);       // iCabinet
+  le::append(b, 66, 4);      // CFFOLDER coffCabStart
+  le::append(b, 1, 2);
+  le::append(b, 0, 2);
+  le::append(b, 5, 4);       // CFFILE cbFile
+  le::append(b, 0, 4);
+  le::append(b, 0, 2);
+  le::append(b, 0, 6);
   for (char c : std::string("a.txt")) b.push_back(static_cast<uint8_t>(c));
   b.push_back(0);
-  le(b, 0, 4);       // CFDATA csum
-  le(b, 5, 2);
-  le(b, 5, 2);
+  le::append(b, 0, 4);       // CFDATA csum
+  le::append(b, 5, 2);
+  le::append(b, 5, 2);
   for (char c : std::string("hello")) b.push_back(static_cast<uint8_t>(c));
   return b;
-}
-uint32_t u32at(const Bytes& b, size_t at) {
-  return static_cast<uint32_t>(b[at] | b[at + 1] << 8 | b[at + 2] << 16 | static_cast<uint32_t>(b[at + 3]) << 24);
 }
 Bytes written(CabPlan& plan, const Bytes& file, const Bytes& sig) {
   Bytes area = cab_signature_area(plan, sig);
@@ -63,12 +58,12 @@ TEST_CASE("cab: an unsigned cabinet gets the signature reserve and every offset 
   CHECK(plan->head.size() == 44 + 24);
   CHECK(plan->tail_from == 44);
   CHECK(plan->tail_to == 79);
-  CHECK(u32at(plan->head, 8) == 79 + 24);   // cbCabinet
-  CHECK(u32at(plan->head, 16) == 44 + 24);  // coffFiles
-  CHECK(u32at(plan->head, 60) == 66 + 24);  // the folder's coffCabStart
+  CHECK(le::get32(plan->head, 8) == 79 + 24);   // cbCabinet
+  CHECK(le::get32(plan->head, 16) == 44 + 24);  // coffFiles
+  CHECK(le::get32(plan->head, 60) == 66 + 24);  // the folder's coffCabStart
   CHECK((plan->head[30] & 4) != 0);
-  CHECK(u32at(plan->head, 36) == 20);
-  CHECK(u32at(plan->head, 40) == 0x00100000);
+  CHECK(le::get32(plan->head, 36) == 20);
+  CHECK(le::get32(plan->head, 40) == 0x00100000);
   CHECK_FALSE(plan->was_signed);
 }
 
@@ -80,8 +75,8 @@ TEST_CASE("cab: the signed cabinet has the digest it was signed over, and signin
   Bytes sig(13, 0x30);
   Bytes s = written(*plan, f, sig);
   CHECK(s.size() == 79 + 24 + 16);  // 13 bytes padded to 16
-  CHECK(u32at(s, 44) == 79 + 24);
-  CHECK(u32at(s, 48) == 16);
+  CHECK(le::get32(s, 44) == 79 + 24);
+  CHECK(le::get32(s, 48) == 16);
   auto found = cab_signature(s);
   REQUIRE(found.ok());
   CHECK(found->size() == 16);

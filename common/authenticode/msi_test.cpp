@@ -1,6 +1,7 @@
 // MSI digests and signatures against osslsigncode, on installers built with wixl; hostile compound
 // files (truncated, looping FAT chain, directory loop, huge counts) refused with a reason.
 #include "common/authenticode/msi.h"
+#include "common/authenticode/le.h"
 
 #include "common/authenticode/signed_data.h"
 #include "test/helpers.h"
@@ -55,9 +56,6 @@ Result<Bytes> sign_msi_bytes(const Bytes& in, const TestKey& key, HashAlg alg, b
   return out;
 }
 
-void put32(Bytes& b, size_t off, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[off + i] = static_cast<uint8_t>(v >> (8 * i));
-}
 
 }  // namespace
 
@@ -162,18 +160,18 @@ TEST_CASE("msi: hostile compound files are refused with the reason") {
   fails_with(Bytes(good.begin(), good.begin() + 300), "shorter than a header");
   fails_with(Bytes(good.begin(), good.begin() + static_cast<long>(good.size() / 2)), "truncated to half");
   Bytes b = good;
-  put32(b, 0x2C, 0x7fffffff);
+  le::put32(b, 0x2C, 0x7fffffff);
   fails_with(b, "FAT sector count");
   b = good;
   // The directory chain's first sector points at itself in the FAT: a loop.
   const uint32_t dir_start = b[0x30] | (b[0x31] << 8) | (b[0x32] << 16) | (static_cast<uint32_t>(b[0x33]) << 24);
   const uint32_t fat0 = b[0x4C] | (b[0x4D] << 8) | (b[0x4E] << 16) | (static_cast<uint32_t>(b[0x4F]) << 24);
-  put32(b, (fat0 + 1) * 512 + 4 * dir_start, dir_start);
+  le::put32(b, (fat0 + 1) * 512 + 4 * dir_start, dir_start);
   fails_with(b, "looping directory chain");
   b = good;
-  put32(b, (dir_start + 1) * 512 + 0x4C, 0);  // root's child is the root: a cycle
+  le::put32(b, (dir_start + 1) * 512 + 0x4C, 0);  // root's child is the root: a cycle
   fails_with(b, "directory cycle");
   b = good;
-  put32(b, 0x40, 0x7fffffff);
+  le::put32(b, 0x40, 0x7fffffff);
   fails_with(b, "mini FAT count");
 }

@@ -3,6 +3,7 @@
 // chain is walked at most once per sector (a longer walk is a loop), and no sector may belong to two
 // chains.
 #include "common/authenticode/ole.h"
+#include "common/authenticode/le.h"
 
 #include <algorithm>
 #include <cstring>
@@ -16,11 +17,6 @@ constexpr uint32_t kMaxRegSect = 0xFFFFFFFA, kEndOfChain = 0xFFFFFFFE, kFreeSect
 constexpr uint32_t kMiniSector = 64;
 constexpr size_t kMaxEntries = 1u << 20;
 
-uint16_t u16(std::span<const uint8_t> p, size_t o) { return static_cast<uint16_t>(p[o] | (p[o + 1] << 8)); }
-uint32_t u32(std::span<const uint8_t> p, size_t o) {
-  return static_cast<uint32_t>(p[o]) | (static_cast<uint32_t>(p[o + 1]) << 8) |
-         (static_cast<uint32_t>(p[o + 2]) << 16) | (static_cast<uint32_t>(p[o + 3]) << 24);
-}
 
 Error bad(const std::string& what) { return Error(ErrorCode::bad_request, "not a valid OLE compound file: " + what); }
 
@@ -36,13 +32,13 @@ Result<File> File::parse(std::span<const uint8_t> data) {
   File f;
   f.data_ = data;
   if (data.size() < 512 || std::memcmp(data.data(), kMagic, 8) != 0) return bad("no compound-file signature");
-  const uint16_t major = u16(data, 0x1A), shift = u16(data, 0x1E);
-  if (u16(data, 0x1C) != 0xFFFE) return bad("byte order mark is not 0xFFFE");
+  const uint16_t major = le::get16(data, 0x1A), shift = le::get16(data, 0x1E);
+  if (le::get16(data, 0x1C) != 0xFFFE) return bad("byte order mark is not 0xFFFE");
   if (!((major == 3 && shift == 9) || (major == 4 && shift == 12)))
     return bad("unsupported version " + std::to_string(major) + " / sector shift " + std::to_string(shift));
-  if (u16(data, 0x20) != 6) return bad("mini sector shift is not 6");
+  if (le::get16(data, 0x20) != 6) return bad("mini sector shift is not 6");
   f.sector_size_ = 1u << shift;
-  f.cutoff_ = u32(data, 0x38);
+  f.cutoff_ = le::get32(data, 0x38);
   if (f.cutoff_ != 4096) return bad("mini stream cutoff is not 4096");
   RETURN_IF_ERROR(f.load_fat());
   RETURN_IF_ERROR(f.load_directory());
@@ -55,24 +51,24 @@ Result<File> File::parse(std::span<const uint8_t> data) {
 // §2.5: the FAT sectors are listed by the header's 109 DIFAT slots, then by the DIFAT chain.
 Status File::load_fat() {
   const uint64_t sectors = data_.size() / sector_size_ + 1;
-  const uint32_t nfat = u32(data_, 0x2C);
+  const uint32_t nfat = le::get32(data_, 0x2C);
   const uint32_t per = sector_size_ / 4;
   if (nfat == 0 || nfat > sectors / per + 1) return bad("FAT sector count " + std::to_string(nfat) + " does not fit the file");
   std::vector<uint32_t> ids;
-  for (uint32_t i = 0; i < 109 && ids.size() < nfat; ++i) ids.push_back(u32(data_, 0x4C + 4 * i));
-  uint32_t difat = u32(data_, 0x44);
+  for (uint32_t i = 0; i < 109 && ids.size() < nfat; ++i) ids.push_back(le::get32(data_, 0x4C + 4 * i));
+  uint32_t difat = le::get32(data_, 0x44);
   for (uint64_t steps = 0; ids.size() < nfat; ++steps) {
     if (difat >= kMaxRegSect || steps > sectors) return bad("DIFAT chain ends early or loops");
     auto s = sector(difat);
     if (s.size() != sector_size_) return bad("DIFAT sector " + std::to_string(difat) + " is past the end of the file");
-    for (uint32_t i = 0; i + 1 < per && ids.size() < nfat; ++i) ids.push_back(u32(s, 4 * i));
-    difat = u32(s, sector_size_ - 4);
+    for (uint32_t i = 0; i + 1 < per && ids.size() < nfat; ++i) ids.push_back(le::get32(s, 4 * i));
+    difat = le::get32(s, sector_size_ - 4);
   }
   fat_.reserve(static_cast<size_t>(nfat) * per);
   for (uint32_t id : ids) {
     auto s = id < kMaxRegSect ? sector(id) : std::span<const uint8_t>{};
     if (s.size() != sector_size_) return bad("FAT sector " + std::to_string(id) + " is past the end of the file");
-    for (uint32_t i = 0; i < per; ++i) fat_.push_back(u32(s, 4 * i));
+    for (uint32_t i = 0; i < per; ++i) fat_.push_back(le::get32(s, 4 * i));
   }
   return {};
 }
@@ -93,7 +89,7 @@ Result<std::vector<uint32_t>> File::chain(uint32_t start, const std::vector<uint
 
 Status File::load_directory() {
   const uint32_t per = sector_size_ / 128;
-  ASSIGN_OR_RETURN(auto sectors, chain(u32(data_, 0x30), fat_, kMaxEntries / per, "directory"));
+  ASSIGN_OR_RETURN(auto sectors, chain(le::get32(data_, 0x30), fat_, kMaxEntries / per, "directory"));
   for (uint32_t sn : sectors) {
     auto s = sector(sn);
     if (s.size() != sector_size_) return bad("directory sector " + std::to_string(sn) + " is past the end of the file");
@@ -101,18 +97,18 @@ Status File::load_directory() {
       auto d = s.subspan(128 * i, 128);
       Entry e;
       e.type = d[0x42];
-      const uint16_t nlen = u16(d, 0x40);
+      const uint16_t nlen = le::get16(d, 0x40);
       if (e.type != 0 && (nlen < 2 || nlen > 64 || nlen % 2 != 0))
         return bad("directory entry " + std::to_string(entries_.size()) + " has a name length of " + std::to_string(nlen));
-      for (uint16_t k = 0; e.type != 0 && k + 2 < nlen; k += 2) e.name.push_back(static_cast<char16_t>(u16(d, k)));
-      e.left = u32(d, 0x44);
-      e.right = u32(d, 0x48);
-      e.child = u32(d, 0x4C);
+      for (uint16_t k = 0; e.type != 0 && k + 2 < nlen; k += 2) e.name.push_back(static_cast<char16_t>(le::get16(d, k)));
+      e.left = le::get32(d, 0x44);
+      e.right = le::get32(d, 0x48);
+      e.child = le::get32(d, 0x4C);
       std::copy_n(d.begin() + 0x50, 16, e.clsid.begin());
-      e.state_bits = u32(d, 0x60);
+      e.state_bits = le::get32(d, 0x60);
       std::copy_n(d.begin() + 0x64, 16, e.times.begin());
-      e.start = u32(d, 0x74);
-      e.size = sector_size_ == 512 ? u32(d, 0x78) : (u32(d, 0x78) | (static_cast<uint64_t>(u32(d, 0x7C)) << 32));
+      e.start = le::get32(d, 0x74);
+      e.size = sector_size_ == 512 ? le::get32(d, 0x78) : (le::get32(d, 0x78) | (static_cast<uint64_t>(le::get32(d, 0x7C)) << 32));
       entries_.push_back(std::move(e));
     }
   }
@@ -122,13 +118,13 @@ Status File::load_directory() {
 
 Status File::load_mini() {
   const Entry& r = root();
-  const uint32_t nmini = u32(data_, 0x40);
+  const uint32_t nmini = le::get32(data_, 0x40);
   if (nmini > fat_.size()) return bad("mini FAT sector count " + std::to_string(nmini) + " does not fit the file");
-  ASSIGN_OR_RETURN(auto mf, chain(u32(data_, 0x3C), fat_, nmini, "mini FAT"));
+  ASSIGN_OR_RETURN(auto mf, chain(le::get32(data_, 0x3C), fat_, nmini, "mini FAT"));
   for (uint32_t sn : mf) {
     auto s = sector(sn);
     if (s.size() != sector_size_) return bad("mini FAT sector is past the end of the file");
-    for (uint32_t i = 0; i < sector_size_ / 4; ++i) minifat_.push_back(u32(s, 4 * i));
+    for (uint32_t i = 0; i < sector_size_ / 4; ++i) minifat_.push_back(le::get32(s, 4 * i));
   }
   if (r.size > data_.size()) return bad("the mini stream is larger than the file");
   ASSIGN_OR_RETURN(mini_sectors_, chain(r.size ? r.start : kEndOfChain, fat_,

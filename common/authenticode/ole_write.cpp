@@ -3,6 +3,7 @@
 // DIFAT. Siblings form a balanced binary search tree (§2.6.4 order) coloured as a valid red-black
 // tree: the nodes on the deepest level red, all others black.
 #include "common/authenticode/ole.h"
+#include "common/authenticode/le.h"
 
 #include <algorithm>
 #include <cstring>
@@ -24,8 +25,6 @@ struct Slot {
 
 uint64_t sectors_for(uint64_t bytes, uint32_t unit) { return (bytes + unit - 1) / unit; }
 
-void put16(uint8_t* p, uint16_t v) { p[0] = static_cast<uint8_t>(v); p[1] = static_cast<uint8_t>(v >> 8); }
-void put32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i)); }
 
 // Directory ids: breadth first; the children of each storage sorted and linked as a balanced tree.
 class Directory {
@@ -86,7 +85,7 @@ class Out {
   }
   Status u32s(const std::vector<uint32_t>& v) {
     Bytes b(v.size() * 4);
-    for (size_t i = 0; i < v.size(); ++i) put32(b.data() + 4 * i, v[i]);
+    for (size_t i = 0; i < v.size(); ++i) le::put32(b.data() + 4 * i, v[i]);
     return put(b);
   }
   Status flush() {
@@ -115,18 +114,18 @@ Status write_stream(const File& source, const Node& n, Out& out) {
 Bytes dir_entry(const Slot& s) {
   Bytes d(128, 0);
   const Node& n = *s.node;
-  for (size_t i = 0; i < n.name.size() && i < 31; ++i) put16(d.data() + 2 * i, n.name[i]);
-  put16(d.data() + 0x40, static_cast<uint16_t>(2 * (std::min<size_t>(n.name.size(), 31) + 1)));
+  for (size_t i = 0; i < n.name.size() && i < 31; ++i) le::put16(d.data() + 2 * i, n.name[i]);
+  le::put16(d.data() + 0x40, static_cast<uint16_t>(2 * (std::min<size_t>(n.name.size(), 31) + 1)));
   d[0x42] = n.type;
   d[0x43] = s.red ? 0 : 1;
-  put32(d.data() + 0x44, s.left);
-  put32(d.data() + 0x48, s.right);
-  put32(d.data() + 0x4C, s.child);
+  le::put32(d.data() + 0x44, s.left);
+  le::put32(d.data() + 0x48, s.right);
+  le::put32(d.data() + 0x4C, s.child);
   std::copy(n.clsid.begin(), n.clsid.end(), d.begin() + 0x50);
-  put32(d.data() + 0x60, n.state_bits);
+  le::put32(d.data() + 0x60, n.state_bits);
   if (n.type != kRoot) std::copy(n.times.begin(), n.times.end(), d.begin() + 0x64);
-  put32(d.data() + 0x74, s.start);
-  put32(d.data() + 0x78, static_cast<uint32_t>(s.size));
+  le::put32(d.data() + 0x74, s.start);
+  le::put32(d.data() + 0x78, static_cast<uint32_t>(s.size));
   return d;
 }
 
@@ -203,19 +202,19 @@ Bytes header(const Layout& l) {
   Bytes h(kSector, 0);
   const uint8_t magic[8] = {0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1};
   std::copy(magic, magic + 8, h.begin());
-  put16(h.data() + 0x18, 0x3E);
-  put16(h.data() + 0x1A, 3);
-  put16(h.data() + 0x1C, 0xFFFE);
-  put16(h.data() + 0x1E, 9);
-  put16(h.data() + 0x20, 6);
-  put32(h.data() + 0x2C, l.n_fat);
-  put32(h.data() + 0x30, l.dir_start);
-  put32(h.data() + 0x38, kCutoff);
-  put32(h.data() + 0x3C, l.minifat_start);
-  put32(h.data() + 0x40, l.n_minifat);
-  put32(h.data() + 0x44, l.difat_start);
-  put32(h.data() + 0x48, l.n_difat);
-  for (uint32_t i = 0; i < 109; ++i) put32(h.data() + 0x4C + 4 * i, i < l.n_fat ? l.fat_start + i : kFree);
+  le::put16(h.data() + 0x18, 0x3E);
+  le::put16(h.data() + 0x1A, 3);
+  le::put16(h.data() + 0x1C, 0xFFFE);
+  le::put16(h.data() + 0x1E, 9);
+  le::put16(h.data() + 0x20, 6);
+  le::put32(h.data() + 0x2C, l.n_fat);
+  le::put32(h.data() + 0x30, l.dir_start);
+  le::put32(h.data() + 0x38, kCutoff);
+  le::put32(h.data() + 0x3C, l.minifat_start);
+  le::put32(h.data() + 0x40, l.n_minifat);
+  le::put32(h.data() + 0x44, l.difat_start);
+  le::put32(h.data() + 0x48, l.n_difat);
+  for (uint32_t i = 0; i < 109; ++i) le::put32(h.data() + 0x4C + 4 * i, i < l.n_fat ? l.fat_start + i : kFree);
   return h;
 }
 
@@ -254,9 +253,9 @@ Status write(const File& source, const Node& root, const std::function<Status(st
   for (const auto& s : dir.slots) RETURN_IF_ERROR(out.put(dir_entry(s)));
   for (size_t i = dir.slots.size(); i < static_cast<size_t>(l.n_dir) * 4; ++i) {
     Bytes unused(128, 0);
-    put32(unused.data() + 0x44, kNoStream);
-    put32(unused.data() + 0x48, kNoStream);
-    put32(unused.data() + 0x4C, kNoStream);
+    le::put32(unused.data() + 0x44, kNoStream);
+    le::put32(unused.data() + 0x48, kNoStream);
+    le::put32(unused.data() + 0x4C, kNoStream);
     RETURN_IF_ERROR(out.put(unused));
   }
   RETURN_IF_ERROR(out.u32s(l.fat));

@@ -1,4 +1,5 @@
 #include "common/authenticode/pe_digest.h"
+#include "common/authenticode/le.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -29,16 +30,6 @@ constexpr uint64_t kMaxOverlapFactor = 4;
 // reader of each byte find it in the L2 cache instead of going to memory again.
 constexpr size_t kSlice = 64 * 1024;
 
-uint16_t le16(std::span<const uint8_t> b, uint64_t off) {
-  return static_cast<uint16_t>(b[off] | (b[off + 1] << 8));
-}
-uint32_t le32(std::span<const uint8_t> b, uint64_t off) {
-  return static_cast<uint32_t>(b[off]) | (static_cast<uint32_t>(b[off + 1]) << 8) |
-         (static_cast<uint32_t>(b[off + 2]) << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
-}
-void put_le32(Bytes& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
 
 struct Section {
   uint32_t index;  // position in the section table (0-based)
@@ -167,7 +158,7 @@ Status PeDigester::State::try_parse() {
     switch (stage) {
       case 0: {  // DOS header (§9.2 step 1)
         if (h[0] != 'M' || h[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
-        uint64_t lfanew = le32(h, 0x3c);
+        uint64_t lfanew = le::get32(h, 0x3c);
         if (lfanew < 4 || lfanew + 24 > kMaxHeaderBytes)
           return bad_request("PE header offset e_lfanew (" + std::to_string(lfanew) + ") is out of range");
         info.pe_offset = lfanew;
@@ -178,9 +169,9 @@ Status PeDigester::State::try_parse() {
       case 1: {  // PE signature + COFF header (§9.2 step 2)
         uint64_t pe = info.pe_offset;
         if (std::memcmp(&h[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
-        info.machine = le16(h, pe + 4);
-        nsections = le16(h, pe + 6);
-        opt_size = le16(h, pe + 20);
+        info.machine = le::get16(h, pe + 4);
+        nsections = le::get16(h, pe + 6);
+        opt_size = le::get16(h, pe + 20);
         opt_off = pe + 24;
         section_table_end = opt_off + opt_size + 40 * nsections;
         // Magic first: PE32 needs 96 bytes before the data directories, PE32+ 112.
@@ -191,7 +182,7 @@ Status PeDigester::State::try_parse() {
         break;
       }
       case 2: {  // optional header and section table (§9.2 steps 3-4)
-        uint16_t magic = le16(h, opt_off);
+        uint16_t magic = le::get16(h, opt_off);
         if (magic == 0x10b) {
           info.pe32plus = false;
         } else if (magic == 0x20b) {
@@ -202,16 +193,16 @@ Status PeDigester::State::try_parse() {
         const uint64_t dirs = info.pe32plus ? 112 : 96;
         if (opt_size < dirs + 5 * 8)
           return bad_request("optional header too small to hold the certificate table directory");
-        uint32_t nrva = le32(h, opt_off + dirs - 4);
+        uint32_t nrva = le::get32(h, opt_off + dirs - 4);
         if (nrva < 5) return bad_request("NumberOfRvaAndSizes is " + std::to_string(nrva) + ", need at least 5");
         info.checksum_offset = opt_off + 64;
         info.cert_dir_offset = opt_off + dirs + 4 * 8;
-        info.stored_checksum = le32(h, info.checksum_offset);
-        uint32_t file_align = le32(h, opt_off + 36);
-        uint32_t section_align = le32(h, opt_off + 32);
-        header_size = le32(h, opt_off + 60);
-        uint32_t cert_va = le32(h, info.cert_dir_offset);
-        uint32_t cert_size = le32(h, info.cert_dir_offset + 4);
+        info.stored_checksum = le::get32(h, info.checksum_offset);
+        uint32_t file_align = le::get32(h, opt_off + 36);
+        uint32_t section_align = le::get32(h, opt_off + 32);
+        header_size = le::get32(h, opt_off + 60);
+        uint32_t cert_va = le::get32(h, info.cert_dir_offset);
+        uint32_t cert_size = le::get32(h, info.cert_dir_offset + 4);
         if (cert_size != 0) {
           if (cert_va == 0) return bad_request("certificate table directory has a size but no offset");
           if (cert_size < 8) return bad_request("certificate table is smaller than a WIN_CERTIFICATE header");
@@ -225,8 +216,8 @@ Status PeDigester::State::try_parse() {
         }
         for (uint64_t i = 0; i < nsections; ++i) {
           uint64_t s = section_table_end - 40 * (nsections - i);
-          uint64_t raw_size = le32(h, s + 16);
-          uint64_t raw_ptr = le32(h, s + 20);
+          uint64_t raw_size = le::get32(h, s + 16);
+          uint64_t raw_ptr = le::get32(h, s + 20);
           if (raw_size == 0) continue;
           if (raw_ptr + raw_size > image_end)
             return bad_request("section " + std::to_string(i + 1) + " extends into the certificate table");
@@ -432,7 +423,7 @@ Result<PeInfo> PeDigester::finish() {
   if (s.page_hasher) {
     const size_t dlen = hash_info(*info.page_hash_alg).size;
     Bytes& out = info.page_hashes;
-    put_le32(out, 0);
+    le::append(out, 0, 4);
     out.insert(out.end(), s.header_page_digest.begin(), s.header_page_digest.end());
     uint64_t lastpos = 0;
     for (size_t i = 0; i < s.sections.size(); ++i) {
@@ -440,12 +431,12 @@ Result<PeInfo> PeDigester::finish() {
       if (s.pages[i].size() != (sec.size + s.page_size - 1) / s.page_size)
         return s.fail(internal_error("page hash bookkeeping mismatch"));
       for (size_t k = 0; k < s.pages[i].size(); ++k) {
-        put_le32(out, static_cast<uint32_t>(sec.start + k * s.page_size));
+        le::append(out, static_cast<uint32_t>(sec.start + k * s.page_size), 4);
         out.insert(out.end(), s.pages[i][k].begin(), s.pages[i][k].end());
       }
       lastpos = sec.start + sec.size;
     }
-    put_le32(out, static_cast<uint32_t>(lastpos));
+    le::append(out, static_cast<uint32_t>(lastpos), 4);
     out.insert(out.end(), dlen, 0);
   }
   return info;
@@ -548,10 +539,10 @@ uint32_t pe_checksum(std::span<const uint8_t> file, uint64_t checksum_offset) {
 
 Result<uint64_t> pe_checksum_offset(std::span<const uint8_t> file) {
   if (file.size() < 64 || file[0] != 'M' || file[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
-  uint64_t pe = le32(file, 0x3c);
+  uint64_t pe = le::get32(file, 0x3c);
   if (pe + 24 + 68 > file.size()) return bad_request("truncated PE: optional header extends past end of file");
   if (std::memcmp(&file[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
-  if (le16(file, pe + 20) < 68) return bad_request("optional header too small");
+  if (le::get16(file, pe + 20) < 68) return bad_request("optional header too small");
   return pe + 24 + 64;
 }
 

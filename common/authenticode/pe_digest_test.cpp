@@ -1,4 +1,5 @@
 #include "common/authenticode/pe_digest.h"
+#include "common/authenticode/le.h"
 
 #include "test/helpers.h"
 
@@ -13,16 +14,6 @@ using namespace p11relay::authenticode::testing;
 
 namespace {
 
-uint32_t rd32(const Bytes& b, size_t off) {
-  return b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
-}
-void wr32(Bytes& b, size_t off, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[off + i] = static_cast<uint8_t>(v >> (8 * i));
-}
-void wr16(Bytes& b, size_t off, uint16_t v) {
-  b[off] = static_cast<uint8_t>(v);
-  b[off + 1] = static_cast<uint8_t>(v >> 8);
-}
 
 Result<PeInfo> digest_chunked(const Bytes& file, PeDigestOptions opt, std::mt19937& rng, size_t max_chunk) {
   PeDigester d(opt);
@@ -144,7 +135,7 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   }
   const Bytes good = read_file(p);
   REQUIRE(pe_digest(good).ok());
-  const uint32_t pe_off = rd32(good, 0x3c);
+  const uint32_t pe_off = le::get32(good, 0x3c);
   const uint16_t opt_size = static_cast<uint16_t>(good[pe_off + 20] | (good[pe_off + 21] << 8));
   const bool plus = good[pe_off + 24] == 0x0b && good[pe_off + 25] == 0x02;
   const size_t cert_dir = pe_off + 24 + (plus ? 144 : 128);
@@ -177,7 +168,7 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   }
   {
     Bytes f = good;
-    wr32(f, 0x3c, 0xfffffff0);
+    le::put32(f, 0x3c, 0xfffffff0);
     expect_error(f, "e_lfanew");
   }
   {
@@ -187,47 +178,47 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   }
   {
     Bytes f = good;
-    wr16(f, pe_off + 24, 0x1234);
+    le::put16(f, pe_off + 24, 0x1234);
     expect_error(f, "magic");
   }
   {
     Bytes f = good;
-    wr16(f, pe_off + 6, 0xffff);  // huge NumberOfSections: table runs off the file
+    le::put16(f, pe_off + 6, 0xffff);  // huge NumberOfSections: table runs off the file
     expect_error(f, "past end of file");
   }
   {
     Bytes f = good;
-    wr32(f, sect0 + 20, 0x7fff0000);  // section 1 PointerToRawData far past EOF
+    le::put32(f, sect0 + 20, 0x7fff0000);  // section 1 PointerToRawData far past EOF
     expect_error(f, "section 1 extends past end of file");
   }
   {
     Bytes f = good;
-    wr32(f, sect0 + 16, 0xfffffff0);  // section 1 SizeOfRawData huge
+    le::put32(f, sect0 + 16, 0xfffffff0);  // section 1 SizeOfRawData huge
     expect_error(f, "section");
   }
   {
     Bytes f = good;
-    wr32(f, cert_dir, static_cast<uint32_t>(good.size() + 64));  // certificate table outside the file
-    wr32(f, cert_dir + 4, 64);
+    le::put32(f, cert_dir, static_cast<uint32_t>(good.size() + 64));  // certificate table outside the file
+    le::put32(f, cert_dir + 4, 64);
     expect_error(f, "past end of file");
   }
   {
     Bytes f = good;
-    wr32(f, cert_dir, 8);  // certificate table inside the headers
-    wr32(f, cert_dir + 4, 64);
+    le::put32(f, cert_dir, 8);  // certificate table inside the headers
+    le::put32(f, cert_dir + 4, 64);
     expect_error(f, "overlaps the PE headers");
   }
   {
     Bytes f = good;
-    wr32(f, cert_dir, static_cast<uint32_t>(good.size() - 16));  // table inside the last section's data
-    wr32(f, cert_dir + 4, 16);
+    le::put32(f, cert_dir, static_cast<uint32_t>(good.size() - 16));  // table inside the last section's data
+    le::put32(f, cert_dir + 4, 16);
     expect_error(f, nullptr);
   }
   {
     Bytes f = good;  // a proper table, then trailing garbage
     f.resize((f.size() + 7) & ~size_t{7}, 0);
-    wr32(f, cert_dir, static_cast<uint32_t>(f.size()));
-    wr32(f, cert_dir + 4, 16);
+    le::put32(f, cert_dir, static_cast<uint32_t>(f.size()));
+    le::put32(f, cert_dir + 4, 16);
     f.resize(f.size() + 16, 0);
     PeDigestOptions opt;
     CHECK(pe_digest(f, opt).ok());
@@ -236,13 +227,13 @@ TEST_CASE("hostile PE headers are bad_request errors, never crashes") {
   }
   {
     Bytes f = good;
-    wr32(f, cert_dir, 0);  // size without offset
-    wr32(f, cert_dir + 4, 64);
+    le::put32(f, cert_dir, 0);  // size without offset
+    le::put32(f, cert_dir + 4, 64);
     expect_error(f, "no offset");
   }
   {
     Bytes f = good;
-    wr16(f, pe_off + 20, 16);  // optional header too small for the data directories
+    le::put16(f, pe_off + 20, 16);  // optional header too small for the data directories
     expect_error(f, nullptr);
   }
 }
@@ -256,7 +247,7 @@ TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
     P11R_SKIP("no mingw compiler");
   }
   Bytes f = read_file(p);
-  const uint32_t pe_off = rd32(f, 0x3c);
+  const uint32_t pe_off = le::get32(f, 0x3c);
   const uint16_t opt_size = static_cast<uint16_t>(f[pe_off + 20] | (f[pe_off + 21] << 8));
   const size_t sect0 = pe_off + 24 + opt_size;
   const uint32_t n = 2000;
@@ -265,13 +256,13 @@ TEST_CASE("page hashes refuse a header that asks for hours of padding work") {
   const size_t table_end = sect0 + 40 * n;
   Bytes g(table_end + n, 0);
   std::copy(f.begin(), f.begin() + static_cast<ptrdiff_t>(sect0), g.begin());
-  wr16(g, pe_off + 6, static_cast<uint16_t>(n));
-  wr32(g, pe_off + 24 + 32, 4 * 1024 * 1024);                          // SectionAlignment
-  wr32(g, pe_off + 24 + 36, 512);                                      // FileAlignment
-  wr32(g, pe_off + 24 + 60, static_cast<uint32_t>(table_end));         // SizeOfHeaders
+  le::put16(g, pe_off + 6, static_cast<uint16_t>(n));
+  le::put32(g, pe_off + 24 + 32, 4 * 1024 * 1024);                          // SectionAlignment
+  le::put32(g, pe_off + 24 + 36, 512);                                      // FileAlignment
+  le::put32(g, pe_off + 24 + 60, static_cast<uint32_t>(table_end));         // SizeOfHeaders
   for (uint32_t i = 0; i < n; ++i) {
-    wr32(g, sect0 + 40 * i + 16, 1);
-    wr32(g, sect0 + 40 * i + 20, static_cast<uint32_t>(table_end + i));
+    le::put32(g, sect0 + 40 * i + 16, 1);
+    le::put32(g, sect0 + 40 * i + 20, static_cast<uint32_t>(table_end + i));
   }
   REQUIRE(pe_digest(g).ok());  // the image digest itself is cheap
   PeDigestOptions opt;
@@ -291,11 +282,11 @@ TEST_CASE("page hashes refuse a section over the headers (fuzz_pe regression)") 
     P11R_SKIP("no mingw compiler");
   }
   Bytes f = read_file(p);
-  const uint32_t pe_off = rd32(f, 0x3c);
+  const uint32_t pe_off = le::get32(f, 0x3c);
   const uint16_t opt_size = static_cast<uint16_t>(f[pe_off + 20] | (f[pe_off + 21] << 8));
   const size_t sect0 = pe_off + 24 + opt_size;
-  wr32(f, sect0 + 20, 0);  // section 1 PointerToRawData = 0: its data covers all headers
-  wr32(f, sect0 + 16, 512);
+  le::put32(f, sect0 + 20, 0);  // section 1 PointerToRawData = 0: its data covers all headers
+  le::put32(f, sect0 + 16, 512);
   REQUIRE(pe_digest(f).ok());
   PeDigestOptions opt;
   opt.page_hashes = true;
@@ -386,13 +377,13 @@ namespace {
 // Page hashes by random access, as osslsigncode computes them (pages of `page`, the header page without
 // CheckSum and the certificate directory, every section in table order, each read on its own).
 Bytes reference_page_hashes(const Bytes& f, uint32_t page) {
-  const uint32_t pe = rd32(f, 0x3c);
+  const uint32_t pe = le::get32(f, 0x3c);
   const uint16_t nsec = static_cast<uint16_t>(f[pe + 6] | (f[pe + 7] << 8));
   const uint16_t opt_size = static_cast<uint16_t>(f[pe + 20] | (f[pe + 21] << 8));
   const size_t opt = pe + 24;
   const bool plus = f[opt] == 0x0b && f[opt + 1] == 0x02;
   const size_t ck = opt + 64, cd = opt + (plus ? 144 : 128);
-  const uint32_t hdr = rd32(f, opt + 60);
+  const uint32_t hdr = le::get32(f, opt + 60);
   auto le32 = [](Bytes& out, uint32_t v) {
     for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
   };
@@ -407,7 +398,7 @@ Bytes reference_page_hashes(const Bytes& f, uint32_t page) {
   uint32_t last = 0;
   for (uint16_t i = 0; i < nsec; ++i) {
     const size_t s = opt + opt_size + 40 * i;
-    const uint32_t size = rd32(f, s + 16), ptr = rd32(f, s + 20);
+    const uint32_t size = le::get32(f, s + 16), ptr = le::get32(f, s + 20);
     for (uint32_t off = 0; off < size; off += page) {
       Bytes pg(f.begin() + ptr + off, f.begin() + ptr + std::min(size, off + page));
       pg.resize(page, 0);
@@ -431,7 +422,7 @@ TEST_CASE("page hashes: overlapping and unordered sections, headers larger than 
     P11R_SKIP("no mingw compiler");
   }
   const Bytes good = read_file(p);
-  const uint32_t pe_off = rd32(good, 0x3c);
+  const uint32_t pe_off = le::get32(good, 0x3c);
   const uint16_t opt_size = static_cast<uint16_t>(good[pe_off + 20] | (good[pe_off + 21] << 8));
   const size_t sect0 = pe_off + 24 + opt_size;
   REQUIRE(good[pe_off + 6] >= 3);
@@ -450,23 +441,23 @@ TEST_CASE("page hashes: overlapping and unordered sections, headers larger than 
   };
   {  // section 3 inside section 1 (NSIS installers put .reloc inside .rsrc), listed after it
     Bytes f = good;
-    wr32(f, sect0 + 80 + 20, rd32(f, sect0 + 20) + 512);
-    wr32(f, sect0 + 80 + 16, 1024);
-    check(f, rd32(f, pe_off + 24 + 32));
+    le::put32(f, sect0 + 80 + 20, le::get32(f, sect0 + 20) + 512);
+    le::put32(f, sect0 + 80 + 16, 1024);
+    check(f, le::get32(f, pe_off + 24 + 32));
   }
   {  // sections 1 and 2 swapped in the table: pages follow the table, not the file
     Bytes f = good;
     std::swap_ranges(f.begin() + static_cast<ptrdiff_t>(sect0), f.begin() + static_cast<ptrdiff_t>(sect0 + 40),
                      f.begin() + static_cast<ptrdiff_t>(sect0 + 40));
-    check(f, rd32(f, pe_off + 24 + 32));
+    check(f, le::get32(f, pe_off + 24 + 32));
   }
   {  // SectionAlignment 512 with 1 KiB of headers (systemd-boot's EFI layout): relic's 4 KiB pages
     Bytes f = good;
-    wr32(f, pe_off + 24 + 32, 512);
-    wr32(f, pe_off + 24 + 36, 512);
-    REQUIRE(rd32(f, pe_off + 24 + 60) == 1024);
+    le::put32(f, pe_off + 24 + 32, 512);
+    le::put32(f, pe_off + 24 + 36, 512);
+    REQUIRE(le::get32(f, pe_off + 24 + 60) == 1024);
     check(f, 4096);
-    wr32(f, pe_off + 24 + 60, 8192);  // headers larger than any page: no peer can hash them
+    le::put32(f, pe_off + 24 + 60, 8192);  // headers larger than any page: no peer can hash them
     auto r = pe_digest(f, ph);
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().message.find("SizeOfHeaders (8192) is larger than a page") != std::string::npos);

@@ -1,4 +1,5 @@
 #include "common/authenticode/pe_write.h"
+#include "common/authenticode/le.h"
 
 #include "common/authenticode/der.h"
 #include "common/authenticode/signed_data.h"
@@ -23,22 +24,15 @@ namespace {
 constexpr uint16_t kWinCertRevision2 = 0x0200;
 constexpr uint16_t kWinCertTypePkcsSignedData = 0x0002;
 
-void put_le(Bytes& out, uint64_t v, int n) {
-  for (int i = 0; i < n; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-uint32_t get_le32(std::span<const uint8_t> b, size_t off) {
-  return static_cast<uint32_t>(b[off]) | (static_cast<uint32_t>(b[off + 1]) << 8) |
-         (static_cast<uint32_t>(b[off + 2]) << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
-}
 }  // namespace
 
 Bytes win_certificate(std::span<const uint8_t> signed_data) {
   const size_t padded = (signed_data.size() + 7) & ~size_t{7};
   Bytes out;
   out.reserve(8 + padded);
-  put_le(out, 8 + padded, 4);
-  put_le(out, kWinCertRevision2, 2);
-  put_le(out, kWinCertTypePkcsSignedData, 2);
+  le::append(out, 8 + padded, 4);
+  le::append(out, kWinCertRevision2, 2);
+  le::append(out, kWinCertTypePkcsSignedData, 2);
   out.insert(out.end(), signed_data.begin(), signed_data.end());
   out.resize(8 + padded, 0);
   return out;
@@ -48,7 +42,7 @@ Result<std::vector<Bytes>> parse_cert_table(std::span<const uint8_t> table) {
   std::vector<Bytes> out;
   size_t pos = 0;
   while (pos + 8 <= table.size()) {
-    uint32_t len = get_le32(table, pos);
+    uint32_t len = le::get32(table, pos);
     uint16_t rev = static_cast<uint16_t>(table[pos + 4] | (table[pos + 5] << 8));
     uint16_t type = static_cast<uint16_t>(table[pos + 6] | (table[pos + 7] << 8));
     if (len < 8 || len > table.size() - pos)
@@ -74,8 +68,8 @@ Result<binpatch::Patch> make_pe_patch(const PeInfo& pe, std::span<const uint8_t>
   if (table_off + cert.size() > 0xffffffffULL) return bad_request("signed file would exceed 4 GiB");
   binpatch::Patch p;
   Bytes dir;
-  put_le(dir, table_off, 4);
-  put_le(dir, cert.size(), 4);
+  le::append(dir, table_off, 4);
+  le::append(dir, cert.size(), 4);
   p.records.push_back({pe.cert_dir_offset, 8, std::move(dir)});
   Bytes blob(table_off - pe.original_size, 0);  // 8-byte alignment padding (§9.2 step 9)
   blob.insert(blob.end(), cert.begin(), cert.end());

@@ -1,4 +1,5 @@
 #include "common/authenticode/pe_write.h"
+#include "common/authenticode/le.h"
 
 #include "common/authenticode/binpatch.h"
 #include "common/authenticode/signed_data.h"
@@ -45,12 +46,6 @@ Signed sign_file(const Bytes& file, TestKey& key, bool page_hashes, EmbedMode mo
   return {std::move(*out), std::move(*info)};
 }
 
-void put32(Bytes& b, size_t off, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[off + i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t get32(const Bytes& b, size_t off) {
-  return b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (static_cast<uint32_t>(b[off + 3]) << 24);
-}
 
 // A minimal PE32 or PE32+ of random bytes: e_lfanew of either parity, one section of `data` bytes,
 // `trailing` bytes after it, a random stored CheckSum. Enough for the digester, not for Windows.
@@ -61,7 +56,7 @@ Bytes random_pe(std::mt19937& rng, bool pe32plus, uint32_t lfanew, size_t data, 
   for (auto& b : f) b = static_cast<uint8_t>(rng());
   f[0] = 'M';
   f[1] = 'Z';
-  put32(f, 0x3c, lfanew);
+  le::put32(f, 0x3c, lfanew);
   std::memcpy(&f[lfanew], "PE\0\0", 4);
   f[lfanew + 6] = 1;  // NumberOfSections
   f[lfanew + 7] = 0;
@@ -69,11 +64,11 @@ Bytes random_pe(std::mt19937& rng, bool pe32plus, uint32_t lfanew, size_t data, 
   f[lfanew + 21] = 0;
   f[opt] = 0x0b;
   f[opt + 1] = pe32plus ? 0x02 : 0x01;
-  put32(f, opt + dirs - 4, 16);       // NumberOfRvaAndSizes
-  put32(f, opt + dirs + 32, 0);       // no certificate table
-  put32(f, opt + dirs + 36, 0);
-  put32(f, sections + 16, static_cast<uint32_t>(data));
-  put32(f, sections + 20, static_cast<uint32_t>(raw));
+  le::put32(f, opt + dirs - 4, 16);       // NumberOfRvaAndSizes
+  le::put32(f, opt + dirs + 32, 0);       // no certificate table
+  le::put32(f, opt + dirs + 36, 0);
+  le::put32(f, sections + 16, static_cast<uint32_t>(data));
+  le::put32(f, sections + 20, static_cast<uint32_t>(raw));
   return f;
 }
 
@@ -101,7 +96,7 @@ TEST_CASE("signed_checksum and the written file equal a full recomputation for r
       REQUIRE(expect.ok());
       auto patch = make_pe_patch(*info, sd);
       REQUIRE(patch.ok());
-      CHECK(signed_checksum(*info, *patch) == get32(*expect, info->checksum_offset));
+      CHECK(signed_checksum(*info, *patch) == le::get32(*expect, info->checksum_offset));
       write_file(dir.file("in.exe"), file);
       REQUIRE(write_signed_file(dir.file("in.exe"), dir.file("out.exe"), *info, sd).ok());
       CHECK(read_file(dir.file("out.exe")) == *expect);
