@@ -19,7 +19,11 @@ using namespace p11relay;
 using namespace p11relay::shim;
 using namespace p11relay::shim::testing;
 
-extern "C" CK_RV C_GetInterfaceList(void* pInterfacesList, CK_ULONG_PTR pulCount);
+// entry.cpp's exported PKCS#11 3.0 discovery function, declared as entry.cpp defines it.
+namespace p11relay::shim::entry {
+struct Interface;
+}
+extern "C" CK_RV C_GetInterfaceList(p11relay::shim::entry::Interface* pInterfacesList, CK_ULONG_PTR pulCount);
 
 TEST_CASE("before C_Initialize every function answers CKR_CRYPTOKI_NOT_INITIALIZED") {
   Shim s(false);

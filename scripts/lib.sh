@@ -56,15 +56,14 @@ install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
-# build [MESON_SETUP_ARGS...] — meson setup (or reconfigure with the given options) + ninja.
+# build [MESON_SETUP_ARGS...] — meson setup (the options apply only to a new build directory: an existing one
+# keeps its configuration, so a second run rebuilds nothing) + ninja.
 # P11RELAY_TARGETS (space-separated ninja targets, default: all) limits what is built.
 build() {
   cd "$P11RELAY_ROOT" || die "cannot cd to $P11RELAY_ROOT"
   if [[ ! -f $P11RELAY_BUILD_DIR/build.ninja ]]; then
     log "meson setup $P11RELAY_BUILD_DIR $*"
     meson setup "$P11RELAY_BUILD_DIR" "$@"
-  elif (($# > 0)); then
-    meson configure "$P11RELAY_BUILD_DIR" "$@"
   fi
   local targets=()
   read -r -a targets <<<"${P11RELAY_TARGETS:-}"
