@@ -93,7 +93,7 @@ Result<Signing> open_signing(const Globals& g, const SignOptions& o) {
 // The SignedData over `spc`: only the digest of the signed attributes goes to the daemon; then the
 // timestamp, if asked for.
 Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o, HashAlg alg,
-                             std::span<const uint8_t> spc, uint64_t size) {
+                             std::span<const uint8_t> spc, uint64_t size, const char* content_type) {
   const std::string filename = fs::path(o.file).filename().string();
   ac::RawSigner signer = [&](HashAlg a, std::span<const uint8_t> digest) -> Result<Bytes> {
     ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*s.c, s.key, a, digest, "", filename, size));
@@ -107,7 +107,7 @@ Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o,
   so.description = o.description;
   so.url = o.url;
   so.signing_time = o.signing_time;
-  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer));
+  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer, content_type));
   if (o.timestamp_url.empty()) return sd;
   ac::TimestampOptions to;
   to.urls = {o.timestamp_url};
@@ -158,6 +158,7 @@ Status run_sign(const Globals& g, const SignOptions& o) {
   if (t == FileType::msi) return run_sign_msi(g, o);
   if (t == FileType::script) return run_sign_script(g, o);
   if (t == FileType::cab) return run_sign_cab(g, o);
+  if (t == FileType::cat) return run_sign_cat(g, o);
   if (o.msi_extended) return bad_request("--msi-extended applies to MSI files only");
   return run_sign_pe(g, o);
 }
@@ -257,6 +258,7 @@ Status run_verify(const VerifyOptions& o) {
   if (t != FileType::pe) {
     ASSIGN_OR_RETURN(Bytes sd, t == FileType::msi   ? run_verify_msi(o.file)
                                : t == FileType::cab ? run_verify_cab(o.file)
+                               : t == FileType::cat ? run_verify_cat(o.file)
                                                     : run_verify_script(o.file));
     primaries.push_back(std::move(sd));
   } else {
@@ -276,7 +278,7 @@ void add_authenticode(CLI::App& app, Globals& g) {
   {
     auto o = std::make_shared<SignOptions>();
     auto* cmd = app.add_subcommand("sign", "Authenticode-sign a PE file (.exe, .dll, .sys, .efi), a Windows Installer file "
-                                           "(.msi, .msm, .msp), a cabinet (.cab) or a script (.ps1, .psm1, .psd1, "
+                                           "(.msi, .msm, .msp), a cabinet (.cab), a security catalog (.cat) or a script (.ps1, .psm1, .psd1, "
                                            ".ps1xml, .psc1, .cdxml, .mof); the file stays here, only a digest is sent");
     cmd->add_option("-k,--key", o->key, "key name (see list-keys) or pkcs11: URI")->required();
     cmd->add_option("-f,--file", o->file, "file to sign (the type is taken from its content)")->required()->check(CLI::ExistingFile);

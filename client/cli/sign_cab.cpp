@@ -18,10 +18,8 @@ namespace ac = p11relay::authenticode;
 Status run_sign_cab(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
   RETURN_IF_ERROR(only_plain_sign_options(o));
-  const std::string output = o.output.empty() ? o.file : o.output;
-  struct stat before {};
-  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
-  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
+  ASSIGN_OR_RETURN(SignInput input, open_sign_input(o));
+  const auto& [output, before, in] = input;
   auto plan = ac::cab_plan(in.data());
   if (!plan.ok()) return bad_request(o.file + ": " + plan.error().message);
   Bytes digest = ac::cab_digest(*plan, in.data(), alg);

@@ -5,6 +5,7 @@
 #include "client/cli/temp_output.h"
 
 #include "common/authenticode/cab.h"
+#include "common/authenticode/cat.h"
 #include "common/authenticode/msi.h"
 #include "common/authenticode/script.h"
 #include "common/authenticode/signed_data.h"
@@ -35,13 +36,15 @@ Result<bool> extended_for(const ac::MsiSignatures& old, const SignOptions& o, Ha
 }  // namespace
 
 Result<FileType> detect_file_type(const std::string& path) {
-  uint8_t head[8] = {};
+  uint8_t head[24] = {};
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return bad_request(path + ": " + std::strerror(errno));
   const ssize_t n = ::read(fd, head, sizeof head);
   ::close(fd);
-  if (n == static_cast<ssize_t>(sizeof head) && ac::is_ole(head)) return FileType::msi;
-  if (n == static_cast<ssize_t>(sizeof head) && ac::is_cab(head)) return FileType::cab;
+  const std::span<const uint8_t> got(head, n > 0 ? static_cast<size_t>(n) : 0);
+  if (got.size() >= 8 && ac::is_ole(got.first(8))) return FileType::msi;
+  if (got.size() >= 8 && ac::is_cab(got.first(8))) return FileType::cab;
+  if (ac::is_pkcs7(got)) return FileType::cat;
   if (ac::script_style(path)) return FileType::script;  // text: only the name tells the script type
   return FileType::pe;
 }
@@ -62,6 +65,14 @@ void print_signature(const ac::SignatureReport& s, const char* type) {
             << "  timestamp:   " << (s.timestamped ? "yes (RFC 3161)" : "no") << "\n";
 }
 
+Result<SignInput> open_sign_input(const SignOptions& o) {
+  SignInput f;
+  f.output = o.output.empty() ? o.file : o.output;
+  if (stat(o.file.c_str(), &f.before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
+  ASSIGN_OR_RETURN(f.in, MappedFile::open(o.file));
+  return f;
+}
+
 Status check_unchanged(const std::string& path, const struct stat& before) {
   struct stat now {};
   if (stat(path.c_str(), &now) != 0 || now.st_size != before.st_size || now.st_mtim.tv_sec != before.st_mtim.tv_sec ||
@@ -73,10 +84,8 @@ Status check_unchanged(const std::string& path, const struct stat& before) {
 Status run_sign_msi(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
   if (o.page_hashes) return bad_request("--page-hashes applies to PE files only");
-  const std::string output = o.output.empty() ? o.file : o.output;
-  struct stat before {};
-  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
-  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
+  ASSIGN_OR_RETURN(SignInput input, open_sign_input(o));
+  const auto& [output, before, in] = input;
   auto file = ac::ole::File::parse(in.data());
   if (!file.ok()) return bad_request(o.file + ": " + file.error().message);
   ASSIGN_OR_RETURN(ac::MsiSignatures old, ac::msi_signatures(*file));

@@ -20,11 +20,9 @@ Status run_sign_script(const Globals& g, const SignOptions& o) {
   RETURN_IF_ERROR(only_plain_sign_options(o));
   const std::optional<ac::ScriptStyle> style = ac::script_style(o.file);
   if (!style) return bad_request(o.file + ": not a script type p11relay signs (.ps1, .psm1, .psd1, .ps1xml, .psc1, .cdxml, .mof)");
-  const std::string output = o.output.empty() ? o.file : o.output;
-  struct stat before {};
-  if (stat(o.file.c_str(), &before) != 0) return bad_request(o.file + ": " + std::strerror(errno));
+  ASSIGN_OR_RETURN(SignInput input, open_sign_input(o));
+  const auto& [output, before, in] = input;
   if (before.st_size == 0) return bad_request(o.file + ": the script is empty");
-  ASSIGN_OR_RETURN(MappedFile in, MappedFile::open(o.file));
   auto layout = ac::script_layout(in.data(), *style);
   if (!layout.ok()) return bad_request(o.file + ": " + layout.error().message);
   auto digest = ac::script_digest(in.data(), *layout, alg);

@@ -167,18 +167,18 @@ Result<Bytes> build_signed_data(const PeInfo& pe, std::span<X509* const> chain, 
 }
 
 Result<Bytes> build_signed_data(HashAlg alg, ByteSpan spc_content, std::span<X509* const> chain,
-                                const SignOptions& options, const RawSigner& signer) {
+                                const SignOptions& options, const RawSigner& signer, const char* content_type) {
   if (chain.empty() || chain[0] == nullptr) return bad_request("no signing certificate");
   X509* leaf = chain[0];
   EVP_PKEY* pub = X509_get0_pubkey(leaf);
   if (!pub) return bad_request("signing certificate has no usable public key");
   ASSIGN_OR_RETURN(Bytes sig_alg, signature_alg_id(pub, alg));
-  ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_content, "SpcIndirectDataContent"));
+  ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_content, "the signed content"));
 
   // Signed attributes (§9.4). messageDigest covers the SpcIndirectDataContent *contents* (without
-  // its SEQUENCE tag and length) — the Authenticode rule.
+  // its SEQUENCE tag and length) — the Authenticode rule, which catalogs follow too.
   std::vector<Bytes> attrs;
-  attrs.push_back(attribute(oid::kContentType, der::oid(oid::kSpcIndirectData)));
+  attrs.push_back(attribute(oid::kContentType, der::oid(content_type)));
   if (options.signing_time) attrs.push_back(attribute(oid::kSigningTime, signing_time_value(options.time.value_or(std::time(nullptr)))));
   Bytes opus;
   if (!options.description.empty())
@@ -227,7 +227,7 @@ Result<Bytes> build_signed_data(HashAlg alg, ByteSpan spc_content, std::span<X50
   }
 
   Bytes signed_data = der::seq({der::integer(1), der::set_of({hash_alg_id(alg)}),
-                                der::seq({der::oid(oid::kSpcIndirectData), der::tlv(der::context(0, true), spc.whole)}),
+                                der::seq({der::oid(content_type), der::tlv(der::context(0, true), spc.whole)}),
                                 der::tlv(der::context(0, true), certs), der::tlv(der::kSet, signer_info)});
   return der::seq({der::oid(oid::kSignedData), der::tlv(der::context(0, true), signed_data)});
 }
@@ -293,7 +293,7 @@ Result<SignerInfoView> parse_signer_info(der::Tlv si) {
 
 }  // namespace
 
-Result<SignedDataView> parse_signed_data(ByteSpan input) {
+Result<SignedDataView> parse_signed_data(ByteSpan input, bool require_signer) {
   SignedDataView v;
   ASSIGN_OR_RETURN(der::Tlv ci, der::parse_one(input, "ContentInfo"));
   if (ci.tag != der::kSequence) return bad_request("ASN.1: ContentInfo is not a SEQUENCE");
@@ -338,7 +338,7 @@ Result<SignedDataView> parse_signed_data(ByteSpan input) {
     ASSIGN_OR_RETURN(SignerInfoView siv, parse_signer_info(si));
     v.signers.push_back(siv);
   }
-  if (v.signers.empty()) return bad_request("SignedData has no SignerInfo");
+  if (require_signer && v.signers.empty()) return bad_request("SignedData has no SignerInfo");
   return v;
 }
 

@@ -36,6 +36,7 @@ inline constexpr const char* kNestedSignature = "1.3.6.1.4.1.311.2.4.1";
 inline constexpr const char* kRfc3161Timestamp = "1.3.6.1.4.1.311.3.3.1";
 inline constexpr const char* kRsaEncryption = "1.2.840.113549.1.1.1";
 inline constexpr const char* kIdEcPublicKey = "1.2.840.10045.2.1";
+inline constexpr const char* kCertTrustList = "1.3.6.1.4.1.311.10.1";  // a catalog's content (szOID_CTL)
 }  // namespace oid
 
 // Hash algorithm OIDs (NIST / OIW), and the reverse lookup.
@@ -76,9 +77,11 @@ struct SignOptions {
 // mismatch is an error here rather than an invalid file later.
 Result<Bytes> build_signed_data(const PeInfo& pe, std::span<X509* const> chain, const SignOptions& options,
                                 const RawSigner& signer);
-// Same for any SpcIndirectDataContent.
+// Same for any SpcIndirectDataContent, or, with `content_type`, any other content signed the same way
+// (a catalog's certificate trust list: oid::kCertTrustList).
 Result<Bytes> build_signed_data(HashAlg alg, std::span<const uint8_t> spc_content, std::span<X509* const> chain,
-                                const SignOptions& options, const RawSigner& signer);
+                                const SignOptions& options, const RawSigner& signer,
+                                const char* content_type = oid::kSpcIndirectData);
 
 // --- reading (views into the caller's buffer) ---
 struct Attribute {
@@ -107,8 +110,9 @@ struct SignedDataView {
   std::span<const uint8_t> before_signers;  // SignedData content before the signerInfos SET
 };
 
-// Parses a ContentInfo(SignedData), bounds-checked; views point into `der`.
-Result<SignedDataView> parse_signed_data(std::span<const uint8_t> der);
+// Parses a ContentInfo(SignedData), bounds-checked; views point into `der`. Without a SignerInfo it is an
+// error unless `require_signer` is false (an unsigned catalog is a SignedData with none).
+Result<SignedDataView> parse_signed_data(std::span<const uint8_t> der, bool require_signer = true);
 // Attributes of a [0]/[1]/SET attribute block.
 Result<std::vector<Attribute>> parse_attributes(std::span<const uint8_t> block);
 

@@ -160,35 +160,31 @@ Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_dat
 
 }  // namespace
 
-Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
-  SignatureReport rep;
-  rep.nesting = nesting;
-  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
-  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
-    return bad_request("signature content is not SpcIndirectDataContent");
-  if (sd.signers.empty()) return bad_request("signature has no SignerInfo");
-  ASSIGN_OR_RETURN(auto di, spc_digest_info(sd.content));
-  rep.alg = di.first;
-  rep.image_digest = std::move(di.second);
+namespace {
 
-  // Signed attributes: contentType and messageDigest over the SpcIndirectDataContent contents.
+// What every signature check shares, for any encapsulated content: the contentType attribute names the
+// content's type, messageDigest covers the content's contents (without its tag and length), the signature
+// over the signed attributes with the embedded signing certificate; the signer's names and the timestamp
+// flag go into `rep`. `what` names the content in errors.
+Status check_signer_info(const SignedDataView& sd, const char* content_type, const char* what, SignatureReport& rep) {
+  if (sd.signers.empty()) return bad_request("signature has no SignerInfo");
   const SignerInfoView& si = sd.signers[0];
   auto sig_hash = hash_by_oid_content(si.digest_alg);
   if (!sig_hash) return bad_request("unknown SignerInfo digest algorithm");
   if (si.auth_attrs.empty()) return bad_request("signature has no authenticated attributes");
   ASSIGN_OR_RETURN(std::vector<Attribute> attrs, parse_attributes(si.auth_attrs));
-  ASSIGN_OR_RETURN(der::Tlv spc_tlv, der::parse_one(sd.content, "SpcIndirectDataContent"));
+  ASSIGN_OR_RETURN(der::Tlv content, der::parse_one(sd.content, what));
   bool have_md = false, have_ct = false;
   for (const auto& a : attrs) {
     if (a.values.size() != 1) continue;
     if (der::equal(a.oid, der::oid_content(oid::kMessageDigest))) {
       ASSIGN_OR_RETURN(der::Tlv md, der::parse_one(a.values[0], "messageDigest"));
-      if (!der::equal(md.content, hash(*sig_hash, spc_tlv.content)))
-        return bad_request("messageDigest does not match SpcIndirectDataContent");
+      if (!der::equal(md.content, hash(*sig_hash, content.content)))
+        return bad_request(std::string("messageDigest does not match ") + what);
       have_md = true;
     } else if (der::equal(a.oid, der::oid_content(oid::kContentType))) {
-      if (!der::equal(a.values[0], der::oid(oid::kSpcIndirectData)))
-        return bad_request("contentType attribute is not SpcIndirectDataContent");
+      if (!der::equal(a.values[0], der::oid(content_type)))
+        return bad_request(std::string("contentType attribute is not ") + what);
       have_ct = true;
     }
   }
@@ -215,6 +211,38 @@ Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
     for (const auto& a : un)
       if (der::equal(a.oid, der::oid_content(oid::kRfc3161Timestamp))) rep.timestamped = true;
   }
+  return {};
+}
+
+}  // namespace
+
+Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
+  SignatureReport rep;
+  rep.nesting = nesting;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
+    return bad_request("signature content is not SpcIndirectDataContent");
+  ASSIGN_OR_RETURN(auto di, spc_digest_info(sd.content));
+  rep.alg = di.first;
+  rep.image_digest = std::move(di.second);
+  RETURN_IF_ERROR(check_signer_info(sd, oid::kSpcIndirectData, "SpcIndirectDataContent", rep));
+  return rep;
+}
+
+Result<SignatureReport> verify_content_signer(ByteSpan signed_data, const char* content_type, const char* what,
+                                              int nesting) {
+  SignatureReport rep;
+  rep.nesting = nesting;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(content_type)) || sd.content.empty())
+    return bad_request(std::string("signature content is not ") + what);
+  if (sd.signers.empty()) return bad_request("signature has no SignerInfo");
+  auto alg = hash_by_oid_content(sd.signers[0].digest_alg);
+  if (!alg) return bad_request("unknown SignerInfo digest algorithm");
+  ASSIGN_OR_RETURN(der::Tlv content, der::parse_one(sd.content, what));
+  rep.alg = *alg;
+  rep.image_digest = hash(*alg, content.content);
+  RETURN_IF_ERROR(check_signer_info(sd, content_type, what, rep));
   return rep;
 }
 

@@ -48,6 +48,11 @@ Result<VerifyReport> verify_pe_file(const std::string& path);
 // with the embedded signing certificate, the timestamp flag. The caller compares image_digest with the
 // file.
 Result<SignatureReport> verify_signer(std::span<const uint8_t> signed_data, int nesting = 0);
+// The same check for a SignedData over other content of type `content_type` (`what` in errors), e.g. a
+// catalog's certificate trust list: the report's image_digest is the content's digest with the signer's
+// algorithm.
+Result<SignatureReport> verify_content_signer(std::span<const uint8_t> signed_data, const char* content_type,
+                                              const char* what, int nesting = 0);
 // The signatures nested in a SignedData's first SignerInfo (1.3.6.1.4.1.311.2.4.1).
 Result<std::vector<Bytes>> nested_signatures(std::span<const uint8_t> signed_data);
 

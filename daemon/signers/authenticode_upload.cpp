@@ -17,6 +17,7 @@ struct SignTask {
   std::string key_name;
   HashAlg alg = HashAlg::sha256;
   Bytes spc;
+  const char* content_type = ac::oid::kSpcIndirectData;
   std::vector<X509*> chain;  // owned by the ServedKey, which the request keeps alive
   ac::SignOptions options;
   std::optional<ac::TimestampOptions> timestamp;
@@ -41,7 +42,7 @@ Result<Bytes> run_sign_task(const std::shared_ptr<SignTask>& t) {
     job.input = digest_info(alg, digest);
     return token_sign_blocking(*t->token, std::move(job));
   };
-  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(t->alg, t->spc, t->chain, t->options, raw));
+  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(t->alg, t->spc, t->chain, t->options, raw, t->content_type));
   if (!t->timestamp) return sd;
   auto stamped = ac::add_timestamp(sd, *t->timestamp, &t->timestamp_info);
   if (!stamped.ok()) t->timestamp_error = stamped.error();
@@ -92,6 +93,7 @@ asio::awaitable<http::Response> AuthenticodeUpload::finish(RequestContext& ctx) 
   task->key_name = key.name;
   task->alg = p_.alg;
   task->spc = d->spc;
+  task->content_type = d->content_type;
   for (const auto& c : key.chain) task->chain.push_back(c.get());
   task->options = p_.options;
   task->timestamp = p_.timestamp;

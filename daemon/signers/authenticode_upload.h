@@ -2,7 +2,7 @@
 // upload is digested as it arrives by the container format's digester; then policy (approval or
 // quota), the SignedData over the format's SpcIndirectDataContent with the token signing the
 // attributes' digest, the server-side timestamp, the audit record, and the format's answer (a binary
-// patch for pe-coff, the PKCS#7 signature for msi). A format implements the hooks below.
+// patch for pe-coff, cab and ps, the PKCS#7 signature for msi and cat). A format implements the hooks below.
 #pragma once
 
 #include "common/authenticode/signed_data.h"
@@ -19,7 +19,8 @@ namespace p11relay::daemon {
 
 // The digested upload: what gets signed.
 struct UploadDigest {
-  Bytes spc;           // SpcIndirectDataContent DER
+  Bytes spc;           // SpcIndirectDataContent DER (or, for a catalog, its certificate trust list)
+  const char* content_type = authenticode::oid::kSpcIndirectData;  // spc's type
   Bytes image_digest;  // the file's digest inside it (for approvals and idempotency)
   uint64_t size = 0;   // bytes uploaded
 };

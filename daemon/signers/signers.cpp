@@ -6,12 +6,14 @@ void register_pecoff(Service& svc);
 void register_msi(Service& svc);
 void register_cab(Service& svc);
 void register_ps(Service& svc);
+void register_cat(Service& svc);
 
 void register_signers(Service& svc) {
   register_pecoff(svc);
   register_msi(svc);
   register_cab(svc);
   register_ps(svc);
+  register_cat(svc);
 }
 
 bool relic_flag(const SignerContext& c, const std::string& name) {

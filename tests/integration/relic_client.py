@@ -130,6 +130,14 @@ def sign_cab(daemon: "harness.Daemon", key: str, cab: bytes, *, filename="driver
     return status, h, data, signed
 
 
+def sign_cat(daemon: "harness.Daemon", key: str, cat: bytes, *, filename="driver.cat", digest="SHA-256",
+             encoding=None):
+    """`relic remote sign -T cat`: uploads the whole catalog; the answer is the signed catalog (PKCS#7).
+    Returns (status, headers, body)."""
+    q = {"digest": digest, "filename": filename, "key": key, "sigtype": "cat"}
+    return post_sign(daemon, q, cat, encoding=encoding)
+
+
 def sign_ps(daemon: "harness.Daemon", key: str, script: bytes, *, filename="deploy.ps1", style=None,
             digest="SHA-256", params=None):
     """`relic remote sign -T ps`: uploads the whole script with its style (ps-style, the file's extension as

@@ -98,16 +98,18 @@ class CliTest(unittest.TestCase):
                 self.assertIn(why, p.stderr)
                 self.assertFalse(dst.exists())
 
-    def resign_timestamped(self, f) -> str:
+    def resign_timestamped(self, f, verify=None) -> str:
         """Signs `f` in place with rsa2048, then again with ec256 and a timestamp from a local TSA: the first
-        signature must be replaced, osslsigncode must verify one timestamped signature. Its report."""
+        signature must be replaced, osslsigncode (`verify`, default osslsigncode_verify) must verify one
+        timestamped signature. Its report."""
+        verify = verify or osslsigncode_verify
         self.cli("sign", "--key", "rsa2048", "--file", f)
         tsa = Tsa(self.tmp)
         try:
             p = self.cli("sign", "--key", "ec256", "--file", f, "--timestamp-url", tsa.url,
                          "--timestamp-cafile", tsa.ca)
             self.assertIn(b"signature replaced", p.stderr)
-            text = osslsigncode_verify(self, f, self.st.keys["ec256"].certfile, tsa_ca=tsa.ca)[1]
+            text = verify(self, f, self.st.keys["ec256"].certfile, tsa_ca=tsa.ca)[1]
         finally:
             tsa.stop()
         self.assertIn("Timestamp", text)
