@@ -27,10 +27,11 @@ WXS = """<?xml version='1.0'?><Wix xmlns='http://schemas.microsoft.com/wix/2006/
 """
 
 
-def build_msi(d: Path) -> Path:
+def build_msi(d: Path, big: int = 300_000) -> Path:
+    """An MSI made by wixl with two files, `big` random bytes in one (bench/run builds a 100 MB one)."""
     d.mkdir(exist_ok=True)
     (d / "small.txt").write_text("hello\n")
-    (d / "big.bin").write_bytes(os.urandom(300_000))  # regular sectors and an embedded cabinet
+    (d / "big.bin").write_bytes(os.urandom(big))  # regular sectors and an embedded cabinet
     (d / "p.wxs").write_text(WXS)
     subprocess.run([WIXL, "-o", "p.msi", "p.wxs"], cwd=d, check=True, capture_output=True, timeout=120)
     return d / "p.msi"
