@@ -2,9 +2,9 @@
 
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
-#include "daemon/compress.h"
-#include "daemon/proxy.h"
+#include "daemon/request_loop.h"
 #include "daemon/router.h"
+#include "daemon/tls_conn.h"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <openssl/err.h>
@@ -21,8 +21,6 @@
 
 namespace p11relay::daemon {
 
-using asio::ip::tcp;
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 namespace {
 
@@ -58,7 +56,6 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
   return SSL_TLSEXT_ERR_NOACK;  // no common protocol: carry on without ALPN (HTTP/1.1)
 }
 
-constexpr size_t kReadChunk = 16 * 1024;
 constexpr auto kSweepInterval = std::chrono::milliseconds(100);
 constexpr auto kSoloAfter = std::chrono::milliseconds(50);
 // Handshake deadline for connections that arrive while the handshake gate is under pressure (over 3/4 of a
@@ -68,106 +65,12 @@ constexpr auto kHandshakeUnderPressure = std::chrono::seconds(3);
 
 }  // namespace
 
-// One TLS connection. OpenSSL works on the socket itself (non-blocking, no BIO pair, no Asio stream
-// buffers); the coroutine waits for readiness with async_wait only when OpenSSL asks for it. An idle
-// connection holds no read buffer (SSL_MODE_RELEASE_BUFFERS, and ours is allocated per request).
-// The connection's coroutine may be resumed on a token worker thread (see token_sign), so nothing
-// here relies on a strand: the deadline is an atomic checked by the server's sweeper, which cuts
-// the connection with shutdown(2) under `mu` (the socket is closed under the same mutex).
-struct Conn {
-  explicit Conn(tcp::socket s) : socket(std::move(s)) {}
-  ~Conn() {
-    close();
-    if (ssl) SSL_free(ssl);
-  }
-  tcp::socket socket;
-  SSL* ssl = nullptr;
-  std::atomic<Clock::rep> deadline{std::numeric_limits<Clock::rep>::max()};
-  std::atomic<bool> timed_out{false};
-  std::mutex mu;
-  bool closed = false;  // under mu
-  HandshakeGate* gate = nullptr;  // while the handshake runs: its ticket there
-  std::uint64_t ticket = 0;
-
-  void set_deadline(Clock::duration d) { deadline.store((Clock::now() + d).time_since_epoch().count(), std::memory_order_relaxed); }
-  bool expired(Clock::rep now) const { return deadline.load(std::memory_order_relaxed) <= now; }
-  // From the sweeper: wakes any pending wait; the coroutine then fails its next read or write.
-  void expire() {
-    std::lock_guard lock(mu);
-    deadline.store(std::numeric_limits<Clock::rep>::max(), std::memory_order_relaxed);
-    if (closed) return;
-    timed_out = true;
-    ::shutdown(socket.native_handle(), SHUT_RDWR);
-  }
-  void close() {
-    std::lock_guard lock(mu);
-    if (closed) return;
-    closed = true;
-    std::error_code ec;
-    socket.shutdown(tcp::socket::shutdown_both, ec);
-    socket.close(ec);
-  }
-};
-
 namespace {
 
 // A complete ClientHello arrived: the connection is talking, not just holding a socket (HandshakeGate).
 int on_client_hello(SSL* ssl, int*, void*) {
   if (auto* c = static_cast<Conn*>(SSL_get_app_data(ssl)); c && c->gate) c->gate->hello(c->ticket);
   return SSL_CLIENT_HELLO_SUCCESS;
-}
-
-enum class TlsOp { handshake, read, write };
-
-// Runs one OpenSSL call until it completes, waiting on the socket whenever OpenSSL wants to read or
-// write. Returns its result (> 0), or 0 when the connection closed, failed or was cut by the sweeper.
-asio::awaitable<int> tls_call(Conn& c, TlsOp op, char* data, size_t n) {
-  int len = static_cast<int>(std::min<size_t>(n, std::numeric_limits<int>::max()));
-  for (;;) {
-    ERR_clear_error();
-    int r = op == TlsOp::handshake ? SSL_do_handshake(c.ssl)
-            : op == TlsOp::read    ? SSL_read(c.ssl, data, len)
-                                   : SSL_write(c.ssl, data, len);
-    if (r > 0) co_return r;
-    int e = SSL_get_error(c.ssl, r);
-    ERR_clear_error();
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) co_return 0;
-    auto [ec] = co_await c.socket.async_wait(e == SSL_ERROR_WANT_READ ? tcp::socket::wait_read : tcp::socket::wait_write,
-                                             use_nothrow);
-    if (ec) co_return 0;
-  }
-}
-
-asio::awaitable<bool> tls_write(Conn& c, std::string_view data) {
-  size_t off = 0;
-  while (off < data.size()) {
-    int n = co_await tls_call(c, TlsOp::write, const_cast<char*>(data.data() + off), data.size() - off);
-    if (n <= 0) co_return false;
-    off += static_cast<size_t>(n);
-  }
-  co_return true;
-}
-
-bool path_is_relay(const std::string& target) { return target.rfind("/v1/", 0) == 0; }
-
-http::Response error_for(const std::string& target, int status, const std::string& message) {
-  if (path_is_relay(target)) {
-    ErrorCode code = status == 413 ? ErrorCode::payload_too_large
-                     : status == 415 ? ErrorCode::unsupported_media
-                                     : ErrorCode::bad_request;
-    Error e(code, message);
-    e.http_status = status;
-    return relay_problem(e);
-  }
-  return text_response(status, message + "\n", true);
-}
-
-// A request refused before routing (an untrusted proxy header): the relay API's problem document, or
-// relic's problem type for the relic API.
-http::Response refused(const std::string& target, const Error& e) {
-  if (path_is_relay(target)) return relay_problem(e);
-  const char* type = e.http_status == 403 ? "https://relic.sas.com/forbidden" : "https://relic.sas.com/bad-request";
-  return relic_problem(e.http_status, type, e.message);
 }
 
 std::string key_mismatch(const ServerConfig& cfg) {
@@ -502,205 +405,8 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     co_return;
   }
 
-  // Identity once per connection (docs/relic-protocol.md §4.1), and again on the first request after a
-  // config reload: a removed client loses access, an added one gains it, without reconnecting.
-  ClientIdentity identity;
-  X509_ptr peer(SSL_get1_peer_certificate(conn->ssl));
-
-  http::Limits limits{sc.maxheaderbytes, sc.maxbodybytes};
-  http::RequestParser parser(limits);
-  std::unique_ptr<char[]> buf;  // only while a request is being read
-  std::string pending;          // bytes read but not yet parsed (pipelining)
-  bool first = true;
-
-  // Reads what is there. With nothing pending the parser gets it straight from the read buffer (a
-  // 100 MB upload is not copied once more through `pending`); what it leaves (the rest of a read
-  // after a request's headers or end) is kept in `pending` for feed_pending. Waits for readability
-  // before taking a buffer, so a connection waiting for its next request holds none.
-  auto fill = [&]() -> asio::awaitable<bool> {
-    if (!buf) {
-      if (!SSL_has_pending(conn->ssl)) {
-        auto [wec] = co_await conn->socket.async_wait(tcp::socket::wait_read, use_nothrow);
-        if (wec) co_return false;
-      }
-      buf = std::make_unique<char[]>(kReadChunk);
-    }
-    int n = co_await tls_call(*conn, TlsOp::read, buf.get(), kReadChunk);
-    if (n <= 0) co_return false;
-    std::string_view got(buf.get(), static_cast<size_t>(n));
-    if (pending.empty()) got.remove_prefix(parser.feed(got));
-    pending.append(got);
-    co_return true;
-  };
-  auto feed_pending = [&]() {
-    size_t used = parser.feed(pending);
-    pending.erase(0, used);
-  };
-  // After answering without reading the body, keep reading (and discarding) for a moment so the
-  // client finishes sending and sees the answer instead of a reset (nginx's lingering close).
-  auto linger = [&]() -> asio::awaitable<void> {
-    conn->set_deadline(std::chrono::seconds(2));
-    if (!buf) buf = std::make_unique<char[]>(kReadChunk);
-    size_t discarded = 0;
-    while (discarded < (64u << 20)) {
-      int n = co_await tls_call(*conn, TlsOp::read, buf.get(), kReadChunk);
-      if (n <= 0) break;
-      discarded += static_cast<size_t>(n);
-    }
-  };
-  auto write = [&](http::Response& resp) -> asio::awaitable<bool> {
-    router_.decorate(resp);
-    std::string out = http::serialize(resp);
-    conn->set_deadline(std::chrono::seconds(sc.writetimeout));
-    co_return co_await tls_write(*conn, out);
-  };
-
-  for (;;) {
-    parser.reset();
-    if (pending.empty()) {
-      buf.reset();
-      std::string().swap(pending);
-    }
-    conn->set_deadline(std::chrono::seconds(first ? sc.readheadertimeout : sc.idletimeout));
-    bool started = !pending.empty();
-    if (started) conn->set_deadline(std::chrono::seconds(sc.readheadertimeout));
-    // Request line and headers.
-    while (parser.state() == http::ParseState::need_more) {
-      if (pending.empty()) {
-        if (!co_await fill()) co_return;  // closed, reset or timed out
-        if (!started) {
-          started = true;
-          conn->set_deadline(std::chrono::seconds(sc.readheadertimeout));
-        }
-      }
-      feed_pending();
-    }
-    first = false;
-    if (parser.state() == http::ParseState::error) {
-      http::Response r = error_for(parser.request().target, parser.error_status(), parser.error_message());
-      r.keep_alive = false;
-      co_await write(r);
-      co_return;
-    }
-    http::Request& req = parser.request();
-    if (!svc_.is_current(identity.snapshot.get()))
-      identity = identify(svc_.current.load(), peer.get(), SSL_get_peer_cert_chain(conn->ssl));
-    auto fwd = forwarded(identity, peer_ip, req);  // a trusted proxy's client (docs/relic-protocol.md §4.2)
-    if (!fwd.ok()) {
-      http::Response r = refused(req.target, fwd.error());
-      r.keep_alive = false;
-      if (co_await write(r)) co_await linger();
-      co_return;
-    }
-    const bool proxied = fwd->has_value();
-    RequestContext ctx{req, proxied ? (*fwd)->identity : identity, proxied ? (*fwd)->client_ip : peer_ip, true,
-                       Clock::now() + std::chrono::seconds(sc.writetimeout), solo(conn.get()),
-                       proxied ? (*fwd)->proxy_ip : std::string()};
-    auto started_at = Clock::now();
-    RouteDecision d = router_.route(ctx);
-    http::Response resp;
-    if (d.response) {
-      resp = std::move(*d.response);
-      bool complete = parser.state() == http::ParseState::message_complete;
-      if (parser.state() == http::ParseState::headers_complete && !parser.expects_body()) {
-        parser.resume();
-        feed_pending();
-        complete = parser.state() == http::ParseState::message_complete;
-      }
-      if (!complete) resp.keep_alive = false;  // the body was not read: the connection cannot be reused
-    } else {
-      if (parser.content_length() && *parser.content_length() > d.max_body) {
-        resp = error_for(req.target, 413, "request body too large (limit " + std::to_string(d.max_body) + " bytes)");
-        resp.keep_alive = false;
-        if (co_await write(resp)) co_await linger();
-        co_return;
-      }
-      parser.set_max_body(d.max_body);
-      // Content-Encoding (relic compresses uploads when the server advertises it, §6).
-      std::unique_ptr<Decoder> decoder;
-      const std::string* ce = req.header("Content-Encoding");
-      if (ce && !ce->empty() && !http::iequals(*ce, "identity")) {
-        decoder = make_decoder(*ce, d.max_body);
-        if (!decoder) {
-          resp = text_response(415, "invalid content-encoding\n", true);
-          resp.keep_alive = false;
-          co_await write(resp);
-          co_return;
-        }
-      }
-      std::optional<Error> body_error;
-      std::string body;
-      auto deliver = [&](std::string_view plain) -> bool {
-        if (d.streaming) {
-          auto st = d.streaming->consume(plain);
-          if (!st.ok()) {
-            body_error = st.error();
-            return false;
-          }
-          return true;
-        }
-        if (body.size() + plain.size() > d.max_body) {
-          body_error = Error(ErrorCode::payload_too_large, "request body too large");
-          return false;
-        }
-        body.append(plain);
-        return true;
-      };
-      parser.set_body_sink([&](std::string_view chunk) -> bool {
-        if (!decoder) return deliver(chunk);
-        auto st = decoder->write(chunk, deliver);
-        if (!st.ok()) {
-          if (!body_error) body_error = st.error();
-          return false;
-        }
-        return true;
-      });
-      if (const std::string* expect = req.header("Expect"); expect && http::iequals(*expect, "100-continue")) {
-        static const std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (!co_await tls_write(*conn, kContinue)) co_return;
-      }
-      parser.resume();
-      conn->set_deadline(std::chrono::seconds(sc.readtimeout));
-      feed_pending();
-      while (parser.state() == http::ParseState::need_more) {
-        if (!co_await fill()) co_return;
-        feed_pending();
-      }
-      if (parser.state() == http::ParseState::message_complete && decoder) {
-        auto st = decoder->finish(deliver);
-        if (!st.ok() && !body_error) body_error = st.error();
-      }
-      if (parser.state() == http::ParseState::error || body_error) {
-        if (body_error) {
-          if (body_error->code == ErrorCode::payload_too_large) resp = error_for(req.target, 413, body_error->message);
-          else if (path_is_relay(req.target)) resp = relay_problem(*body_error);
-          else if (body_error->code == ErrorCode::unsupported_media) resp = text_response(400, "failed to decompress request\n", true);
-          else resp = relic_problem(body_error->http_status, "https://relic.sas.com/bad-request", body_error->message);
-        } else {
-          resp = error_for(req.target, parser.error_status(), parser.error_message());
-        }
-        resp.keep_alive = false;
-        if (co_await write(resp)) co_await linger();
-        co_return;
-      }
-      req.body = std::move(body);
-      // The handler may wait on a token; the sweeper must not cut it off meanwhile (the handler
-      // enforces its own deadline, writetimeout, and answers 504).
-      conn->set_deadline(std::chrono::seconds(sc.writetimeout) + std::chrono::seconds(5));
-      if (d.streaming) resp = co_await d.streaming->finish(ctx);
-      else resp = co_await d.buffered(ctx);
-    }
-    if (!req.keep_alive) resp.keep_alive = false;
-    auto ms = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started_at).count() / 1000.0;
-    spdlog::debug("{} {} {} {} {} {:.2f}ms", ctx.peer_ip, ctx.identity.has_certificate ? ctx.identity.name() : "-",
-                  req.method, req.path, resp.status, ms);
-    svc_.metrics.request(req.path.rfind("/v1/", 0) == 0 ? "relay" : "relic", resp.status);
-    if (!co_await write(resp)) co_return;
-    if (!resp.keep_alive) {
-      if (parser.state() != http::ParseState::message_complete) co_await linger();
-      co_return;
-    }
-  }
+  RequestLoop loop(svc_, router_, *conn, peer_ip, [this](const Conn* c) { return solo(c); });
+  co_await loop.run();
 }
 
 }  // namespace p11relay::daemon

@@ -210,6 +210,20 @@ class RelayApi(DaemonTest):
         self.assertEqual(st, 413)
         self.assertEqual(json.loads(body)["code"], "payload-too-large")
 
+    def test_expect_100_continue_gets_its_interim_answer_before_the_body(self):
+        body = json.dumps({"mechanism": "CKM_ECDSA", "input": base64.b64encode(self.digest(b"x")).decode()}).encode()
+        raw = socket.create_connection(("127.0.0.1", self.daemon.port), timeout=10)
+        with self.daemon.context().wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"POST /v1/keys/ec256/sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+            interim = tls.recv(64)   # nothing of the body sent yet: the daemon must answer first
+            self.assertEqual(interim, b"HTTP/1.1 100 Continue\r\n\r\n")
+            tls.sendall(body)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += tls.recv(4096)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer)
+
     def test_keep_alive_serves_many_requests_on_one_connection(self):
         conn = self.daemon.connect()
         for i in range(20):
