@@ -128,7 +128,170 @@ EVP_PKEY_ptr read_public_key(CK_FUNCTION_LIST_PTR fl, CK_SESSION_HANDLE s, const
   return nullptr;
 }
 
+// The keys and certificates libp11 enumerated on a token (owned by libp11 until the slot list is released).
+struct TokenObjects {
+  PKCS11_KEY* keys = nullptr;
+  unsigned nkeys = 0;
+  PKCS11_CERT* certs = nullptr;
+  unsigned ncerts = 0;
+};
+
+// What loading a key needs from the token being opened.
+struct OpenToken {
+  CK_FUNCTION_LIST_PTR fl;
+  CK_SESSION_HANDLE session;  // the logged-in session
+  const TokenObjects& objects;
+  relay::TokenDescription description;
+  std::vector<CK_MECHANISM_TYPE> mechanisms;  // empty: the token gives no list
+  std::string name;                           // the token's config name
+};
+
+// The private key `kc` names (its CKA_ID and label, where configured) among the token's keys, or null.
+const PKCS11_KEY* find_configured_key(const KeyConfig& kc, const TokenObjects& o) {
+  for (unsigned i = 0; i < o.nkeys; ++i) {
+    const PKCS11_KEY& k = o.keys[i];
+    bool id_ok = !kc.has_id || (k.id_len == kc.id.size() && std::memcmp(k.id, kc.id.data(), k.id_len) == 0);
+    bool label_ok = kc.label.empty() || (k.label && kc.label == k.label);
+    if (id_ok && label_ok && k.isPrivate) return &k;
+  }
+  return nullptr;
+}
+
+// Keys and certificates through libp11. Some drivers show objects only a moment after login
+// (docs/architecture.md, failure mode 9): enumerate a few times before giving up on a configured key.
+TokenObjects enumerate_objects(PKCS11_TOKEN* tok, const std::vector<KeyConfig>& wanted, const std::string& token_name) {
+  TokenObjects o;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (PKCS11_enumerate_keys(tok, &o.keys, &o.nkeys) != 0) {
+      ERR_clear_error();
+      o.nkeys = 0;
+    }
+    if (PKCS11_enumerate_certs(tok, &o.certs, &o.ncerts) != 0) {
+      ERR_clear_error();
+      o.ncerts = 0;
+    }
+    if (std::all_of(wanted.begin(), wanted.end(), [&](const KeyConfig& kc) { return find_configured_key(kc, o); }))
+      break;
+    spdlog::warn("token {}: not every configured key is visible yet (attempt {}), enumerating again", token_name,
+                 attempt + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return o;
+}
+
+relay::TokenDescription describe_token(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot_id) {
+  relay::TokenDescription td;
+  CK_TOKEN_INFO ti{};
+  if (fl->C_GetTokenInfo(slot_id, &ti) == CKR_OK) {
+    td.label = trim_padded(ti.label, sizeof ti.label);
+    td.serial = trim_padded(ti.serialNumber, sizeof ti.serialNumber);
+    td.model = trim_padded(ti.model, sizeof ti.model);
+    td.manufacturer = trim_padded(ti.manufacturerID, sizeof ti.manufacturerID);
+  }
+  return td;
+}
+
+// The token's mechanism list; empty when it gives none (then every mechanism is assumed).
+std::vector<CK_MECHANISM_TYPE> token_mechanisms(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot_id) {
+  std::vector<CK_MECHANISM_TYPE> mechs;
+  CK_ULONG nm = 0;
+  if (fl->C_GetMechanismList(slot_id, nullptr, &nm) == CKR_OK) {
+    mechs.resize(nm);
+    if (fl->C_GetMechanismList(slot_id, mechs.data(), &nm) != CKR_OK) mechs.clear();
+    mechs.resize(std::min<size_t>(nm, mechs.size()));
+  }
+  return mechs;
+}
+
+// A key's certificate chain: the configured file, else the token's certificate with the same CKA_ID (or none).
+Result<std::vector<X509_ptr>> key_certificates(const KeyConfig& kc, const Bytes& id, const TokenObjects& o) {
+  if (!kc.x509certificate.empty()) return load_certificates(kc.x509certificate);
+  std::vector<X509_ptr> chain;
+  for (unsigned i = 0; i < o.ncerts; ++i) {
+    const PKCS11_CERT& c = o.certs[i];
+    if (c.id_len == id.size() && std::memcmp(c.id, id.data(), id.size()) == 0 && c.x509) {
+      X509_up_ref(c.x509);
+      chain.emplace_back(c.x509);
+      break;
+    }
+  }
+  return chain;
+}
+
+// Public key: from the token if it can give one, else from the certificate (docs/architecture.md, failure mode
+// 12: a token holding only the private key and a certificate must still work). Null when neither has one or
+// they differ (logged).
+EVP_PKEY_ptr key_public_key(const KeyConfig& kc, const PKCS11_KEY& key, const ServedKey& sk, const OpenToken& t) {
+  EVP_PKEY_ptr pub = read_public_key(t.fl, t.session, sk.description.id, key.label ? key.label : "");
+  if (!pub && !sk.chain.empty()) pub.reset(X509_get_pubkey(sk.chain[0].get()));
+  if (!pub) {
+    spdlog::error("key {}: no public key on the token and no certificate; it is not served", kc.name);
+    return nullptr;
+  }
+  if (!sk.chain.empty()) {
+    EVP_PKEY* certpub = X509_get0_pubkey(sk.chain[0].get());
+    if (!certpub || !public_keys_equal(certpub, pub.get())) {
+      spdlog::error("key {}: the certificate does not match the key on the token; it is not served", kc.name);
+      return nullptr;
+    }
+  }
+  return pub;
+}
+
+// The key's description for clients, its leaf certificate's audit fields and its mechanisms (those of its type
+// the token offers).
+void describe_key(ServedKey& sk, const KeyConfig& kc, const PKCS11_KEY& key, const OpenToken& t,
+                  const PublicKeyInfo& info) {
+  auto& d = sk.description;
+  d.name = kc.name;
+  d.token = t.description;
+  d.label = key.label ? key.label : "";
+  d.key = info;
+  d.spki = spki_der(sk.public_key.get());
+  for (const auto& c : sk.chain) d.certificates.push_back(x509_der(c.get()));
+  if (!sk.chain.empty()) {
+    X509* leaf = sk.chain[0].get();
+    sk.leaf_subject = name_rfc2253(X509_get_subject_name(leaf));
+    sk.leaf_issuer = name_rfc2253(X509_get_issuer_name(leaf));
+    sk.leaf_sha1 = to_hex(hash(HashAlg::sha1, d.certificates[0]));
+  }
+  auto offered = [&](CK_MECHANISM_TYPE m) {
+    return t.mechanisms.empty() || std::find(t.mechanisms.begin(), t.mechanisms.end(), m) != t.mechanisms.end();
+  };
+  if (info.type == KeyType::rsa) {
+    for (CK_MECHANISM_TYPE m : {CKM_RSA_PKCS, CKM_RSA_PKCS_PSS})
+      if (offered(m)) sk.mechanisms.push_back(m);
+  } else if (offered(CKM_ECDSA)) {
+    sk.mechanisms.push_back(CKM_ECDSA);
+  }
+  for (auto m : sk.mechanisms) d.mechanisms.push_back(mechanism_name(m));
+}
+
+// The ServedKey for `kc`, whose private key on the token is `key`; null (logged) when it cannot be served.
+std::shared_ptr<ServedKey> serve_key(const KeyConfig& kc, const PKCS11_KEY& key, const OpenToken& t) {
+  auto sk = std::make_shared<ServedKey>();
+  sk->name = kc.name;
+  sk->token_name = t.name;
+  sk->description.id.assign(key.id, key.id + key.id_len);
+  auto chain = key_certificates(kc, sk->description.id, t.objects);
+  if (!chain.ok()) {
+    spdlog::error("key {}: {}", kc.name, chain.error().message);
+    return nullptr;
+  }
+  sk->chain = std::move(chain).value();
+  sk->public_key = key_public_key(kc, key, *sk, t);
+  if (!sk->public_key) return nullptr;
+  auto info = describe_public_key(sk->public_key.get());
+  if (!info.ok()) {
+    spdlog::error("key {}: {}", kc.name, info.error().message);
+    return nullptr;
+  }
+  describe_key(*sk, kc, key, t, *info);
+  return sk;
+}
+
 }  // namespace
+
 
 // A loaded PKCS#11 module. libp11 loads it (C_Initialize included) and we use libp11 for slot and
 // token discovery and for enumerating keys and certificates. The private-key operations go through
@@ -310,174 +473,20 @@ Status Token::open_locked() {
                      (config_.serial.empty() ? "" : ", serial '" + config_.serial + "'") + ") is not present");
   }
   CK_SLOT_ID slot_id = PKCS11_get_slotid_from_slot(slot);
-  PKCS11_TOKEN* tok = slot->token;
-
-  // Log in through the function list to get the exact CK_RV (login state is per application and
-  // token, so libp11's session below sees it too).
   CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-  CK_RV rv = fl->C_OpenSession(slot_id, CKF_SERIAL_SESSION, nullptr, nullptr, &s);
-  if (rv != CKR_OK) return Error(ErrorCode::token_not_present, "C_OpenSession failed: " + ckr_hex(rv), rv);
-  if (tok->loginRequired) {
-    if (!config_.pin) {
-      fl->C_CloseSession(s);
-      state_ = TokenState::failed;
-      return Error(ErrorCode::config, "token '" + config_.name + "' needs a PIN (pinfile or tokens." + config_.name +
-                                          ".pin)");
-    }
-    const std::string& pin = *config_.pin;
-    rv = fl->C_Login(s, static_cast<CK_USER_TYPE>(config_.user),
-                     reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(pin.data())), pin.size());
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-      fl->C_CloseSession(s);
-      if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
-          rv == CKR_PIN_EXPIRED || rv == CKR_USER_TYPE_INVALID) {
-        // Never retried: a real token locks itself after a few wrong PINs.
-        state_ = TokenState::failed;
-        return Error(ErrorCode::config,
-                     "login to token '" + config_.name + "' refused (" + ckr_hex(rv) +
-                         (rv == CKR_PIN_INCORRECT ? ", wrong PIN" : rv == CKR_PIN_LOCKED ? ", PIN locked" : "") +
-                         "); not retrying — fix the PIN and restart",
-                     rv);
-      }
-      return Error(ErrorCode::token_not_present, "C_Login failed: " + ckr_hex(rv), rv);
-    }
-  }
+  RETURN_IF_ERROR(login_locked(fl, slot_id, slot->token->loginRequired != 0, s));
 
-  // Token description and the mechanisms it offers.
-  relay::TokenDescription td;
-  CK_TOKEN_INFO ti{};
-  if (fl->C_GetTokenInfo(slot_id, &ti) == CKR_OK) {
-    td.label = trim_padded(ti.label, sizeof ti.label);
-    td.serial = trim_padded(ti.serialNumber, sizeof ti.serialNumber);
-    td.model = trim_padded(ti.model, sizeof ti.model);
-    td.manufacturer = trim_padded(ti.manufacturerID, sizeof ti.manufacturerID);
-  }
-  std::vector<CK_MECHANISM_TYPE> token_mechs;
-  CK_ULONG nm = 0;
-  if (fl->C_GetMechanismList(slot_id, nullptr, &nm) == CKR_OK) {
-    token_mechs.resize(nm);
-    if (fl->C_GetMechanismList(slot_id, token_mechs.data(), &nm) != CKR_OK) token_mechs.clear();
-    token_mechs.resize(std::min<size_t>(nm, token_mechs.size()));
-  }
-  auto token_has = [&](CK_MECHANISM_TYPE m) {
-    return token_mechs.empty() || std::find(token_mechs.begin(), token_mechs.end(), m) != token_mechs.end();
-  };
-
-  // Keys and certificates through libp11. Some drivers show objects only a moment after login
-  // (docs/architecture.md, failure mode 9): enumerate a few times before giving up on a configured key.
-  PKCS11_KEY* pkeys = nullptr;
-  unsigned int npkeys = 0;
-  PKCS11_CERT* certs = nullptr;
-  unsigned int ncerts = 0;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    if (PKCS11_enumerate_keys(tok, &pkeys, &npkeys) != 0) {
-      ERR_clear_error();
-      npkeys = 0;
-    }
-    if (PKCS11_enumerate_certs(tok, &certs, &ncerts) != 0) {
-      ERR_clear_error();
-      ncerts = 0;
-    }
-    bool all = true;
-    for (const auto& kc : key_configs_) {
-      bool found = false;
-      for (unsigned i = 0; i < npkeys && !found; ++i) {
-        const PKCS11_KEY& k = pkeys[i];
-        bool id_ok = !kc.has_id || (k.id_len == kc.id.size() && std::memcmp(k.id, kc.id.data(), k.id_len) == 0);
-        bool label_ok = kc.label.empty() || (k.label && kc.label == k.label);
-        found = id_ok && label_ok && k.isPrivate;
-      }
-      all = all && found;
-    }
-    if (all) break;
-    spdlog::warn("token {}: not every configured key is visible yet (attempt {}), enumerating again", config_.name,
-                 attempt + 1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-
+  const TokenObjects objects = enumerate_objects(slot->token, key_configs_, config_.name);
+  const OpenToken open{fl, s, objects, describe_token(fl, slot_id), token_mechanisms(fl, slot_id), config_.name};
   std::vector<std::shared_ptr<const ServedKey>> served;
   for (const auto& kc : key_configs_) {
-    const PKCS11_KEY* match = nullptr;
-    for (unsigned i = 0; i < npkeys; ++i) {
-      const PKCS11_KEY& k = pkeys[i];
-      bool id_ok = !kc.has_id || (k.id_len == kc.id.size() && std::memcmp(k.id, kc.id.data(), k.id_len) == 0);
-      bool label_ok = kc.label.empty() || (k.label && kc.label == k.label);
-      if (id_ok && label_ok && k.isPrivate) {
-        match = &k;
-        break;
-      }
-    }
+    const PKCS11_KEY* match = find_configured_key(kc, objects);
     if (!match) {
       spdlog::error("token {}: key '{}' (label '{}', id '{}') not found on the token; it is not served", config_.name,
                     kc.name, kc.label, to_hex(kc.id));
       continue;
     }
-    auto sk = std::make_shared<ServedKey>();
-    sk->name = kc.name;
-    sk->token_name = config_.name;
-    Bytes id(match->id, match->id + match->id_len);
-    // Certificates: the configured file, else the token's certificate with the same CKA_ID.
-    if (!kc.x509certificate.empty()) {
-      auto loaded = load_certificates(kc.x509certificate);
-      if (!loaded.ok()) {
-        spdlog::error("key {}: {}", kc.name, loaded.error().message);
-        continue;
-      }
-      sk->chain = std::move(loaded).value();
-    } else {
-      for (unsigned i = 0; i < ncerts; ++i) {
-        if (certs[i].id_len == id.size() && std::memcmp(certs[i].id, id.data(), id.size()) == 0 && certs[i].x509) {
-          X509_up_ref(certs[i].x509);
-          sk->chain.emplace_back(certs[i].x509);
-          break;
-        }
-      }
-    }
-    // Public key: from the token if it can give one, else from the certificate (docs/architecture.md, failure mode
-    // 12: a token holding only the private key and a certificate must still work).
-    sk->public_key = read_public_key(fl, s, id, match->label ? match->label : "");
-    if (!sk->public_key && !sk->chain.empty()) {
-      EVP_PKEY* cp = X509_get_pubkey(sk->chain[0].get());
-      sk->public_key.reset(cp);
-    }
-    if (!sk->public_key) {
-      spdlog::error("key {}: no public key on the token and no certificate; it is not served", kc.name);
-      continue;
-    }
-    if (!sk->chain.empty()) {
-      EVP_PKEY* certpub = X509_get0_pubkey(sk->chain[0].get());
-      if (!certpub || !public_keys_equal(certpub, sk->public_key.get())) {
-        spdlog::error("key {}: the certificate does not match the key on the token; it is not served", kc.name);
-        continue;
-      }
-    }
-    auto info = describe_public_key(sk->public_key.get());
-    if (!info.ok()) {
-      spdlog::error("key {}: {}", kc.name, info.error().message);
-      continue;
-    }
-    auto& d = sk->description;
-    d.name = kc.name;
-    d.token = td;
-    d.id = id;
-    d.label = match->label ? match->label : "";
-    d.key = *info;
-    d.spki = spki_der(sk->public_key.get());
-    for (const auto& c : sk->chain) d.certificates.push_back(x509_der(c.get()));
-    if (!sk->chain.empty()) {
-      X509* leaf = sk->chain[0].get();
-      sk->leaf_subject = name_rfc2253(X509_get_subject_name(leaf));
-      sk->leaf_issuer = name_rfc2253(X509_get_issuer_name(leaf));
-      sk->leaf_sha1 = to_hex(hash(HashAlg::sha1, d.certificates[0]));
-    }
-    if (info->type == KeyType::rsa) {
-      for (CK_MECHANISM_TYPE m : {CKM_RSA_PKCS, CKM_RSA_PKCS_PSS})
-        if (token_has(m)) sk->mechanisms.push_back(m);
-    } else if (token_has(CKM_ECDSA)) {
-      sk->mechanisms.push_back(CKM_ECDSA);
-    }
-    for (auto m : sk->mechanisms) d.mechanisms.push_back(mechanism_name(m));
-    served.push_back(std::move(sk));
+    if (auto sk = serve_key(kc, *match, open)) served.push_back(std::move(sk));
   }
   // Session `s` stays open while the token is: the login lasts as long as one session does
   // (PKCS#11 v2.40 §5.6); releasing the slot list closes it.
@@ -488,9 +497,39 @@ Status Token::open_locked() {
   guard.slots = nullptr;
   keys_ = std::move(served);
   ++generation_;
-  spdlog::info("token {}: open (slot {}, label '{}', serial '{}'), {} key(s) served", config_.name, slot_id, td.label,
-               td.serial, keys_.size());
+  spdlog::info("token {}: open (slot {}, label '{}', serial '{}'), {} key(s) served", config_.name, slot_id,
+               open.description.label, open.description.serial, keys_.size());
   return {};
+}
+
+// Logs in through the function list to get the exact CK_RV (login state is per application and token, so
+// libp11's sessions see it too). `s` is the session that keeps the login.
+Status Token::login_locked(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot_id, bool login_required, CK_SESSION_HANDLE& s) {
+  CK_RV rv = fl->C_OpenSession(slot_id, CKF_SERIAL_SESSION, nullptr, nullptr, &s);
+  if (rv != CKR_OK) return Error(ErrorCode::token_not_present, "C_OpenSession failed: " + ckr_hex(rv), rv);
+  if (!login_required) return {};
+  if (!config_.pin) {
+    fl->C_CloseSession(s);
+    state_ = TokenState::failed;
+    return Error(ErrorCode::config, "token '" + config_.name + "' needs a PIN (pinfile or tokens." + config_.name +
+                                        ".pin)");
+  }
+  const std::string& pin = *config_.pin;
+  rv = fl->C_Login(s, static_cast<CK_USER_TYPE>(config_.user),
+                   reinterpret_cast<CK_UTF8CHAR_PTR>(const_cast<char*>(pin.data())), pin.size());
+  if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return {};
+  fl->C_CloseSession(s);
+  if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LOCKED || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE ||
+      rv == CKR_PIN_EXPIRED || rv == CKR_USER_TYPE_INVALID) {
+    // Never retried: a real token locks itself after a few wrong PINs.
+    state_ = TokenState::failed;
+    return Error(ErrorCode::config,
+                 "login to token '" + config_.name + "' refused (" + ckr_hex(rv) +
+                     (rv == CKR_PIN_INCORRECT ? ", wrong PIN" : rv == CKR_PIN_LOCKED ? ", PIN locked" : "") +
+                     "); not retrying — fix the PIN and restart",
+                 rv);
+  }
+  return Error(ErrorCode::token_not_present, "C_Login failed: " + ckr_hex(rv), rv);
 }
 
 TokenState Token::state() const {

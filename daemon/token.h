@@ -98,6 +98,7 @@ class Token : public std::enable_shared_from_this<Token> {
   struct WorkerSession;
 
   Status open_locked();  // open + login + load keys; mu_ held
+  Status login_locked(CK_FUNCTION_LIST_PTR fl, CK_SLOT_ID slot_id, bool login_required, CK_SESSION_HANDLE& s);
   void close_locked();
   void worker_main();
   void recovery_main();
