@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 namespace p11relay::daemon {
@@ -385,25 +386,8 @@ Status server_keys(const Loader& l, const YAML::Node& root, ServerConfig& s) {
   return {};
 }
 
-Result<Config> load(const std::string& path, bool check_secrets) {
-  Config c;
-  c.path = path;
-  c.dir = fs::absolute(fs::path(path)).parent_path().string();
-  Loader l{path};
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    return config_error(path + ": cannot read file");
-  } catch (const YAML::Exception& e) {
-    return config_error(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
-  }
-  if (!root.IsMap()) return config_error(path + ": top level must be a mapping");
-  RETURN_IF_ERROR(no_duplicate_keys(l, root));
-  RETURN_IF_ERROR(l.only_keys(root, "the top level",
-                              {"server", "tokens", "keys", "clients", "auditfile", "pinfile", "timestamp", "remote"}));
-
-  // server:
+// The server section's values and the files it names (resolved against the config's directory).
+Status load_server(const Loader& l, const YAML::Node& root, Config& c) {
   ServerConfig& s = c.server;
   RETURN_IF_ERROR(server_keys(l, root, s));
   RETURN_IF_ERROR(server_addresses(l, root, s));
@@ -420,127 +404,129 @@ Result<Config> load(const std::string& path, bool check_secrets) {
     s.clientca = resolve(c.dir, s.clientca);
     RETURN_IF_ERROR(require_file(l, root["server"]["clientca"], s.clientca, "server.clientca"));
   }
+  return {};
+}
 
-  // tokens:
-  if (YAML::Node tn = root["tokens"]; tn.IsDefined() && !tn.IsNull()) {
-    if (!tn.IsMap()) return l.err(tn, "tokens must be a mapping");
-    for (const auto& kv : tn) {
-      TokenConfig t;
-      t.name = kv.first.as<std::string>();
-      const std::string w = "tokens." + t.name;
-      const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"type", "provider", "label", "serial", "uri", "pin", "user", "numworkers",
-                                         "queuesize", "timeout", "retries", "ratelimit", "rateburst"}));
-      RETURN_IF_ERROR(l.get(n, "type", t.type, w));
-      RETURN_IF_ERROR(l.get(n, "provider", t.provider, w));
-      RETURN_IF_ERROR(l.get(n, "label", t.label, w));
-      RETURN_IF_ERROR(l.get(n, "serial", t.serial, w));
-      RETURN_IF_ERROR(token_uri(l, n, w, t));
-      if (n["pin"].IsDefined() && !n["pin"].IsNull()) {
-        std::string pin;
-        RETURN_IF_ERROR(l.get(n, "pin", pin, w));
-        t.pin = pin;
-      }
-      RETURN_IF_ERROR(l.get(n, "user", t.user, w));
-      RETURN_IF_ERROR(l.get(n, "numworkers", t.numworkers, w));
-      RETURN_IF_ERROR(l.get(n, "queuesize", t.queuesize, w));
-      RETURN_IF_ERROR(l.get(n, "timeout", t.timeout, w));
-      RETURN_IF_ERROR(l.get(n, "retries", t.retries, w));
-      if (t.type != "pkcs11") return l.err(n["type"], w + ".type '" + t.type + "' is not supported (only pkcs11)");
-      if (t.provider.empty()) return l.err(n, w + ".provider (the PKCS#11 module path) is required");
-      if (t.label.empty() && t.serial.empty())
-        return l.err(n, w + " needs a label or a serial (or a uri with token= or serial=) to select the token");
-      if (t.numworkers < 1 || t.numworkers > 64) return l.err(n["numworkers"], w + ".numworkers must be 1..64");
-      if (t.queuesize < 1) return l.err(n["queuesize"], w + ".queuesize must be > 0");
-      if (t.timeout < 1) return l.err(n["timeout"], w + ".timeout must be > 0");
-      c.tokens[t.name] = std::move(t);
-    }
+Result<TokenConfig> load_token(const Loader& l, const std::string& name, const YAML::Node& n) {
+  TokenConfig t;
+  t.name = name;
+  const std::string w = "tokens." + t.name;
+  RETURN_IF_ERROR(l.only_keys(n, w, {"type", "provider", "label", "serial", "uri", "pin", "user", "numworkers",
+                                     "queuesize", "timeout", "retries", "ratelimit", "rateburst"}));
+  RETURN_IF_ERROR(l.get(n, "type", t.type, w));
+  RETURN_IF_ERROR(l.get(n, "provider", t.provider, w));
+  RETURN_IF_ERROR(l.get(n, "label", t.label, w));
+  RETURN_IF_ERROR(l.get(n, "serial", t.serial, w));
+  RETURN_IF_ERROR(token_uri(l, n, w, t));
+  if (n["pin"].IsDefined() && !n["pin"].IsNull()) {
+    std::string pin;
+    RETURN_IF_ERROR(l.get(n, "pin", pin, w));
+    t.pin = pin;
   }
+  RETURN_IF_ERROR(l.get(n, "user", t.user, w));
+  RETURN_IF_ERROR(l.get(n, "numworkers", t.numworkers, w));
+  RETURN_IF_ERROR(l.get(n, "queuesize", t.queuesize, w));
+  RETURN_IF_ERROR(l.get(n, "timeout", t.timeout, w));
+  RETURN_IF_ERROR(l.get(n, "retries", t.retries, w));
+  if (t.type != "pkcs11") return l.err(n["type"], w + ".type '" + t.type + "' is not supported (only pkcs11)");
+  if (t.provider.empty()) return l.err(n, w + ".provider (the PKCS#11 module path) is required");
+  if (t.label.empty() && t.serial.empty())
+    return l.err(n, w + " needs a label or a serial (or a uri with token= or serial=) to select the token");
+  if (t.numworkers < 1 || t.numworkers > 64) return l.err(n["numworkers"], w + ".numworkers must be 1..64");
+  if (t.queuesize < 1) return l.err(n["queuesize"], w + ".queuesize must be > 0");
+  if (t.timeout < 1) return l.err(n["timeout"], w + ".timeout must be > 0");
+  return t;
+}
 
-  // keys:
-  if (YAML::Node kn = root["keys"]; kn.IsDefined() && !kn.IsNull()) {
-    if (!kn.IsMap()) return l.err(kn, "keys must be a mapping");
-    for (const auto& kv : kn) {
-      KeyConfig k;
-      k.name = kv.first.as<std::string>();
-      const std::string w = "keys." + k.name;
-      const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "uri", "x509certificate", "pgpcertificate",
-                                         "roles", "hide", "timestamp", "timestamper", "policy"}));
-      RETURN_IF_ERROR(l.get(n, "timestamp", k.timestamp, w));
-      RETURN_IF_ERROR(l.get(n, "timestamper", k.timestamper, w));
-      RETURN_IF_ERROR(l.get(n, "token", k.token, w));
-      RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
-      RETURN_IF_ERROR(l.get(n, "label", k.label, w));
-      std::string id;
-      RETURN_IF_ERROR(l.get(n, "id", id, w));
-      if (!id.empty()) {
-        auto b = from_hex(id);
-        if (!b) return l.err(n["id"], w + ".id must be hex (CKA_ID)");
-        k.id = *b;
-        k.has_id = true;
-      }
-      RETURN_IF_ERROR(key_uri(l, n, w, c, k));
-      RETURN_IF_ERROR(l.get(n, "x509certificate", k.x509certificate, w));
-      RETURN_IF_ERROR(l.get_list(n, "roles", k.roles, w));
-      RETURN_IF_ERROR(l.get(n, "hide", k.hide, w));
-      if (YAML::Node pn = n["policy"]; pn.IsDefined() && !pn.IsNull()) {
-        if (!k.alias.empty()) return l.err(pn, w + ": an alias cannot have its own policy (the target key's applies)");
-        RETURN_IF_ERROR(load_policy(l, pn, w + ".policy", k.policy));
-        k.has_policy = true;
-      }
-      if (k.alias.empty()) {
-        if (k.token.empty()) return l.err(n, w + ".token is required");
-        if (!c.tokens.count(k.token)) return l.err(n["token"], w + ".token names unknown token '" + k.token + "'");
-        if (k.label.empty() && !k.has_id)
-          return l.err(n, w + " needs a label or an id (or a uri with object= or id=) to find the key on the token");
-      }
-      if (!k.x509certificate.empty()) {
-        k.x509certificate = resolve(c.dir, k.x509certificate);
-        RETURN_IF_ERROR(require_file(l, n["x509certificate"], k.x509certificate, w + ".x509certificate"));
-      }
-      c.keys[k.name] = std::move(k);
-    }
-    for (const auto& [name, k] : c.keys) {
-      if (k.alias.empty()) continue;
-      auto it = c.keys.find(k.alias);
-      if (it == c.keys.end()) return l.err(kn[name]["alias"], "keys." + name + ".alias names unknown key '" + k.alias + "'");
-      if (!it->second.alias.empty()) return l.err(kn[name]["alias"], "keys." + name + ": an alias cannot point to another alias");
-    }
+Result<KeyConfig> load_key(const Loader& l, const std::string& name, const YAML::Node& n, const Config& c) {
+  KeyConfig k;
+  k.name = name;
+  const std::string w = "keys." + k.name;
+  RETURN_IF_ERROR(l.only_keys(n, w, {"token", "alias", "label", "id", "uri", "x509certificate", "pgpcertificate",
+                                     "roles", "hide", "timestamp", "timestamper", "policy"}));
+  RETURN_IF_ERROR(l.get(n, "timestamp", k.timestamp, w));
+  RETURN_IF_ERROR(l.get(n, "timestamper", k.timestamper, w));
+  RETURN_IF_ERROR(l.get(n, "token", k.token, w));
+  RETURN_IF_ERROR(l.get(n, "alias", k.alias, w));
+  RETURN_IF_ERROR(l.get(n, "label", k.label, w));
+  std::string id;
+  RETURN_IF_ERROR(l.get(n, "id", id, w));
+  if (!id.empty()) {
+    auto b = from_hex(id);
+    if (!b) return l.err(n["id"], w + ".id must be hex (CKA_ID)");
+    k.id = *b;
+    k.has_id = true;
   }
-
-  // clients:
-  if (YAML::Node cn = root["clients"]; cn.IsDefined() && !cn.IsNull()) {
-    if (!cn.IsMap()) return l.err(cn, "clients must be a mapping");
-    for (const auto& kv : cn) {
-      ClientConfig cl;
-      std::string key = kv.first.as<std::string>();
-      const std::string w = "clients." + key;
-      const YAML::Node& n = kv.second;
-      RETURN_IF_ERROR(l.only_keys(n, w, {"nickname", "roles", "certificate", "proxy"}));
-      RETURN_IF_ERROR(l.get(n, "proxy", cl.proxy, w));
-      RETURN_IF_ERROR(l.get(n, "nickname", cl.nickname, w));
-      RETURN_IF_ERROR(l.get_list(n, "roles", cl.roles, w));
-      RETURN_IF_ERROR(l.get(n, "certificate", cl.certificate, w));
-      std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return std::tolower(ch); });
-      if (cl.certificate.empty()) {
-        if (key.size() != 64 || !from_hex(key))
-          return l.err(kv.first, w + ": a client is named by the 64-hex-digit SHA-256 fingerprint of its public key "
-                                     "(or has a 'certificate' CA bundle)");
-      } else {
-        cl.certificate = resolve(c.dir, cl.certificate);
-        RETURN_IF_ERROR(require_file(l, n["certificate"], cl.certificate, w + ".certificate"));
-      }
-      cl.name = key;
-      c.clients[key] = std::move(cl);
-    }
+  RETURN_IF_ERROR(key_uri(l, n, w, c, k));
+  RETURN_IF_ERROR(l.get(n, "x509certificate", k.x509certificate, w));
+  RETURN_IF_ERROR(l.get_list(n, "roles", k.roles, w));
+  RETURN_IF_ERROR(l.get(n, "hide", k.hide, w));
+  if (YAML::Node pn = n["policy"]; pn.IsDefined() && !pn.IsNull()) {
+    if (!k.alias.empty()) return l.err(pn, w + ": an alias cannot have its own policy (the target key's applies)");
+    RETURN_IF_ERROR(load_policy(l, pn, w + ".policy", k.policy));
+    k.has_policy = true;
   }
+  if (k.alias.empty()) {
+    if (k.token.empty()) return l.err(n, w + ".token is required");
+    if (!c.tokens.count(k.token)) return l.err(n["token"], w + ".token names unknown token '" + k.token + "'");
+    if (k.label.empty() && !k.has_id)
+      return l.err(n, w + " needs a label or an id (or a uri with object= or id=) to find the key on the token");
+  }
+  if (!k.x509certificate.empty()) {
+    k.x509certificate = resolve(c.dir, k.x509certificate);
+    RETURN_IF_ERROR(require_file(l, n["x509certificate"], k.x509certificate, w + ".x509certificate"));
+  }
+  return k;
+}
 
-  RETURN_IF_ERROR(trusted_proxies(l, root, c));
-  if (YAML::Node tn = root["timestamp"]; tn.IsDefined() && !tn.IsNull())
-    RETURN_IF_ERROR(load_timestamp(l, tn, c.dir, c.timestamp));
-  RETURN_IF_ERROR(check_key_timestamps(l, root, c));
+Result<ClientConfig> load_client(const Loader& l, const YAML::Node& key_node, const YAML::Node& n, const Config& c) {
+  ClientConfig cl;
+  std::string key = key_node.as<std::string>();
+  const std::string w = "clients." + key;
+  RETURN_IF_ERROR(l.only_keys(n, w, {"nickname", "roles", "certificate", "proxy"}));
+  RETURN_IF_ERROR(l.get(n, "proxy", cl.proxy, w));
+  RETURN_IF_ERROR(l.get(n, "nickname", cl.nickname, w));
+  RETURN_IF_ERROR(l.get_list(n, "roles", cl.roles, w));
+  RETURN_IF_ERROR(l.get(n, "certificate", cl.certificate, w));
+  std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (cl.certificate.empty()) {
+    if (key.size() != 64 || !from_hex(key))
+      return l.err(key_node, w + ": a client is named by the 64-hex-digit SHA-256 fingerprint of its public key "
+                                 "(or has a 'certificate' CA bundle)");
+  } else {
+    cl.certificate = resolve(c.dir, cl.certificate);
+    RETURN_IF_ERROR(require_file(l, n["certificate"], cl.certificate, w + ".certificate"));
+  }
+  cl.name = key;
+  return cl;
+}
 
+// A section that maps names to entries (tokens, keys, clients): absent or empty, or a mapping; `add` takes each.
+Status each_entry(const Loader& l, const YAML::Node& root, const char* section,
+                  const std::function<Status(const YAML::Node& name, const YAML::Node& entry)>& add) {
+  YAML::Node sn = root[section];
+  if (!sn.IsDefined() || sn.IsNull()) return {};
+  if (!sn.IsMap()) return l.err(sn, std::string(section) + " must be a mapping");
+  for (const auto& kv : sn) RETURN_IF_ERROR(add(kv.first, kv.second));
+  return {};
+}
+
+// Every alias names a key that is not an alias itself.
+Status check_aliases(const Loader& l, const YAML::Node& root, const Config& c) {
+  const YAML::Node kn = root["keys"];
+  for (const auto& [name, k] : c.keys) {
+    if (k.alias.empty()) continue;
+    auto it = c.keys.find(k.alias);
+    if (it == c.keys.end()) return l.err(kn[name]["alias"], "keys." + name + ".alias names unknown key '" + k.alias + "'");
+    if (!it->second.alias.empty()) return l.err(kn[name]["alias"], "keys." + name + ": an alias cannot point to another alias");
+  }
+  return {};
+}
+
+// The top-level files (audit log, PIN file) and server.statedir, resolved; a policy that keeps state needs
+// server.statedir.
+Status load_paths(const Loader& l, const YAML::Node& root, Config& c) {
+  ServerConfig& s = c.server;
   RETURN_IF_ERROR(l.get(root, "auditfile", c.auditfile, "the top level"));
   RETURN_IF_ERROR(l.get(root, "pinfile", c.pinfile, "the top level"));
   if (!c.auditfile.empty()) c.auditfile = resolve(c.dir, c.auditfile);
@@ -552,10 +538,55 @@ Result<Config> load(const std::string& path, bool check_secrets) {
                                                      "held requests and quota counters across restarts");
   }
   if (!c.pinfile.empty()) c.pinfile = resolve(c.dir, c.pinfile);
+  return {};
+}
+
+Result<YAML::Node> read_yaml(const std::string& path) {
+  try {
+    return YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return config_error(path + ": cannot read file");
+  } catch (const YAML::Exception& e) {
+    return config_error(path + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+}
+
+Result<Config> load(const std::string& path, bool check_secrets) {
+  Config c;
+  c.path = path;
+  c.dir = fs::absolute(fs::path(path)).parent_path().string();
+  Loader l{path};
+  ASSIGN_OR_RETURN(YAML::Node root, read_yaml(path));
+  if (!root.IsMap()) return config_error(path + ": top level must be a mapping");
+  RETURN_IF_ERROR(no_duplicate_keys(l, root));
+  RETURN_IF_ERROR(l.only_keys(root, "the top level",
+                              {"server", "tokens", "keys", "clients", "auditfile", "pinfile", "timestamp", "remote"}));
+  RETURN_IF_ERROR(load_server(l, root, c));
+  RETURN_IF_ERROR(each_entry(l, root, "tokens", [&](const YAML::Node& name, const YAML::Node& n) -> Status {
+    ASSIGN_OR_RETURN(TokenConfig t, load_token(l, name.as<std::string>(), n));
+    c.tokens[t.name] = std::move(t);
+    return {};
+  }));
+  RETURN_IF_ERROR(each_entry(l, root, "keys", [&](const YAML::Node& name, const YAML::Node& n) -> Status {
+    ASSIGN_OR_RETURN(KeyConfig k, load_key(l, name.as<std::string>(), n, c));
+    c.keys[k.name] = std::move(k);
+    return {};
+  }));
+  RETURN_IF_ERROR(check_aliases(l, root, c));
+  RETURN_IF_ERROR(each_entry(l, root, "clients", [&](const YAML::Node& name, const YAML::Node& n) -> Status {
+    ASSIGN_OR_RETURN(ClientConfig cl, load_client(l, name, n, c));
+    c.clients[cl.name] = std::move(cl);
+    return {};
+  }));
+  RETURN_IF_ERROR(trusted_proxies(l, root, c));
+  if (YAML::Node tn = root["timestamp"]; tn.IsDefined() && !tn.IsNull())
+    RETURN_IF_ERROR(load_timestamp(l, tn, c.dir, c.timestamp));
+  RETURN_IF_ERROR(check_key_timestamps(l, root, c));
+  RETURN_IF_ERROR(load_paths(l, root, c));
   if (c.tokens.empty() && c.clients.empty()) return config_error(path + ": no tokens and no clients: nothing to serve");
   if (check_secrets && !c.pinfile.empty()) RETURN_IF_ERROR(load_pinfile(c));
   for (const auto& [name, t] : c.tokens)
-    RETURN_IF_ERROR(check_module_path(t.provider, s.moduledirs));
+    RETURN_IF_ERROR(check_module_path(t.provider, c.server.moduledirs));
   return c;
 }
 
