@@ -259,6 +259,20 @@ class TsaDaemonTest(DaemonTest):
     def configure(cls, cfg: dict) -> None:
         pass
 
+    def audit_lines(self) -> int:
+        return len(self.st.audit_file.read_text().splitlines()) if self.st.audit_file.exists() else 0
+
+    def assert_upload_refused(self, cases, upload):
+        """Each (name, why, *args): `upload(*args)` (a relic_client.sign_* call returning status, headers, body,
+        ...) is answered 400 with `why` in relic's problem detail, and nothing is signed (no audit line)."""
+        for name, why, *args in cases:
+            with self.subTest(name=name):
+                before = self.audit_lines()
+                st, _, data, *_ = upload(*args)
+                self.assertEqual(st, 400, data)
+                self.assertIn(why, json.loads(data)["detail"])
+                self.assertEqual(self.audit_lines(), before)
+
     @classmethod
     def tearDownClass(cls):
         cls.tsa.stop()

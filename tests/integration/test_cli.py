@@ -9,10 +9,8 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -97,6 +95,16 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(p.returncode, 2, p.stderr)
                 self.assertIn(why, p.stderr)
                 self.assertFalse(dst.exists())
+
+    def osslsigncode_sign(self, src, dst, *extra, key="rsa2048"):
+        """osslsigncode signs `src` into `dst` (removed first) with the same token key through its pkcs11 engine,
+        SHA-256 (the independent signer whose digest ours must equal)."""
+        uri = f"pkcs11:token={self.st.token_label};object={key};type=private;pin-value={self.st.user_pin}"
+        Path(dst).unlink(missing_ok=True)
+        p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
+                            "-key", uri, "-certs", str(self.st.keys[key].certfile), "-h", "sha256", *extra,
+                            "-in", str(src), "-out", str(dst)], env=self.st.env(), capture_output=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
 
     def resign_timestamped(self, f, verify=None) -> str:
         """Signs `f` in place with rsa2048, then again with ec256 and a timestamp from a local TSA: the first
@@ -485,12 +493,7 @@ class Authenticode(CliTest):
             ours = self.tmp / f"{name}-ours.exe"
             theirs = self.tmp / f"{name}-ossl.exe"
             self.cli("sign", "--key", "rsa2048", "--file", src, "--output", ours)
-            uri = (f"pkcs11:token={self.st.token_label};object=rsa2048;type=private;pin-value={self.st.user_pin}")
-            env = self.st.env()
-            p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
-                                "-key", uri, "-certs", str(self.st.keys["rsa2048"].certfile), "-h", "sha256",
-                                "-in", str(src), "-out", str(theirs)], env=env, capture_output=True, timeout=120)
-            self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
+            self.osslsigncode_sign(src, theirs)
             _, a = self.osslverify(ours)
             _, b = self.osslverify(theirs)
             self.assertEqual(self.digest_of(a), self.digest_of(b))

@@ -10,7 +10,7 @@ import subprocess
 import unittest
 
 import harness
-from test_cli import CliTest, OSSLSIGNCODE, PKCS11_ENGINE, osslsigncode_verify
+from test_cli import CliTest, OSSLSIGNCODE, osslsigncode_verify
 
 GCAB = shutil.which("gcab")
 
@@ -76,15 +76,9 @@ class Cabinets(CliTest):
                 self.assertEqual(int.from_bytes(data[8:12], "little"), sig_at)      # cbCabinet: up to it
 
     def test_same_digest_as_osslsigncode_with_the_token_key(self):
-        uri = f"pkcs11:token={self.st.token_label};object=rsa2048;type=private;pin-value={self.st.user_pin}"
         ours, theirs = self.tmp / "ours.cab", self.tmp / "theirs.cab"
         self.cli("sign", "--key", "rsa2048", "--file", self.zipped, "--output", ours)
-        if theirs.exists():
-            theirs.unlink()
-        p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
-                            "-key", uri, "-certs", str(self.cert("rsa2048")), "-h", "sha256", "-in", str(self.zipped),
-                            "-out", str(theirs)], env=self.st.env(), capture_output=True, timeout=120)
-        self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
+        self.osslsigncode_sign(self.zipped, theirs)
         self.assertEqual(self.digest_of(self.verify(ours, "rsa2048")), self.digest_of(self.verify(theirs, "rsa2048")))
         # the cabinets before their signatures are byte for byte the same, but for the signature's size
         a, b = ours.read_bytes(), theirs.read_bytes()

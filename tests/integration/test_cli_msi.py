@@ -12,7 +12,7 @@ from pathlib import Path
 
 import harness
 from harness import Tsa
-from test_cli import CliTest, OSSLSIGNCODE, PKCS11_ENGINE, osslsigncode_verify
+from test_cli import CliTest, OSSLSIGNCODE, osslsigncode_verify
 
 WIXL = shutil.which("wixl")
 
@@ -77,14 +77,7 @@ class Msi(CliTest):
                 ours = self.tmp / "ours.msi"
                 theirs = self.tmp / "theirs.msi"
                 self.cli("sign", "--key", "rsa2048", "--file", self.msi, "--output", ours, *ours_flag)
-                uri = f"pkcs11:token={self.st.token_label};object=rsa2048;type=private;pin-value={self.st.user_pin}"
-                if theirs.exists():
-                    theirs.unlink()
-                p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
-                                    "-key", uri, "-certs", str(self.cert("rsa2048")), "-h", "sha256", *extra,
-                                    "-in", str(self.msi), "-out", str(theirs)], env=self.st.env(), capture_output=True,
-                                   timeout=120)
-                self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
+                self.osslsigncode_sign(self.msi, theirs, *extra)
                 _, a = self.osslverify(ours, self.cert("rsa2048"))
                 _, b = self.osslverify(theirs, self.cert("rsa2048"))
                 self.assertEqual(self.digest_of(a), self.digest_of(b))

@@ -5,11 +5,10 @@ token key (pkcs11 engine) to compare the digests; UTF-8 (with characters outside
 """
 import os
 import re
-import subprocess
 import unittest
 
 import harness
-from test_cli import CliTest, OSSLSIGNCODE, PKCS11_ENGINE, osslsigncode_verify
+from test_cli import CliTest, OSSLSIGNCODE, osslsigncode_verify
 
 SCRIPT = ('# p11relay test script: Grüße, ✓, 𝄞\r\n'
           'param([string]$Name = "world")\r\n'
@@ -66,18 +65,11 @@ class Scripts(CliTest):
                 self.assertEqual(src.read_bytes(), before, "the input was modified")
 
     def test_same_digest_as_osslsigncode_with_the_token_key(self):
-        uri = f"pkcs11:token={self.st.token_label};object=rsa2048;type=private;pin-value={self.st.user_pin}"
         for src in (self.utf8, self.utf16):
             with self.subTest(src=src.name):
                 ours, theirs = self.tmp / f"ours{src.suffix}", self.tmp / f"theirs{src.suffix}"
                 self.cli("sign", "--key", "rsa2048", "--file", src, "--output", ours)
-                if theirs.exists():
-                    theirs.unlink()
-                p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module",
-                                    self.st.module, "-key", uri, "-certs", str(self.cert("rsa2048")), "-h", "sha256",
-                                    "-in", str(src), "-out", str(theirs)], env=self.st.env(), capture_output=True,
-                                   timeout=120)
-                self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
+                self.osslsigncode_sign(src, theirs)
                 self.assertEqual(self.digest_of(self.verify(ours, "rsa2048")),
                                  self.digest_of(self.verify(theirs, "rsa2048")))
                 # p11relay verify reads what osslsigncode wrote
