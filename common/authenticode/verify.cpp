@@ -105,63 +105,6 @@ Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView
   return bad_request("the signing certificate is not in the signature");
 }
 
-}  // namespace
-
-namespace {
-
-// `hashed`: the file already digested (verify_pe's pass); reused when it has the signature's
-// algorithm and no page hashes are needed, so a 100 MB file is not hashed twice.
-Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
-  SignatureReport rep;
-  rep.nesting = nesting;
-  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
-  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
-    return bad_request("signature content is not SpcIndirectDataContent");
-  ASSIGN_OR_RETURN(SpcParsed spc, parse_spc(sd.content));
-  rep.alg = spc.alg;
-  rep.image_digest = spc.digest;
-
-  // 1. The image digest (and page hashes) recomputed from the file.
-  PeDigestOptions opt;
-  opt.alg = spc.alg;
-  opt.keep_cert_table = false;
-  opt.page_hashes = spc.page_alg.has_value();
-  if (spc.page_alg && page_hash_alg_for(spc.alg) != spc.page_alg) {
-    // A signature may pair e.g. a SHA-384 image digest with SHA-256 page hashes (osslsigncode does);
-    // compute the page hashes separately with their own algorithm.
-    opt.page_hashes = false;
-  }
-  PeInfo pe;
-  if (hashed && hashed->alg == opt.alg && !opt.page_hashes) {
-    pe.image_digest = hashed->image_digest;
-  } else {
-    ASSIGN_OR_RETURN(pe, digest(opt));
-  }
-  if (pe.image_digest != spc.digest)
-    return bad_request("image digest mismatch: file " + to_hex(pe.image_digest) + ", signature " + to_hex(spc.digest));
-  if (spc.page_alg) {
-    rep.page_hashes = true;
-    Bytes computed = pe.page_hashes;
-    if (!opt.page_hashes) {
-      PeDigestOptions po;
-      po.alg = *spc.page_alg;
-      po.page_hashes = true;
-      po.keep_cert_table = false;
-      ASSIGN_OR_RETURN(PeInfo pp, digest(po));
-      computed = pp.page_hashes;
-    }
-    if (computed != spc.page_hashes) return bad_request("page hash mismatch");
-  }
-
-  ASSIGN_OR_RETURN(SignatureReport signer, verify_signer(signed_data, nesting));
-  signer.page_hashes = rep.page_hashes;
-  return signer;
-}
-
-}  // namespace
-
-namespace {
-
 // What every signature check shares, for any encapsulated content: the contentType attribute names the
 // content's type, messageDigest covers the content's contents (without its tag and length), the signature
 // over the signed attributes with the embedded signing certificate; the signer's names and the timestamp
@@ -214,7 +157,56 @@ Status check_signer_info(const SignedDataView& sd, const char* content_type, con
   return {};
 }
 
+// `hashed`: the file already digested (verify_pe's pass); reused when it has the signature's
+// algorithm and no page hashes are needed, so a 100 MB file is not hashed twice.
+Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
+  SignatureReport rep;
+  rep.nesting = nesting;
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
+    return bad_request("signature content is not SpcIndirectDataContent");
+  ASSIGN_OR_RETURN(SpcParsed spc, parse_spc(sd.content));
+  rep.alg = spc.alg;
+  rep.image_digest = spc.digest;
+
+  // 1. The image digest (and page hashes) recomputed from the file.
+  PeDigestOptions opt;
+  opt.alg = spc.alg;
+  opt.keep_cert_table = false;
+  opt.page_hashes = spc.page_alg.has_value();
+  if (spc.page_alg && page_hash_alg_for(spc.alg) != spc.page_alg) {
+    // A signature may pair e.g. a SHA-384 image digest with SHA-256 page hashes (osslsigncode does);
+    // compute the page hashes separately with their own algorithm.
+    opt.page_hashes = false;
+  }
+  PeInfo pe;
+  if (hashed && hashed->alg == opt.alg && !opt.page_hashes) {
+    pe.image_digest = hashed->image_digest;
+  } else {
+    ASSIGN_OR_RETURN(pe, digest(opt));
+  }
+  if (pe.image_digest != spc.digest)
+    return bad_request("image digest mismatch: file " + to_hex(pe.image_digest) + ", signature " + to_hex(spc.digest));
+  if (spc.page_alg) {
+    rep.page_hashes = true;
+    Bytes computed = pe.page_hashes;
+    if (!opt.page_hashes) {
+      PeDigestOptions po;
+      po.alg = *spc.page_alg;
+      po.page_hashes = true;
+      po.keep_cert_table = false;
+      ASSIGN_OR_RETURN(PeInfo pp, digest(po));
+      computed = pp.page_hashes;
+    }
+    if (computed != spc.page_hashes) return bad_request("page hash mismatch");
+  }
+
+  RETURN_IF_ERROR(check_signer_info(sd, oid::kSpcIndirectData, "SpcIndirectDataContent", rep));
+  return rep;
+}
+
 }  // namespace
+
 
 Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
   SignatureReport rep;
@@ -236,13 +228,11 @@ Result<SignatureReport> verify_content_signer(ByteSpan signed_data, const char* 
   ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
   if (!der::equal(sd.content_type, der::oid_content(content_type)) || sd.content.empty())
     return bad_request(std::string("signature content is not ") + what);
-  if (sd.signers.empty()) return bad_request("signature has no SignerInfo");
-  auto alg = hash_by_oid_content(sd.signers[0].digest_alg);
-  if (!alg) return bad_request("unknown SignerInfo digest algorithm");
-  ASSIGN_OR_RETURN(der::Tlv content, der::parse_one(sd.content, what));
-  rep.alg = *alg;
-  rep.image_digest = hash(*alg, content.content);
   RETURN_IF_ERROR(check_signer_info(sd, content_type, what, rep));
+  // Checked there: a SignerInfo with a known digest algorithm, whose messageDigest is the content's digest.
+  rep.alg = *hash_by_oid_content(sd.signers[0].digest_alg);
+  ASSIGN_OR_RETURN(der::Tlv content, der::parse_one(sd.content, what));
+  rep.image_digest = hash(rep.alg, content.content);
   return rep;
 }
 
