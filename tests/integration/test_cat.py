@@ -40,9 +40,6 @@ class Catalogs(CliTest):
         cls.unsigned = cls.tmp / "driver.cat"
         cls.unsigned.write_bytes(catalog.unsigned_catalog(MEMBERS))
 
-    def cert(self, key):
-        return self.st.keys[key].certfile
-
     def test_sign_rsa_and_ec_verified_by_osslsigncode_and_here(self):
         for key, alg in (("rsa2048", "sha256"), ("ec256", "sha384")):
             with self.subTest(key=key):

@@ -96,13 +96,17 @@ class CliTest(unittest.TestCase):
                 self.assertIn(why, p.stderr)
                 self.assertFalse(dst.exists())
 
+    def cert(self, key):
+        """The certificate file of the token key `key`."""
+        return self.st.keys[key].certfile
+
     def osslsigncode_sign(self, src, dst, *extra, key="rsa2048"):
         """osslsigncode signs `src` into `dst` (removed first) with the same token key through its pkcs11 engine,
         SHA-256 (the independent signer whose digest ours must equal)."""
         uri = f"pkcs11:token={self.st.token_label};object={key};type=private;pin-value={self.st.user_pin}"
         Path(dst).unlink(missing_ok=True)
         p = subprocess.run([OSSLSIGNCODE, "sign", "-pkcs11engine", PKCS11_ENGINE, "-pkcs11module", self.st.module,
-                            "-key", uri, "-certs", str(self.st.keys[key].certfile), "-h", "sha256", *extra,
+                            "-key", uri, "-certs", str(self.cert(key)), "-h", "sha256", *extra,
                             "-in", str(src), "-out", str(dst)], env=self.st.env(), capture_output=True, timeout=120)
         self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace").replace(self.st.user_pin, "***"))
 

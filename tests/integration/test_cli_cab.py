@@ -35,9 +35,6 @@ class Cabinets(CliTest):
         subprocess.run([GCAB, "-c", *flags, str(out), *sorted(cls.files)], cwd=cls.src, check=True, timeout=60)
         return out
 
-    def cert(self, key):
-        return self.st.keys[key].certfile
-
     def verify(self, path, key, **kw):
         return osslsigncode_verify(self, path, self.cert(key), **kw)[1]
 

@@ -51,9 +51,6 @@ class Msi(CliTest):
     def digest_of(out: str) -> str:
         return re.search(r"Current DigitalSignature\s*:\s*([0-9A-Fa-f]+)", out).group(1).lower()
 
-    def cert(self, key):
-        return self.st.keys[key].certfile
-
     def test_sign_rsa_and_ec_verified_by_osslsigncode_and_p11relay(self):
         before = self.msi.read_bytes()
         for key, alg in (("rsa2048", "sha256"), ("ec256", "sha256"), ("ec384", "sha384")):

@@ -29,9 +29,6 @@ class Scripts(CliTest):
         cls.xml = cls.tmp / "types.ps1xml"
         cls.xml.write_bytes(XML.encode())
 
-    def cert(self, key):
-        return self.st.keys[key].certfile
-
     def verify(self, path, key, **kw):
         return osslsigncode_verify(self, path, self.cert(key), **kw)[1]
 
