@@ -132,24 +132,32 @@ std::optional<std::pair<HashAlg, Bytes>> parse_digest_info(std::span<const std::
 }
 
 Hasher::Hasher(HashAlg alg) : alg_(alg), ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(ctx_, fetched_md(alg), nullptr) != 1) throw std::bad_alloc();
+  if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), fetched_md(alg), nullptr) != 1) throw std::bad_alloc();
 }
-Hasher::Hasher(Hasher&& o) noexcept : alg_(o.alg_), ctx_(o.ctx_) { o.ctx_ = nullptr; }
-Hasher& Hasher::operator=(Hasher&& o) noexcept {
-  std::swap(alg_, o.alg_);
-  std::swap(ctx_, o.ctx_);
-  return *this;
-}
-Hasher::~Hasher() { EVP_MD_CTX_free(ctx_); }
+Hasher::Hasher(Hasher&&) noexcept = default;
+Hasher& Hasher::operator=(Hasher&&) noexcept = default;
+Hasher::~Hasher() = default;
 void Hasher::update(std::span<const std::uint8_t> data) {
-  if (!data.empty()) EVP_DigestUpdate(ctx_, data.data(), data.size());
+  if (!data.empty()) EVP_DigestUpdate(ctx_.get(), data.data(), data.size());
+}
+
+void update_reporting(Hasher& h, std::span<const std::uint8_t> data, std::uint64_t& done,
+                      const HashProgress& progress) {
+  constexpr size_t kSlice = 4u << 20;
+  while (!data.empty()) {
+    const auto slice = data.first(std::min(kSlice, data.size()));
+    h.update(slice);
+    data = data.subspan(slice.size());
+    done += slice.size();
+    if (progress) progress(done);
+  }
 }
 Bytes Hasher::finish() {
   Bytes out(EVP_MAX_MD_SIZE);
   unsigned int n = 0;
-  EVP_DigestFinal_ex(ctx_, out.data(), &n);
+  EVP_DigestFinal_ex(ctx_.get(), out.data(), &n);
   out.resize(n);
-  EVP_DigestInit_ex(ctx_, fetched_md(alg_), nullptr);
+  EVP_DigestInit_ex(ctx_.get(), fetched_md(alg_), nullptr);
   return out;
 }
 

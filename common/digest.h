@@ -3,9 +3,11 @@
 
 #include "common/bytes.h"
 #include "common/error.h"
+#include "common/openssl_ptr.h"
 
 #include <openssl/evp.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -42,6 +44,8 @@ std::optional<std::pair<HashAlg, Bytes>> parse_digest_info(std::span<const std::
 class Hasher {
  public:
   explicit Hasher(HashAlg alg);
+  // Defined out of line: inlined into a std::optional<Hasher>, GCC 12 warns (falsely) that the pointer
+  // may be used uninitialized.
   Hasher(Hasher&&) noexcept;
   Hasher& operator=(Hasher&&) noexcept;
   ~Hasher();
@@ -51,7 +55,15 @@ class Hasher {
 
  private:
   HashAlg alg_;
-  EVP_MD_CTX* ctx_;
+  EVP_MD_CTX_ptr ctx_;
 };
+
+// Called with the number of bytes hashed so far, for a progress bar; empty when nobody watches.
+using HashProgress = std::function<void(std::uint64_t done)>;
+
+// Hashes a large input and reports progress: `data` goes to `h` in 4 MiB slices, `done` grows by each
+// slice and `progress` (if set) is told the new total after each one.
+void update_reporting(Hasher& h, std::span<const std::uint8_t> data, std::uint64_t& done,
+                      const HashProgress& progress);
 
 }  // namespace p11relay

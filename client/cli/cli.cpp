@@ -397,6 +397,11 @@ void Progress::update(uint64_t done) {
   std::fflush(stderr);
 }
 
+void Progress::complete() {
+  update(total_);
+  finish();
+}
+
 void Progress::finish() {
   if (enabled_ && last_ >= 0) {
     std::fprintf(stderr, "\r\033[K");

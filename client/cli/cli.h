@@ -110,7 +110,13 @@ class Progress {
   Progress(std::string label, uint64_t total, uint64_t threshold = 4u << 20);
   ~Progress();
   void update(uint64_t done);
+  // The work is done: shows 100% (a digest may cover a little less than the file) and clears the line.
+  void complete();
   void finish();
+  // update() as a callback, for the digest functions (common/digest.h HashProgress).
+  std::function<void(uint64_t)> reporter() {
+    return [this](uint64_t done) { update(done); };
+  }
 
  private:
   std::string label_;

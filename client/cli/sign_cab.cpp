@@ -10,10 +10,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 
 namespace p11relay::cli {
 namespace ac = p11relay::authenticode;
+namespace fs = std::filesystem;
 
 Status run_sign_cab(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(HashAlg alg, check_sign_options(o));
@@ -22,7 +24,9 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   const auto& [output, before, in] = input;
   auto plan = ac::cab_plan(in.data());
   if (!plan.ok()) return bad_request(o.file + ": " + plan.error().message);
-  Bytes digest = ac::cab_digest(*plan, in.data(), alg);
+  Progress bar("hashing " + fs::path(o.file).filename().string(), static_cast<uint64_t>(before.st_size));
+  Bytes digest = ac::cab_digest(*plan, in.data(), alg, bar.reporter());
+  bar.complete();
   if (g.verbose) std::cerr << "cabinet digest: " << hash_info(alg).name << " " << to_hex(digest) << "\n";
   ASSIGN_OR_RETURN(Signing s, open_signing(g, o));
   Bytes spc = ac::cab_spc_indirect_data_content(alg, digest);

@@ -91,7 +91,9 @@ Status run_sign_msi(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(ac::MsiSignatures old, ac::msi_signatures(*file));
   ASSIGN_OR_RETURN(bool extended, extended_for(old, o, alg));
   ASSIGN_OR_RETURN(Signing s, open_signing(g, o));
-  ASSIGN_OR_RETURN(ac::MsiDigest d, ac::msi_digest(*file, alg, extended));
+  Progress bar("hashing " + std::filesystem::path(o.file).filename().string(), static_cast<uint64_t>(before.st_size));
+  ASSIGN_OR_RETURN(ac::MsiDigest d, ac::msi_digest(*file, alg, extended, bar.reporter()));
+  bar.complete();
   if (g.verbose) std::cerr << "MSI digest: " << hash_info(alg).name << " " << to_hex(d.digest) << "\n";
   Bytes spc = ac::msi_spc_indirect_data_content(alg, d.digest);
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));

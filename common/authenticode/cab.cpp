@@ -166,10 +166,11 @@ Result<std::pair<CabPlan, Bytes>> CabDigester::finish() {
   return std::pair{std::move(*plan_), hasher_->finish()};
 }
 
-Bytes cab_digest(const CabPlan& plan, std::span<const uint8_t> file, HashAlg alg) {
+Bytes cab_digest(const CabPlan& plan, std::span<const uint8_t> file, HashAlg alg, const HashProgress& progress) {
   Hasher h(alg);
   hash_head(h, plan.head);
-  h.update(file.subspan(plan.tail_from, plan.tail_to - plan.tail_from));
+  uint64_t done = plan.head.size();
+  update_reporting(h, file.subspan(plan.tail_from, plan.tail_to - plan.tail_from), done, progress);
   return h.finish();
 }
 

@@ -65,8 +65,9 @@ class CabDigester {
   std::uint64_t seen_ = 0;
 };
 
-// The Authenticode digest of the planned cabinet.
-Bytes cab_digest(const CabPlan& plan, std::span<const std::uint8_t> file, HashAlg alg);
+// The Authenticode digest of the planned cabinet; `progress` is told the bytes hashed so far.
+Bytes cab_digest(const CabPlan& plan, std::span<const std::uint8_t> file, HashAlg alg,
+                 const HashProgress& progress = {});
 Bytes cab_spc_indirect_data_content(HashAlg alg, std::span<const std::uint8_t> digest);
 // Writes the signature's offset and padded size into plan.head (not covered by the digest) and returns the
 // bytes that follow the tail: `signed_data` and its zero padding to a multiple of 8.

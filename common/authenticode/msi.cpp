@@ -65,19 +65,26 @@ Status prehash_dir(const ole::File& f, uint32_t storage, Hasher& h, int depth) {
   return {};
 }
 
-Status hash_dir(const ole::File& f, uint32_t storage, Hasher& h, int depth) {
+// The digest being taken and how far it has come.
+struct Feed {
+  Hasher& h;
+  const HashProgress& progress;
+  uint64_t done = 0;
+};
+
+Status hash_dir(const ole::File& f, uint32_t storage, Feed& feed, int depth) {
   if (depth > 32) return bad_request("MSI storages nested more than 32 deep");
   ASSIGN_OR_RETURN(auto kids, sorted_children(f, storage));
   for (uint32_t id : kids) {
     const ole::Entry& e = f.entries()[id];
     if (e.type == ole::kStream)
-      RETURN_IF_ERROR(f.read(e, [&h](std::span<const uint8_t> p) -> Status {
-        h.update(p);
+      RETURN_IF_ERROR(f.read(e, [&feed](std::span<const uint8_t> p) -> Status {
+        update_reporting(feed.h, p, feed.done, feed.progress);
         return {};
       }));
-    if (e.type == ole::kStorage) RETURN_IF_ERROR(hash_dir(f, id, h, depth + 1));
+    if (e.type == ole::kStorage) RETURN_IF_ERROR(hash_dir(f, id, feed, depth + 1));
   }
-  h.update(f.entries()[storage].clsid);
+  feed.h.update(f.entries()[storage].clsid);
   return {};
 }
 
@@ -98,7 +105,7 @@ bool msi_less(const std::u16string& a, const std::u16string& b) {
   return a.size() > b.size();
 }
 
-Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended) {
+Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended, const HashProgress& progress) {
   MsiDigest d;
   d.alg = alg;
   Hasher h(alg);
@@ -108,7 +115,8 @@ Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended) 
     d.prehash = pre.finish();
     h.update(d.prehash);
   }
-  RETURN_IF_ERROR(hash_dir(file, 0, h, 0));
+  Feed feed{h, progress};
+  RETURN_IF_ERROR(hash_dir(file, 0, feed, 0));
   d.digest = h.finish();
   return d;
 }

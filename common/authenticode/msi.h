@@ -29,8 +29,9 @@ struct MsiDigest {
   Bytes prehash;  // the MsiDigitalSignatureEx content, when asked for
 };
 
-// `extended`: include the metadata pre-hash (MsiDigitalSignatureEx).
-Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended);
+// `extended`: include the metadata pre-hash (MsiDigitalSignatureEx). `progress` is told the stream bytes
+// hashed so far.
+Result<MsiDigest> msi_digest(const ole::File& file, HashAlg alg, bool extended, const HashProgress& progress = {});
 
 // SpcIndirectDataContent with SpcSipInfo (1.3.6.1.4.1.311.2.1.30) for the MSI subject interface package.
 Bytes msi_spc_indirect_data_content(HashAlg alg, std::span<const uint8_t> digest);

@@ -72,6 +72,15 @@ class Cabinets(CliTest):
                 self.assertEqual((sig_at + sig_len, sig_len % 8), (len(data), 0))   # padded to 8, ends the file
                 self.assertEqual(int.from_bytes(data[8:12], "little"), sig_at)      # cbCabinet: up to it
 
+    def test_progress_bar_on_a_large_cabinet(self):
+        d = self.tmp / "big-payload"
+        d.mkdir(exist_ok=True)
+        (d / "big.bin").write_bytes(os.urandom(6 << 20))
+        big = self.tmp / "big.cab"
+        subprocess.run([GCAB, "-c", str(big), "big.bin"], cwd=d, check=True, timeout=60)
+        out = self.assert_progress_only_on_a_terminal(big)
+        self.assertIn("Number of verified signatures: 1", self.verify(out, "ec256"))
+
     def test_same_digest_as_osslsigncode_with_the_token_key(self):
         ours, theirs = self.tmp / "ours.cab", self.tmp / "theirs.cab"
         self.cli("sign", "--key", "rsa2048", "--file", self.zipped, "--output", ours)

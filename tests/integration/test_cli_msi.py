@@ -68,6 +68,11 @@ class Msi(CliTest):
                 self.assertIn("chain:         trusted by", v)
         self.assertEqual(self.msi.read_bytes(), before, "the input was modified")
 
+    def test_progress_bar_on_a_large_msi(self):
+        big = build_msi(self.tmp / "msi-big", big=6 << 20)
+        out = self.assert_progress_only_on_a_terminal(big)
+        self.assertIn("Number of verified signatures: 1", self.osslverify(out, self.cert("ec256"))[1])
+
     def test_same_digest_as_osslsigncode_with_the_token_key(self):
         for extra, ours_flag in (([], []), (["-add-msi-dse"], ["--msi-extended"])):
             with self.subTest(extended=bool(extra)):
