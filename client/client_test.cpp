@@ -51,9 +51,8 @@ X509_ptr issue(EVP_PKEY* key, const std::string& cn, EVP_PKEY* ca_key, X509* ca,
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, ca ? ca : x.get(), x.get(), nullptr, nullptr, 0);
   auto add = [&](int nid, const char* value) {
-    X509_EXTENSION* e = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
-    X509_add_ext(x.get(), e, -1);
-    X509_EXTENSION_free(e);
+    X509_EXTENSION_ptr e(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
+    X509_add_ext(x.get(), e.get(), -1);
   };
   if (is_ca) add(NID_basic_constraints, "critical,CA:TRUE");
   if (san) add(NID_subject_alt_name, san);
@@ -112,7 +111,8 @@ struct TestServer {
 
   int listen_fd = -1;
   int port = 0;
-  SSL_CTX* ctx = nullptr;
+  SSL_CTX_ptr ctx_owner;
+  SSL_CTX* ctx = nullptr;  // ctx_owner.get()
   Handler handler;
   std::atomic<bool> stop{false};
   std::atomic<int> connections{0}, requests{0}, resumed{0};
@@ -122,7 +122,8 @@ struct TestServer {
   bool close_after_response = false;
 
   explicit TestServer(Handler h) : handler(std::move(h)) {
-    ctx = SSL_CTX_new(TLS_server_method());
+    ctx_owner.reset(SSL_CTX_new(TLS_server_method()));
+    ctx = ctx_owner.get();
     SSL_CTX_use_certificate(ctx, pki().server.get());
     SSL_CTX_use_PrivateKey(ctx, pki().server_key.get());
     // Mutual TLS like p11relayd: a client certificate is required (self-signed ones accepted).
@@ -149,7 +150,6 @@ struct TestServer {
     std::lock_guard<std::mutex> g(mu);
     for (auto& w : workers) w.join();
     ::close(listen_fd);
-    SSL_CTX_free(ctx);
   }
 
   std::string url() const { return "https://127.0.0.1:" + std::to_string(port) + "/"; }
@@ -180,7 +180,8 @@ struct TestServer {
     pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
     timeval tv{0, 100 * 1000};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    SSL* ssl = SSL_new(ctx);
+    SSL_ptr owner(SSL_new(ctx));
+    SSL* ssl = owner.get();
     SSL_set_fd(ssl, fd);
     int hs;
     while ((hs = SSL_accept(ssl)) <= 0 && !stop && SSL_get_error(ssl, hs) == SSL_ERROR_WANT_READ) {
@@ -223,7 +224,7 @@ struct TestServer {
       }
     }
     // Abrupt close: no close_notify, like a daemon that was killed.
-    SSL_free(ssl);
+    owner.reset();
     ::close(fd);
   }
 };

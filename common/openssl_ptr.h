@@ -3,11 +3,13 @@
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/pkcs7.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <memory>
 #include <string>
@@ -36,6 +38,8 @@ P11R_OSSL_PTR(OSSL_PARAM_BLD, OSSL_PARAM_BLD_free);
 P11R_OSSL_PTR(BIGNUM, BN_free);
 P11R_OSSL_PTR(ASN1_OBJECT, ASN1_OBJECT_free);
 P11R_OSSL_PTR(ASN1_OCTET_STRING, ASN1_OCTET_STRING_free);
+P11R_OSSL_PTR(ECDSA_SIG, ECDSA_SIG_free);
+P11R_OSSL_PTR(X509_EXTENSION, X509_EXTENSION_free);
 
 // Memory OpenSSL allocated for the caller (i2d_* output, PEM_read_bio's name/header/body, X509_NAME_oneline).
 struct OPENSSL_buffer_deleter {

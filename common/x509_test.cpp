@@ -10,11 +10,11 @@ using namespace p11relay;
 namespace {
 
 Bytes bn_param(EVP_PKEY* key, const char* name) {
-  BIGNUM* bn = nullptr;
-  REQUIRE(EVP_PKEY_get_bn_param(key, name, &bn) == 1);
-  Bytes out(static_cast<size_t>(BN_num_bytes(bn)));
-  BN_bn2bin(bn, out.data());
-  BN_free(bn);
+  BIGNUM* raw = nullptr;
+  REQUIRE(EVP_PKEY_get_bn_param(key, name, &raw) == 1);
+  BIGNUM_ptr bn(raw);
+  Bytes out(static_cast<size_t>(BN_num_bytes(bn.get())));
+  BN_bn2bin(bn.get(), out.data());
   return out;
 }
 
@@ -41,9 +41,8 @@ Bytes der_octet_string(const Bytes& content) {
 Bytes curve_oid(int nid) {
   unsigned char* buf = nullptr;
   int n = i2d_ASN1_OBJECT(OBJ_nid2obj(nid), &buf);
-  Bytes out(buf, buf + n);
-  OPENSSL_free(buf);
-  return out;
+  OpenSSL_buffer<unsigned char> owner(buf);
+  return Bytes(buf, buf + n);
 }
 
 }  // namespace

@@ -36,15 +36,15 @@ http::Response refused(const std::string& target, const Error& e) {
 
 }  // namespace
 
-RequestLoop::RequestLoop(Service& svc, Router& router, Conn& conn, std::string peer_ip,
-                         std::function<bool(const Conn*)> solo)
+RequestLoop::RequestLoop(Service& svc, Router& router, TlsConn& conn, std::string peer_ip,
+                         std::function<bool(const TlsConn*)> solo)
     : svc_(svc),
       router_(router),
       conn_(conn),
       peer_ip_(std::move(peer_ip)),
       solo_(std::move(solo)),
       sc_(svc.config.server),
-      peer_(SSL_get1_peer_certificate(conn.ssl)),
+      peer_(SSL_get1_peer_certificate(conn.ssl.get())),
       parser_(http::Limits{sc_.maxheaderbytes, sc_.maxbodybytes}) {}
 
 asio::awaitable<void> RequestLoop::run() {
@@ -63,7 +63,7 @@ asio::awaitable<void> RequestLoop::run() {
 // waiting for its next request holds none.
 asio::awaitable<bool> RequestLoop::fill() {
   if (!buf_) {
-    if (!SSL_has_pending(conn_.ssl)) {
+    if (!SSL_has_pending(conn_.ssl.get())) {
       auto [wec] = co_await conn_.socket.async_wait(tcp::socket::wait_read, use_nothrow);
       if (wec) co_return false;
     }
@@ -139,7 +139,7 @@ asio::awaitable<bool> RequestLoop::read_head() {
 asio::awaitable<bool> RequestLoop::answer_one() {
   http::Request& req = parser_.request();
   if (!svc_.is_current(identity_.snapshot.get()))
-    identity_ = identify(svc_.current.load(), peer_.get(), SSL_get_peer_cert_chain(conn_.ssl));
+    identity_ = identify(svc_.current.load(), peer_.get(), SSL_get_peer_cert_chain(conn_.ssl.get()));
   auto fwd = forwarded(identity_, peer_ip_, req);  // a trusted proxy's client (docs/relic-protocol.md §4.2)
   if (!fwd.ok()) {
     http::Response r = refused(req.target, fwd.error());

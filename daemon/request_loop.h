@@ -22,7 +22,7 @@ namespace p11relay::daemon {
 class RequestLoop {
  public:
   // `solo`: whether the connection has been the only one sending requests lately (RequestContext::solo).
-  RequestLoop(Service& svc, Router& router, Conn& conn, std::string peer_ip, std::function<bool(const Conn*)> solo);
+  RequestLoop(Service& svc, Router& router, TlsConn& conn, std::string peer_ip, std::function<bool(const TlsConn*)> solo);
   // Returns when the connection is done: closed by the client, timed out, or ended after an answer.
   asio::awaitable<void> run();
 
@@ -47,9 +47,9 @@ class RequestLoop {
 
   Service& svc_;
   Router& router_;
-  Conn& conn_;
+  TlsConn& conn_;
   const std::string peer_ip_;
-  const std::function<bool(const Conn*)> solo_;
+  const std::function<bool(const TlsConn*)> solo_;
   const ServerConfig& sc_;
   ClientIdentity identity_;
   X509_ptr peer_;

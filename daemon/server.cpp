@@ -69,7 +69,7 @@ namespace {
 
 // A complete ClientHello arrived: the connection is talking, not just holding a socket (HandshakeGate).
 int on_client_hello(SSL* ssl, int*, void*) {
-  if (auto* c = static_cast<Conn*>(SSL_get_app_data(ssl)); c && c->gate) c->gate->hello(c->ticket);
+  if (auto* c = static_cast<TlsConn*>(SSL_get_app_data(ssl)); c && c->gate) c->gate->hello(c->ticket);
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
@@ -143,7 +143,7 @@ Server::Server(asio::io_context& io, Service& service, Router& router)
           static_cast<size_t>(service.config.server.maxhandshakes),
           static_cast<size_t>(service.config.server.maxhandshakespersource)})) {}
 
-bool Server::solo(const Conn* c) {
+bool Server::solo(const TlsConn* c) {
   Clock::rep now = Clock::now().time_since_epoch().count();
   if (last_requester_.exchange(c) != c)
     crowded_until_.store(now + std::chrono::duration_cast<Clock::duration>(kSoloAfter).count());
@@ -218,7 +218,7 @@ asio::awaitable<void> Server::sweep_loop() {
     // Rare enough to store the expiry right here.
     if (svc_.approvals) svc_.approvals->expire_due(static_cast<int64_t>(std::time(nullptr)));
     std::lock_guard lock(reg_->mu);
-    for (Conn* c : reg_->conns)
+    for (TlsConn* c : reg_->conns)
       if (c->expired(now.time_since_epoch().count())) c->expire();
   }
 }
@@ -315,13 +315,13 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
 
 // Sets up TLS on a new connection and runs its handshake, as a pending connection of the handshake gate
 // (a shorter deadline while the gate is under pressure). False when it failed, timed out or was evicted.
-asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) {
+asio::awaitable<bool> Server::handshake(TlsConn& conn, const std::string& peer_ip) {
   Clock::duration timeout = std::chrono::seconds(svc_.config.server.handshaketimeout);
   if (reg_->gate.under_pressure(peer_ip))  // spread over a second, so a flood's connections do not all end at once
     timeout = std::min<Clock::duration>(timeout, kHandshakeUnderPressure + std::chrono::milliseconds(accept_seq_++ % 1000));
   conn.set_deadline(timeout);
   struct Pending {
-    Conn& c;
+    TlsConn& c;
     ~Pending() {
       if (!c.gate) return;
       c.gate->leave(c.ticket);
@@ -337,8 +337,8 @@ asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) 
   auto [wec] = co_await conn.socket.async_wait(tcp::socket::wait_read, use_nothrow);
   std::error_code ec = wec;
   if (!ec) conn.socket.non_blocking(true, ec);
-  if (!ec && !conn.timed_out) conn.ssl = SSL_new(tls_->native_handle());
-  if (!conn.ssl || SSL_set_fd(conn.ssl, static_cast<int>(conn.socket.native_handle())) != 1) {
+  if (!ec && !conn.timed_out) conn.ssl.reset(SSL_new(tls_->native_handle()));
+  if (!conn.ssl || SSL_set_fd(conn.ssl.get(), static_cast<int>(conn.socket.native_handle())) != 1) {
     if (conn.timed_out)
       svc_.metrics.handshake_failure();  // silent until its deadline or its eviction
     else if (!ec)
@@ -346,14 +346,14 @@ asio::awaitable<bool> Server::handshake(Conn& conn, const std::string& peer_ip) 
     ERR_clear_error();
     co_return false;
   }
-  SSL_set_accept_state(conn.ssl);
-  SSL_set_app_data(conn.ssl, &conn);
+  SSL_set_accept_state(conn.ssl.get());
+  SSL_set_app_data(conn.ssl.get(), &conn);
   if (co_await tls_call(conn, TlsOp::handshake, nullptr, 0) <= 0) {
     svc_.metrics.handshake_failure();
     spdlog::debug("TLS handshake with {} failed: {}", peer_ip, conn.timed_out ? "timed out or evicted" : "closed or refused");
     co_return false;
   }
-  svc_.metrics.handshake_done(SSL_session_reused(conn.ssl) == 1);
+  svc_.metrics.handshake_done(SSL_session_reused(conn.ssl.get()) == 1);
   co_return true;
 }
 
@@ -384,11 +384,11 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     Metrics& m;
     ~Gauge() { m.connection_closed(); }
   } gauge{svc_.metrics};
-  auto conn = std::make_unique<Conn>(std::move(socket));
+  auto conn = std::make_unique<TlsConn>(std::move(socket));
   struct Watched {  // the sweeper enforces the deadline while the connection is registered
     Registry& r;
-    Conn* c;
-    Watched(Registry& reg, Conn* conn) : r(reg), c(conn) {
+    TlsConn* c;
+    Watched(Registry& reg, TlsConn* conn) : r(reg), c(conn) {
       std::lock_guard lock(r.mu);
       r.conns.insert(c);
     }
@@ -405,7 +405,7 @@ asio::awaitable<void> Server::serve(tcp::socket socket) {
     co_return;
   }
 
-  RequestLoop loop(svc_, router_, *conn, peer_ip, [this](const Conn* c) { return solo(c); });
+  RequestLoop loop(svc_, router_, *conn, peer_ip, [this](const TlsConn* c) { return solo(c); });
   co_await loop.run();
 }
 

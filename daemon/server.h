@@ -17,7 +17,7 @@
 
 namespace p11relay::daemon {
 
-struct Conn;
+struct TlsConn;
 
 Result<std::shared_ptr<asio::ssl::context>> make_server_tls(const ServerConfig& cfg);
 
@@ -36,13 +36,13 @@ class Server {
  private:
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
   asio::awaitable<void> serve(asio::ip::tcp::socket socket);
-  asio::awaitable<bool> handshake(Conn& conn, const std::string& peer_ip);
+  asio::awaitable<bool> handshake(TlsConn& conn, const std::string& peer_ip);
   asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
   asio::awaitable<void> metrics_accept_loop();
   asio::awaitable<void> sweep_loop();
   Result<std::unique_ptr<asio::ip::tcp::acceptor>> bind(const std::string& address, const char* what, int fd);
   // Whether `c` has been the only connection sending requests for the last kSoloAfter (RequestContext::solo).
-  bool solo(const Conn* c);
+  bool solo(const TlsConn* c);
 
   asio::io_context& io_;
   Service& svc_;
@@ -58,12 +58,12 @@ class Server {
     std::atomic<size_t> established{0};  // those past the TLS handshake (server.maxconnections)
     HandshakeGate gate;                  // those still in it
     std::mutex mu;
-    std::unordered_set<Conn*> conns;  // open TLS connections, for the deadline sweeper
+    std::unordered_set<TlsConn*> conns;  // open TLS connections, for the deadline sweeper
   };
   std::shared_ptr<Registry> reg_;
   std::atomic<unsigned> accept_seq_{0};
   std::atomic<bool> stopping_{false};
-  std::atomic<const Conn*> last_requester_{nullptr};
+  std::atomic<const TlsConn*> last_requester_{nullptr};
   std::atomic<Clock::rep> crowded_until_{0};
 };
 

@@ -2,6 +2,7 @@
 // (server.cpp: admission, handshake, deadline sweeper) and the request loop (request_loop.cpp).
 #pragma once
 
+#include "common/openssl_ptr.h"
 #include "daemon/handshake_gate.h"
 #include "daemon/service.h"
 
@@ -30,14 +31,11 @@ inline constexpr size_t kReadChunk = 16 * 1024;
 // The connection's coroutine may be resumed on a token worker thread (see token_sign), so nothing
 // here relies on a strand: the deadline is an atomic checked by the server's sweeper, which cuts
 // the connection with shutdown(2) under `mu` (the socket is closed under the same mutex).
-struct Conn {
-  explicit Conn(tcp::socket s) : socket(std::move(s)) {}
-  ~Conn() {
-    close();
-    if (ssl) SSL_free(ssl);
-  }
+struct TlsConn {
+  explicit TlsConn(tcp::socket s) : socket(std::move(s)) {}
+  ~TlsConn() { close(); }
   tcp::socket socket;
-  SSL* ssl = nullptr;
+  SSL_ptr ssl;
   std::atomic<Clock::rep> deadline{std::numeric_limits<Clock::rep>::max()};
   std::atomic<bool> timed_out{false};
   std::mutex mu;
@@ -69,8 +67,8 @@ enum class TlsOp { handshake, read, write };
 
 // Runs one OpenSSL call until it completes, waiting on the socket whenever OpenSSL wants to read or
 // write. Returns its result (> 0), or 0 when the connection closed, failed or was cut by the sweeper.
-asio::awaitable<int> tls_call(Conn& c, TlsOp op, char* data, size_t n);
+asio::awaitable<int> tls_call(TlsConn& c, TlsOp op, char* data, size_t n);
 // Writes all of `data`; false when the connection failed first.
-asio::awaitable<bool> tls_write(Conn& c, std::string_view data);
+asio::awaitable<bool> tls_write(TlsConn& c, std::string_view data);
 
 }  // namespace p11relay::daemon

@@ -300,52 +300,71 @@ std::shared_ptr<ServedKey> serve_key(const KeyConfig& kc, const PKCS11_KEY& key,
 // re-encode raw ECDSA (r||s) signatures, and hide the exact CK_RV we need to tell a removed token
 // (re-open) from a wrong PIN (never retry). dlopen() of the same path returns libp11's handle, so
 // both share one initialised module.
-class Module {
+class VendorModule {
  public:
-  static Result<std::shared_ptr<Module>> get(const std::string& path) {
+  static Result<std::shared_ptr<VendorModule>> get(const std::string& path) {
     static std::mutex mu;
-    static std::map<std::string, std::weak_ptr<Module>> loaded;
+    static std::map<std::string, std::weak_ptr<VendorModule>> loaded;
     std::lock_guard lock(mu);
     if (auto m = loaded[path].lock()) return m;
-    auto m = std::shared_ptr<Module>(new Module());
-    m->ctx_ = PKCS11_CTX_new();
-    if (!m->ctx_) return internal_error("PKCS11_CTX_new failed");
-    if (PKCS11_CTX_load(m->ctx_, path.c_str()) != 0) {
+    auto m = std::shared_ptr<VendorModule>(new VendorModule());
+    std::unique_ptr<PKCS11_CTX, CtxFree> ctx(PKCS11_CTX_new());
+    if (!ctx) return internal_error("PKCS11_CTX_new failed");
+    if (PKCS11_CTX_load(ctx.get(), path.c_str()) != 0) {
       ERR_clear_error();
       return Error(ErrorCode::token_not_present, "cannot load PKCS#11 module '" + path + "'");
     }
-    m->loaded_ = true;
-    m->dl_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    m->ctx_.reset(ctx.release());
+    m->dl_.reset(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
     if (!m->dl_) return internal_error("dlopen of '" + path + "' failed");
-    auto get_list = reinterpret_cast<CK_C_GetFunctionList>(dlsym(m->dl_, "C_GetFunctionList"));
+    auto get_list = reinterpret_cast<CK_C_GetFunctionList>(dlsym(m->dl_.get(), "C_GetFunctionList"));
     if (!get_list || get_list(&m->fl_) != CKR_OK || !m->fl_)
       return internal_error("module '" + path + "' has no usable C_GetFunctionList");
     loaded[path] = m;
     return m;
   }
 
-  ~Module() {
-    if (loaded_) PKCS11_CTX_unload(ctx_);
-    if (ctx_) PKCS11_CTX_free(ctx_);
-    if (dl_) dlclose(dl_);
-  }
-
-  PKCS11_CTX* ctx() { return ctx_; }
+  PKCS11_CTX* ctx() { return ctx_.get(); }
   CK_FUNCTION_LIST_PTR fl() { return fl_; }
   std::mutex& mu() { return mu_; }  // libp11 calls on one context are serialised
 
  private:
-  Module() = default;
-  PKCS11_CTX* ctx_ = nullptr;
-  bool loaded_ = false;
-  void* dl_ = nullptr;
+  struct CtxFree {  // a context that was never loaded
+    void operator()(PKCS11_CTX* c) const noexcept { PKCS11_CTX_free(c); }
+  };
+  struct CtxUnloadFree {  // C_Finalize, unload, free
+    void operator()(PKCS11_CTX* c) const noexcept {
+      PKCS11_CTX_unload(c);
+      PKCS11_CTX_free(c);
+    }
+  };
+  struct DlClose {
+    void operator()(void* h) const noexcept { dlclose(h); }
+  };
+  VendorModule() = default;
+  // Our dlopen handle goes last: the context's unload is what finalizes the module.
+  std::unique_ptr<void, DlClose> dl_;
+  std::unique_ptr<PKCS11_CTX, CtxUnloadFree> ctx_;
   CK_FUNCTION_LIST_PTR fl_ = nullptr;
   std::mutex mu_;
 };
 
+// libp11's slot list of an open token. Releasing it (libp11 calls C_CloseAllSessions) logs the token
+// out, so it lives as long as the token is open; the owner holds the module's mutex when it goes.
+struct SlotList {
+  PKCS11_CTX* ctx;
+  PKCS11_SLOT* slots;
+  unsigned n;
+};
+
+void SlotListRelease::operator()(SlotList* s) const noexcept {
+  PKCS11_release_all_slots(s->ctx, s->slots, s->n);
+  delete s;
+}
+
 // Per worker thread: its own session and the key handles found in it.
 struct Token::WorkerSession {
-  std::shared_ptr<Module> module;
+  std::shared_ptr<VendorModule> module;
   CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
   uint64_t generation = 0;
   std::map<std::string, CK_OBJECT_HANDLE> handles;
@@ -435,15 +454,13 @@ void Token::close_locked() {
     std::lock_guard ml(module_->mu());
     // Closes every session of ours on the token (libp11 calls C_CloseAllSessions); workers notice
     // the new generation and open fresh sessions.
-    PKCS11_release_all_slots(module_->ctx(), static_cast<PKCS11_SLOT*>(slots_), nslots_);
+    slots_.reset();
   }
-  slots_ = nullptr;
-  nslots_ = 0;
   module_.reset();
 }
 
 Status Token::open_locked() {
-  ASSIGN_OR_RETURN(auto module, Module::get(config_.provider));
+  ASSIGN_OR_RETURN(auto module, VendorModule::get(config_.provider));
   std::lock_guard ml(module->mu());
   CK_FUNCTION_LIST_PTR fl = module->fl();
 
@@ -455,14 +472,7 @@ Status Token::open_locked() {
   }
   // The slot list stays alive for as long as the token is open: releasing it makes libp11 call
   // C_CloseAllSessions, which would log the token out under the workers.
-  struct SlotsGuard {
-    PKCS11_CTX* ctx;
-    PKCS11_SLOT* slots;
-    unsigned n;
-    ~SlotsGuard() {
-      if (slots) PKCS11_release_all_slots(ctx, slots, n);
-    }
-  } guard{module->ctx(), slots, nslots};
+  std::unique_ptr<SlotList, SlotListRelease> guard(new SlotList{module->ctx(), slots, nslots});
 
   PKCS11_SLOT* slot = match_slot(slots, nslots, config_);
   if (!slot) {
@@ -492,9 +502,7 @@ Status Token::open_locked() {
   // (PKCS#11 v2.40 §5.6); releasing the slot list closes it.
   module_ = std::move(module);
   slot_id_ = slot_id;
-  slots_ = guard.slots;
-  nslots_ = guard.n;
-  guard.slots = nullptr;
+  slots_ = std::move(guard);
   keys_ = std::move(served);
   ++generation_;
   spdlog::info("token {}: open (slot {}, label '{}', serial '{}'), {} key(s) served", config_.name, slot_id,

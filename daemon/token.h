@@ -53,7 +53,11 @@ struct SignJob {
 enum class TokenState { starting, ready, recovering, failed };
 const char* token_state_name(TokenState s);
 
-class Module;  // a loaded PKCS#11 module (libp11 context + the module's function list)
+class VendorModule;  // a loaded PKCS#11 module (libp11 context + the module's function list)
+struct SlotList;     // libp11's slot list of an open token
+struct SlotListRelease {
+  void operator()(SlotList* s) const noexcept;
+};
 
 class Token : public std::enable_shared_from_this<Token> {
  public:
@@ -123,9 +127,8 @@ class Token : public std::enable_shared_from_this<Token> {
   std::string reason_;
   bool stopping_ = false;
   uint64_t generation_ = 0;  // bumps on every successful open; workers re-open their sessions
-  std::shared_ptr<Module> module_;
-  void* slots_ = nullptr;    // libp11's PKCS11_SLOT array, kept while the token is open
-  unsigned nslots_ = 0;
+  std::shared_ptr<VendorModule> module_;
+  std::unique_ptr<SlotList, SlotListRelease> slots_;  // kept while the token is open
   CK_SLOT_ID slot_id_ = 0;
   std::vector<std::shared_ptr<const ServedKey>> keys_;
   // numworkers sessions, shared by the worker threads and sign_here: at most that many token calls

@@ -1,5 +1,6 @@
 #include "pkcs11-shim/test_support.h"
 
+#include "common/authenticode/signed_data.h"
 #include "common/x509.h"
 
 #include <openssl/ec.h>
@@ -25,9 +26,8 @@ X509_ptr make_cert(EVP_PKEY* subject_key, const std::string& cn, EVP_PKEY* issue
     X509V3_CTX ctx;
     X509V3_set_ctx_nodb(&ctx);
     X509V3_set_ctx(&ctx, x.get(), x.get(), nullptr, nullptr, 0);
-    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-    X509_add_ext(x.get(), ext, -1);
-    X509_EXTENSION_free(ext);
+    X509_EXTENSION_ptr ext(X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE"));
+    X509_add_ext(x.get(), ext.get(), -1);
   }
   if (X509_sign(x.get(), issuer_key, EVP_sha256()) <= 0) throw std::runtime_error("X509_sign");
   return x;
@@ -92,14 +92,9 @@ Bytes sign_like_daemon(EVP_PKEY* key, const relay::SignRequest& req) {
     throw std::runtime_error("EVP_PKEY_sign: " + openssl_error_string());
   sig.resize(len);
   if (req.mechanism != "CKM_ECDSA") return sig;
-  const unsigned char* p = sig.data();
-  ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
-  size_t half = static_cast<size_t>((EVP_PKEY_get_bits(key) + 7) / 8);
-  Bytes out(2 * half);
-  BN_bn2binpad(ECDSA_SIG_get0_r(es), out.data(), static_cast<int>(half));
-  BN_bn2binpad(ECDSA_SIG_get0_s(es), out.data() + half, static_cast<int>(half));
-  ECDSA_SIG_free(es);
-  return out;
+  auto raw = authenticode::ecdsa_der_to_raw(sig, static_cast<size_t>((EVP_PKEY_get_bits(key) + 7) / 8));
+  if (!raw.ok()) throw std::runtime_error(raw.error().message);
+  return std::move(raw).value();
 }
 
 Result<relay::KeyList> FakeTransport::list_keys() {

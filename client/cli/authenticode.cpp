@@ -194,24 +194,14 @@ Status check_chain(const std::vector<Bytes>& table, const std::string& cafile) {
   for (const auto& sd : all) {
     ASSIGN_OR_RETURN(ac::SignedDataView v, ac::parse_signed_data(sd));
     if (v.signers.empty()) return bad_request("signature " + std::to_string(n) + " has no signer");
+    auto signer = ac::find_signer_cert(v, v.signers[0]);
+    if (!signer.ok()) return bad_request("signature " + std::to_string(n) + ": " + signer.error().message);
+    X509* leaf = signer->get();
     X509_stack_ptr untrusted(sk_X509_new_null());
-    X509* leaf = nullptr;
     for (auto der : v.certificates) {
       ASSIGN_OR_RETURN(X509_ptr cert, parse_certificate_der(der));
-      X509_NAME* iss = X509_get_issuer_name(cert.get());
-      unsigned char* p = nullptr;
-      int len = i2d_X509_NAME(iss, &p);
-      Bytes issuer_der(p, p + std::max(len, 0));
-      OPENSSL_free(p);
-      p = nullptr;
-      len = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert.get()), &p);
-      Bytes serial_der(p, p + std::max(len, 0));
-      OPENSSL_free(p);
-      if (!leaf && ac::der::equal(issuer_der, v.signers[0].issuer) && ac::der::equal(serial_der, v.signers[0].serial))
-        leaf = cert.get();
       sk_X509_push(untrusted.get(), cert.release());
     }
-    if (!leaf) return bad_request("signature " + std::to_string(n) + ": the signing certificate is not in the signature");
     X509_STORE_CTX_ptr ctx(X509_STORE_CTX_new());
     if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), leaf, untrusted.get()) != 1)
       return internal_error("X509_STORE_CTX_init: " + openssl_error_string());

@@ -294,17 +294,14 @@ Result<MappedFile> MappedFile::open(const std::string& path, bool writable) {
   return m;
 }
 
-MappedFile::MappedFile(MappedFile&& o) noexcept : addr_(o.addr_), size_(o.size_), fd_(o.fd_) {
-  o.addr_ = nullptr;
-  o.size_ = 0;
-  o.fd_ = -1;
-}
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : addr_(std::exchange(o.addr_, nullptr)), size_(std::exchange(o.size_, 0)), fd_(std::exchange(o.fd_, -1)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
-  if (this != &o) {
-    this->~MappedFile();
-    new (this) MappedFile(std::move(o));
-  }
+  MappedFile gone(std::move(o));  // the old mapping goes when `gone` does
+  std::swap(addr_, gone.addr_);
+  std::swap(size_, gone.size_);
+  std::swap(fd_, gone.fd_);
   return *this;
 }
 

@@ -34,7 +34,6 @@ std::optional<HashAlg> hash_by_oid_content(ByteSpan content) {
 
 namespace {
 
-P11R_OSSL_PTR(ECDSA_SIG, ECDSA_SIG_free);
 
 Bytes hash_alg_id(HashAlg alg) { return der::seq({der::oid(hash_oid(alg)), der::null()}); }
 

@@ -86,24 +86,6 @@ Result<SpcParsed> parse_spc(ByteSpan spc_whole) {
   return out;
 }
 
-Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView& si) {
-  for (auto c : sd.certificates) {
-    const unsigned char* p = c.data();
-    X509_ptr cert(d2i_X509(nullptr, &p, static_cast<long>(c.size())));
-    if (!cert) continue;
-    unsigned char* ib = nullptr;
-    int il = i2d_X509_NAME(X509_get_issuer_name(cert.get()), &ib);
-    unsigned char* sb = nullptr;
-    int sl = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert.get()), &sb);
-    bool match = il > 0 && sl > 0 && der::equal(ByteSpan(ib, static_cast<size_t>(il)), si.issuer) &&
-                 der::equal(ByteSpan(sb, static_cast<size_t>(sl)), si.serial);
-    OPENSSL_free(ib);
-    OPENSSL_free(sb);
-    if (match) return cert;
-  }
-  openssl_error_string();
-  return bad_request("the signing certificate is not in the signature");
-}
 
 // What every signature check shares, for any encapsulated content: the contentType attribute names the
 // content's type, messageDigest covers the content's contents (without its tag and length), the signature
@@ -206,6 +188,25 @@ Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_dat
 }
 
 }  // namespace
+
+Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView& si) {
+  for (auto c : sd.certificates) {
+    const unsigned char* p = c.data();
+    X509_ptr cert(d2i_X509(nullptr, &p, static_cast<long>(c.size())));
+    if (!cert) continue;
+    unsigned char* ib = nullptr;
+    const int il = i2d_X509_NAME(X509_get_issuer_name(cert.get()), &ib);
+    OpenSSL_buffer<unsigned char> issuer(ib);
+    unsigned char* sb = nullptr;
+    const int sl = i2d_ASN1_INTEGER(X509_get0_serialNumber(cert.get()), &sb);
+    OpenSSL_buffer<unsigned char> serial(sb);
+    if (il > 0 && sl > 0 && der::equal(ByteSpan(ib, static_cast<size_t>(il)), si.issuer) &&
+        der::equal(ByteSpan(sb, static_cast<size_t>(sl)), si.serial))
+      return cert;
+  }
+  openssl_error_string();
+  return bad_request("the signing certificate is not in the signature");
+}
 
 
 Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {

@@ -4,9 +4,11 @@
 #pragma once
 
 #include "common/authenticode/pe_digest.h"
+#include "common/authenticode/signed_data.h"
 #include "common/bytes.h"
 #include "common/digest.h"
 #include "common/error.h"
+#include "common/openssl_ptr.h"
 
 #include <functional>
 #include <optional>
@@ -53,6 +55,8 @@ Result<SignatureReport> verify_signer(std::span<const uint8_t> signed_data, int 
 // algorithm.
 Result<SignatureReport> verify_content_signer(std::span<const uint8_t> signed_data, const char* content_type,
                                               const char* what, int nesting = 0);
+// The certificate among the SignedData's that the SignerInfo names (issuer and serial number).
+Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView& si);
 // The signatures nested in a SignedData's first SignerInfo (1.3.6.1.4.1.311.2.4.1).
 Result<std::vector<Bytes>> nested_signatures(std::span<const uint8_t> signed_data);
 

@@ -66,10 +66,9 @@ void add_ext(X509* cert, int nid, const char* value) {
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, cert, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
+  X509_EXTENSION_ptr ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
   if (!ext) throw std::runtime_error("X509V3_EXT_conf_nid");
-  X509_add_ext(cert, ext, -1);
-  X509_EXTENSION_free(ext);
+  X509_add_ext(cert, ext.get(), -1);
 }
 }  // namespace
 
