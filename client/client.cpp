@@ -5,6 +5,7 @@
 // survive fork() and must never raise SIGPIPE (docs/architecture.md, failure modes 1 and 3). A plain socket per
 // request with poll() timeouts gives exactly that.
 #include "client/client.h"
+#include "common/net.h"
 
 #include "common/x509.h"
 
@@ -53,43 +54,15 @@ constexpr int kRetryAfterCapMs = 30000;
 // ---------------------------------------------------------------------------------------------
 // URL
 
-struct Url {
-  std::string text;
-  std::string host;  // without brackets
-  std::string port;
-  std::string base;  // path prefix without trailing '/', may be empty
-  bool is_ip = false;
-};
+using net::remaining_ms;
+using net::Url;
 
+// A daemon URL: https:// only; the path is a prefix for every request (trailing '/' dropped).
 Result<Url> parse_url(const std::string& text) {
-  Url u;
-  u.text = text;
-  const std::string scheme = "https://";
-  if (text.rfind(scheme, 0) != 0) return config_error("URL '" + text + "' is not https://");
-  std::string rest = text.substr(scheme.size());
-  size_t slash = rest.find('/');
-  std::string authority = rest.substr(0, slash);
-  if (slash != std::string::npos) u.base = rest.substr(slash);
-  while (!u.base.empty() && u.base.back() == '/') u.base.pop_back();
-  if (authority.empty()) return config_error("URL '" + text + "' has no host");
-  if (authority[0] == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string::npos) return config_error("URL '" + text + "' has a bad IPv6 address");
-    u.host = authority.substr(1, close - 1);
-    if (close + 1 < authority.size()) {
-      if (authority[close + 1] != ':') return config_error("URL '" + text + "' has a bad port");
-      u.port = authority.substr(close + 2);
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    u.host = authority.substr(0, colon);
-    if (colon != std::string::npos) u.port = authority.substr(colon + 1);
-  }
-  if (u.port.empty()) u.port = "443";
-  if (u.host.empty() || u.port.find_first_not_of("0123456789") != std::string::npos)
-    return config_error("URL '" + text + "' has a bad host or port");
-  unsigned char buf[sizeof(struct in6_addr)];
-  u.is_ip = inet_pton(AF_INET, u.host.c_str(), buf) == 1 || inet_pton(AF_INET6, u.host.c_str(), buf) == 1;
+  auto u = net::parse_url(text);
+  if (!u.ok()) return config_error(u.error().message);
+  if (!u->https) return config_error("URL '" + text + "' is not https://");
+  while (!u->path.empty() && u->path.back() == '/') u->path.pop_back();
   return u;
 }
 
@@ -205,21 +178,10 @@ int on_new_session(SSL* ssl, SSL_SESSION* session) {
   return 1;  // we own it now
 }
 
-int remaining_ms(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-  return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 24LL * 3600 * 1000));
-}
-
 Status wait_fd(int fd, bool for_write, Clock::time_point deadline, const char* what) {
-  for (;;) {
-    struct pollfd p = {fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
-    int ms = remaining_ms(deadline);
-    if (ms == 0) return network_error(std::string("timeout while ") + what);
-    int r = ::poll(&p, 1, ms);
-    if (r > 0) return {};
-    if (r == 0) return network_error(std::string("timeout while ") + what);
-    if (errno != EINTR) return network_error(std::string("poll: ") + std::strerror(errno));
-  }
+  ASSIGN_OR_RETURN(bool ready, net::wait_fd(fd, for_write, deadline));
+  if (!ready) return network_error(std::string("timeout while ") + what);
+  return {};
 }
 
 // Runs an SSL call that may want to read or write until it completes or the deadline passes.
@@ -500,41 +462,10 @@ struct Client::Impl {
     return c;
   }
 
-  // A non-blocking TCP connection to the first of url's addresses that answers before the deadline.
   static Result<int> tcp_connect(const Url& url, Clock::time_point deadline) {
-    struct addrinfo hints {};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    struct addrinfo* res = nullptr;
-    int gai = ::getaddrinfo(url.host.c_str(), url.port.c_str(), &hints, &res);
-    if (gai != 0) return network_error(url.text + ": cannot resolve '" + url.host + "': " + gai_strerror(gai));
-    std::unique_ptr<struct addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
-    std::string last = "no address";
-    for (auto* ai = res; ai; ai = ai->ai_next) {
-      int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-      if (fd < 0) {
-        last = std::strerror(errno);
-        continue;
-      }
-      int r = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
-      if (r != 0 && errno == EINPROGRESS) {
-        auto w = wait_fd(fd, true, deadline, "connecting");
-        if (!w.ok()) {
-          ::close(fd);
-          last = w.error().message;
-          continue;
-        }
-        int err = 0;
-        socklen_t len = sizeof err;
-        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        r = err == 0 ? 0 : -1;
-        errno = err;
-      }
-      if (r == 0) return fd;
-      last = std::strerror(errno);
-      ::close(fd);
-    }
-    return network_error(url.text + ": connect failed: " + last);
+    auto fd = net::tcp_connect(url, deadline);
+    if (!fd.ok()) return network_error(url.text + ": " + fd.error().message);
+    return fd;
   }
 
   // TLS on c.fd: resumes `resume` when given, verifies the server (CA + name, or the pinned SPKI).
@@ -581,7 +512,7 @@ struct Client::Impl {
     std::string host = url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host;
     std::string r;
     r.reserve(256 + body.size());
-    r += method + " " + url.base + target + " HTTP/1.1\r\n";
+    r += method + " " + url.path + target + " HTTP/1.1\r\n";
     r += "Host: " + host + ":" + url.port + "\r\n";
     r += "User-Agent: p11relay-client/0.1\r\n";
     bool has_accept = http::find_header(headers, "Accept") != nullptr;
@@ -676,11 +607,11 @@ struct Client::Impl {
       auto url = parse_url(h.get<std::string>());
       if (!url.ok()) continue;
       bool known = std::any_of(urls.begin(), urls.end(), [&](const Url& u) {
-        return u.host == url->host && u.port == url->port && u.base == url->base;
+        return u.host == url->host && u.port == url->port && u.path == url->path;
       });
       if (known) {
         for (size_t i = 0; i < urls.size(); ++i)  // the directory lists a daemon it also serves as
-          if (urls[i].host == url->host && urls[i].port == url->port && urls[i].base == url->base)
+          if (urls[i].host == url->host && urls[i].port == url->port && urls[i].path == url->path)
             p.urls[i].directory_only = false;
         continue;
       }

@@ -1,25 +1,16 @@
 #include "common/authenticode/timestamp.h"
 
 #include "common/authenticode/signed_data.h"
-#include "common/http.h"
 #include "common/openssl_ptr.h"
 #include "common/x509.h"
 
-#include <netdb.h>
 #include <openssl/bn.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/ts.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-#include <fcntl.h>
 
 #include <cctype>
-#include <cerrno>
 #include <cstdlib>
-#include <chrono>
-#include <cstring>
 #include <ctime>
 #include <memory>
 
@@ -56,140 +47,7 @@ Result<TS_REQ_ptr> build_req(HashAlg alg, std::span<const uint8_t> message, std:
   return req;
 }
 
-struct Url {
-  std::string host, port, path;
-};
-
-Result<Url> parse_http_url(const std::string& url) {
-  const std::string scheme = "http://";
-  if (url.compare(0, scheme.size(), scheme) != 0)
-    return bad_request("timestamp URL must start with http:// (got '" + url + "')");
-  std::string rest = url.substr(scheme.size());
-  Url u;
-  size_t slash = rest.find('/');
-  std::string hostport = rest.substr(0, slash);
-  u.path = slash == std::string::npos ? "/" : rest.substr(slash);
-  if (!hostport.empty() && hostport[0] == '[') {  // [v6]:port
-    size_t close = hostport.find(']');
-    if (close == std::string::npos) return bad_request("bad IPv6 address in URL");
-    u.host = hostport.substr(1, close - 1);
-    u.port = close + 1 < hostport.size() && hostport[close + 1] == ':' ? hostport.substr(close + 2) : "80";
-  } else {
-    size_t colon = hostport.rfind(':');
-    u.host = hostport.substr(0, colon);
-    u.port = colon == std::string::npos ? "80" : hostport.substr(colon + 1);
-  }
-  if (u.host.empty() || u.port.empty()) return bad_request("bad URL '" + url + "'");
-  return u;
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-using Clock = std::chrono::steady_clock;
-
-int remaining_ms(Clock::time_point deadline) {
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return ms < 0 ? 0 : static_cast<int>(ms);
-}
-
-Status wait_fd(int fd, short events, Clock::time_point deadline) {
-  pollfd p{fd, events, 0};
-  for (;;) {
-    int r = ::poll(&p, 1, remaining_ms(deadline));
-    if (r > 0) return {};
-    if (r == 0) return Error(ErrorCode::timeout, "timestamp server timed out");
-    if (errno != EINTR) return network_error(std::string("poll: ") + std::strerror(errno));
-  }
-}
-
 }  // namespace
-
-Result<HttpReply> http_post(const std::string& url, const std::string& content_type, std::span<const uint8_t> body,
-                            int timeout_seconds) {
-  ASSIGN_OR_RETURN(Url u, parse_http_url(url));
-  const auto deadline = Clock::now() + std::chrono::seconds(timeout_seconds);
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int gai = ::getaddrinfo(u.host.c_str(), u.port.c_str(), &hints, &res);
-  if (gai != 0) return network_error("cannot resolve " + u.host + ": " + gai_strerror(gai));
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> res_guard(res, freeaddrinfo);
-  std::string last_err = "no addresses";
-  std::unique_ptr<Fd> sock;
-  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-    auto fd = std::make_unique<Fd>(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
-    if (fd->get() < 0) continue;
-    if (::connect(fd->get(), ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
-      last_err = std::strerror(errno);
-      continue;
-    }
-    Status w = wait_fd(fd->get(), POLLOUT, deadline);
-    if (!w.ok()) return w.take_error();
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(fd->get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) {
-      last_err = std::strerror(err);
-      continue;
-    }
-    sock = std::move(fd);
-    break;
-  }
-  if (!sock) return network_error("cannot connect to " + u.host + ":" + u.port + ": " + last_err);
-
-  std::string head = "POST " + u.path + " HTTP/1.1\r\nHost: " + u.host + (u.port == "80" ? "" : ":" + u.port) +
-                     "\r\nUser-Agent: p11relay\r\nContent-Type: " + content_type +
-                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
-  Bytes out(head.begin(), head.end());
-  out.insert(out.end(), body.begin(), body.end());
-  size_t sent = 0;
-  while (sent < out.size()) {
-    RETURN_IF_ERROR(wait_fd(sock->get(), POLLOUT, deadline));
-    ssize_t n = ::send(sock->get(), out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      return network_error(std::string("send to timestamp server: ") + std::strerror(errno));
-    }
-    sent += static_cast<size_t>(n);
-  }
-  // The reply through the same HTTP parser the relay client uses (common/http.h, http_parser).
-  constexpr size_t kMaxReply = 4 * 1024 * 1024;
-  http::ResponseParser parser(kMaxReply);
-  char buf[16384];
-  while (!parser.complete()) {
-    RETURN_IF_ERROR(wait_fd(sock->get(), POLLIN, deadline));
-    ssize_t n = ::recv(sock->get(), buf, sizeof buf, 0);
-    if (n < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      return network_error(std::string("receive from timestamp server: ") + std::strerror(errno));
-    }
-    if (n == 0) {
-      parser.finish_eof();
-      if (!parser.complete()) return network_error("truncated reply from timestamp server");
-      break;
-    }
-    parser.feed(std::string_view(buf, static_cast<size_t>(n)));
-    if (parser.failed()) return network_error("malformed HTTP reply from timestamp server: " + parser.error_message());
-  }
-  const http::Response& r = parser.response();
-  HttpReply reply;
-  reply.status = r.status;
-  if (const std::string* ct = r.header("Content-Type")) reply.content_type = *ct;
-  reply.body.assign(r.body.begin(), r.body.end());
-  return reply;
-}
 
 Result<TimestampRequest> make_timestamp_request(HashAlg alg, std::span<const uint8_t> message) {
   TimestampRequest r;
@@ -276,7 +134,7 @@ void describe_token(std::span<const uint8_t> token_der, TimestampInfo& info) {
 
 Result<Bytes> timestamp_from(const std::string& url, std::span<const uint8_t> message, const TimestampOptions& options) {
   ASSIGN_OR_RETURN(TimestampRequest req, make_timestamp_request(options.alg, message));
-  ASSIGN_OR_RETURN(HttpReply reply, http_post(url, "application/timestamp-query", req.der, options.timeout_seconds));
+  ASSIGN_OR_RETURN(HttpReply reply, http_post(url, "application/timestamp-query", req.der, options.timeout_seconds, "timestamp server"));
   if (reply.status != 200)
     return Error(ErrorCode::device_error, "timestamp server answered HTTP " + std::to_string(reply.status));
   return check_timestamp_response(reply.body, req, options);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/bytes.h"
+#include "common/http_post.h"
 #include "common/digest.h"
 #include "common/error.h"
 
@@ -51,14 +52,5 @@ struct TimestampInfo {
 // URL and why it failed; the caller must not use the untimestamped signature then.
 Result<Bytes> add_timestamp(std::span<const uint8_t> signed_data, const TimestampOptions& options,
                             TimestampInfo* info = nullptr);
-
-// Minimal blocking HTTP/1.1 POST over plain TCP (Connection: close). Returns the body of a 200 reply.
-struct HttpReply {
-  int status = 0;
-  std::string content_type;
-  Bytes body;
-};
-Result<HttpReply> http_post(const std::string& url, const std::string& content_type, std::span<const uint8_t> body,
-                            int timeout_seconds);
 
 }  // namespace p11relay::authenticode

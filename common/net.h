@@ -1,0 +1,55 @@
+// Plain TCP with deadlines, shared by the two HTTP clients of this project: the client library's
+// (mutual TLS to p11relayd, client/client.cpp) and the timestamp client's (plain HTTP to a TSA,
+// common/http_post.h). URL parsing, waiting on a non-blocking socket, and connecting.
+#pragma once
+
+#include "common/error.h"
+
+#include <chrono>
+#include <string>
+
+namespace p11relay::net {
+
+using Clock = std::chrono::steady_clock;
+
+struct Url {
+  std::string text;  // as given
+  bool https = false;
+  std::string host;  // without the brackets of an IPv6 literal
+  std::string port;  // digits; 443 or 80 when the URL has none
+  std::string path;  // as written from the first '/', empty when there is none
+  bool is_ip = false;  // host is an IPv4 or IPv6 literal (no SNI, no name check)
+};
+
+// http:// or https:// URLs: host, [IPv6], optional port, path. Errors (bad_request) name the URL.
+Result<Url> parse_url(const std::string& text);
+
+// Milliseconds left until `deadline`: 0 when it has passed, at most a day.
+int remaining_ms(Clock::time_point deadline);
+
+// Waits until `fd` can be read (or written); false when `deadline` passed first.
+Result<bool> wait_fd(int fd, bool for_write, Clock::time_point deadline);
+
+// A non-blocking TCP connection to the first address of url.host:url.port that accepts before
+// `deadline`; the caller owns the descriptor. Errors (network) say which step failed and why.
+Result<int> tcp_connect(const Url& url, Clock::time_point deadline);
+
+// Owns a file descriptor.
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd();
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept;
+  int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+}  // namespace p11relay::net
