@@ -218,16 +218,13 @@ Result<Config> load_and_check(const std::string& path) {
   return cfg;
 }
 
-int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
-        int io_threads) {
+// The configuration, the client snapshot, the audit log and the policy state: what must be right
+// before anything listens. Errors are for the operator (exit 2).
+Status prepare(Service& svc, const std::string& config_path, const std::string& listen_override) {
   auto cfg = load_and_check(config_path);
   if (cfg.ok() && !listen_override.empty() && !valid_listen_address(listen_override))
     cfg = config_error("--listen '" + listen_override + "' must be HOST:PORT with a port from 0 to 65535");
-  if (!cfg.ok()) {
-    std::cerr << "p11relayd: " << cfg.error().message << "\n";
-    return 2;
-  }
-  Service svc;
+  if (!cfg.ok()) return cfg.take_error();
   svc.config = std::move(cfg).value();
   if (!listen_override.empty()) svc.config.server.listen = listen_override;
   spdlog::set_level(spdlog::level::from_str(svc.config.server.loglevel));
@@ -235,24 +232,17 @@ int run(const std::string& config_path, const std::string& listen_override, cons
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   svc.hostname = host;
-
-  auto snapshot = Authenticator::snapshot(svc.config);
-  if (!snapshot.ok()) {
-    std::cerr << "p11relayd: " << snapshot.error().message << "\n";
-    return 2;
-  }
-  svc.publish(std::move(snapshot).value());
-  if (auto st = open_audit(svc); !st.ok()) {
-    std::cerr << "p11relayd: " << st.error().message << "\n";
-    return 2;
-  }
-  if (auto st = open_policy_state(svc); !st.ok()) {
-    std::cerr << "p11relayd: " << st.error().message << "\n";
-    return 2;
-  }
+  ASSIGN_OR_RETURN(auto snapshot, Authenticator::snapshot(svc.config));
+  svc.publish(std::move(snapshot));
+  RETURN_IF_ERROR(open_audit(svc));
+  RETURN_IF_ERROR(open_policy_state(svc));
   register_signers(svc);
+  return {};
+}
 
-  // Open every token that serves at least one key (relic ListServedTokens).
+// Opens every token that serves at least one key (relic ListServedTokens). A token that does not open
+// now is retried by its recovery thread.
+void open_tokens(Service& svc) {
   for (auto& [name, tc] : svc.config.tokens) {
     std::vector<KeyConfig> keys = keys_on(svc.config, name);
     if (keys.empty()) continue;
@@ -262,23 +252,11 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     svc.tokens[name] = token;
     for (const auto& m : ambiguous_keys(svc.config, token->keys())) spdlog::warn("{}", m);
   }
+}
 
-  asio::io_context io(io_threads);
-  Router router(svc);
-  Server server(io, svc, router);
-  auto listened = listen(server, svc.config.server);
-  if (!listened.ok()) {
-    std::cerr << "p11relayd: " << listened.error().message << "\n";
-    return 2;
-  }
-  auto port = *listened;
-  server.start();
-  asio::co_spawn(io, health_loop(svc), asio::detached);
-  if (!port_file.empty()) {
-    std::ofstream(port_file) << port << "\n";
-  }
-  notify("READY=1");
-
+// Runs the io_context on io_threads threads until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+void serve(Service& svc, asio::io_context& io, Server& server, const std::string& config_path,
+           const std::string& listen_override, int io_threads) {
   asio::signal_set hangup(io, SIGHUP);
   std::function<void()> on_hangup = [&] {
     hangup.async_wait([&](std::error_code ec, int) {
@@ -288,7 +266,6 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     });
   };
   on_hangup();
-
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](std::error_code, int sig) {
     spdlog::info("signal {}: shutting down", sig);
@@ -296,18 +273,45 @@ int run(const std::string& config_path, const std::string& listen_override, cons
     server.stop();
     io.stop();
   });
-
   svc.standby = std::make_unique<IoStandby>(io);
   std::vector<std::thread> threads;
   for (int i = 1; i < io_threads; ++i) threads.emplace_back([&] { io.run(); });
   io.run();
   for (auto& t : threads) t.join();
   svc.standby.reset();
+}
+
+// What must go while `io` still exists.
+void shut_down(Service& svc) {
   for (auto& [n, t] : svc.tokens) t->stop();
   // Long-polls and relic /sign calls waiting for an approval left timers of `io` in the watchers; they
   // must go before `io` does (ASan: heap-use-after-free at exit).
   if (svc.approvals) svc.approvals->drop_watchers();
   svc.audit.reset();  // its last sync answers waiting coroutines by posting to `io`, which must still exist
+}
+
+int run(const std::string& config_path, const std::string& listen_override, const std::string& port_file,
+        int io_threads) {
+  Service svc;
+  if (auto st = prepare(svc, config_path, listen_override); !st.ok()) {
+    std::cerr << "p11relayd: " << st.error().message << "\n";
+    return 2;
+  }
+  open_tokens(svc);
+  asio::io_context io(io_threads);
+  Router router(svc);
+  Server server(io, svc, router);
+  auto listened = listen(server, svc.config.server);
+  if (!listened.ok()) {
+    std::cerr << "p11relayd: " << listened.error().message << "\n";
+    return 2;
+  }
+  server.start();
+  asio::co_spawn(io, health_loop(svc), asio::detached);
+  if (!port_file.empty()) std::ofstream(port_file) << *listened << "\n";
+  notify("READY=1");
+  serve(svc, io, server, config_path, listen_override, io_threads);
+  shut_down(svc);
   return 0;
 }
 

@@ -159,85 +159,90 @@ http::Response get_key(Service& svc, const RequestContext& ctx, const std::strin
   return json_response(200, j.dump());
 }
 
-RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
-  RouteDecision d;
-  if (auto a = relic_auth(ctx)) {
-    d.response = std::move(*a);
-    return d;
-  }
-  auto query = http::parse_query(ctx.req.query);
-  if (!query) {
-    d.response = relic_problem(400, std::string(kRelicBase) + "bad-parameter", "Malformed query string");
-    return d;
-  }
-  auto param = [&](const char* n) -> std::string {
-    for (const auto& [k, v] : *query)
-      if (k == n) return v;
-    return {};
-  };
-  std::string key = param("key"), filename = param("filename"), sigtype = param("sigtype"), digest = param("digest");
-  if (key.empty()) {
-    d.response = relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter key is required", "", "key");
-    return d;
-  }
-  if (filename.empty()) {
-    d.response = relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter filename is required", "",
-                               "filename");
-    return d;
-  }
-  auto ref = svc.lookup_key(key, ctx.identity);
-  if (!ref) {
-    spdlog::info("sign refused: key={} client={} (unknown key or no role)", log_escape(key), ctx.identity.name());
-    d.response = relic_forbidden();
-    return d;
-  }
-  if (auto a = svc.signer_aliases.find(sigtype); a != svc.signer_aliases.end()) sigtype = a->second;
-  auto signer = svc.signers.find(sigtype);
-  if (sigtype.empty() || signer == svc.signers.end()) {
-    d.response = relic_problem(400, std::string(kRelicBase) + "unknown-signature-type", "Unknown signature type specified");
-    return d;
-  }
+// A relic /sign request's parameters as checked.
+struct RelicSign {
+  std::vector<std::pair<std::string, std::string>> query;
+  std::string key, sigtype;
   HashAlg alg = HashAlg::sha256;
-  if (!digest.empty()) {
-    auto h = hash_by_name(digest);
-    if (!h) {
-      d.response = relic_problem(400, std::string(kRelicBase) + "unknown-digest-algorithm",
-                                 "Unknown digest algorithm specified");
-      return d;
-    }
-    alg = *h;
+  std::optional<Service::KeyRef> ref;
+  const SignerFactory* signer = nullptr;
+};
+
+std::string query_param(const std::vector<std::pair<std::string, std::string>>& query, const char* name) {
+  for (const auto& [k, v] : query)
+    if (k == name) return v;
+  return {};
+}
+
+// The parameters in relic's order (docs/relic-protocol.md §2.6): key, filename, the key's existence and
+// the caller's role, sigtype, digest. A refusal is the answer.
+std::optional<http::Response> relic_sign_params(Service& svc, RequestContext& ctx, RelicSign& r) {
+  auto query = http::parse_query(ctx.req.query);
+  if (!query) return relic_problem(400, std::string(kRelicBase) + "bad-parameter", "Malformed query string");
+  r.query = std::move(*query);
+  r.key = query_param(r.query, "key");
+  r.sigtype = query_param(r.query, "sigtype");
+  const std::string filename = query_param(r.query, "filename"), digest = query_param(r.query, "digest");
+  if (r.key.empty())
+    return relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter key is required", "", "key");
+  if (filename.empty())
+    return relic_problem(400, std::string(kRelicBase) + "missing-parameter", "Parameter filename is required", "",
+                         "filename");
+  r.ref = svc.lookup_key(r.key, ctx.identity);
+  if (!r.ref) {
+    spdlog::info("sign refused: key={} client={} (unknown key or no role)", log_escape(r.key), ctx.identity.name());
+    return relic_forbidden();
   }
-  // Policy rules before the upload is read (docs/policy.md); approval and quota counting at the end.
-  const KeyConfig& kc = *ref->config;
-  auto allowed_now = check_policy(kc.policy, PolicyQuery{digest_bit(alg), 0, sigtype, std::time(nullptr)});
+  if (auto a = svc.signer_aliases.find(r.sigtype); a != svc.signer_aliases.end()) r.sigtype = a->second;
+  auto signer = svc.signers.find(r.sigtype);
+  if (r.sigtype.empty() || signer == svc.signers.end())
+    return relic_problem(400, std::string(kRelicBase) + "unknown-signature-type", "Unknown signature type specified");
+  r.signer = &signer->second;
+  if (digest.empty()) return std::nullopt;
+  auto h = hash_by_name(digest);
+  if (!h)
+    return relic_problem(400, std::string(kRelicBase) + "unknown-digest-algorithm", "Unknown digest algorithm specified");
+  r.alg = *h;
+  return std::nullopt;
+}
+
+// What is checked before the upload is read: the key's policy rules and quota (approval and quota
+// counting come at the end, docs/policy.md), an open token, a certificate. A refusal is the answer.
+std::optional<http::Response> relic_sign_allowed(Service& svc, RequestContext& ctx, const RelicSign& r) {
+  const KeyConfig& kc = *r.ref->config;
+  auto allowed_now = check_policy(kc.policy, PolicyQuery{digest_bit(r.alg), 0, r.sigtype, std::time(nullptr)});
   if (!allowed_now.ok()) {
-    spdlog::info("sign refused by policy: key={} client={} sigtype={}: {}", kc.name, ctx.identity.name(), log_escape(sigtype),
-                 allowed_now.error().message);
-    d.response = relic_problem(403, std::string(kRelicBase) + "policy-denied", allowed_now.error().message,
-                               "Signing refused by policy");
-    return d;
+    spdlog::info("sign refused by policy: key={} client={} sigtype={}: {}", kc.name, ctx.identity.name(),
+                 log_escape(r.sigtype), allowed_now.error().message);
+    return relic_problem(403, std::string(kRelicBase) + "policy-denied", allowed_now.error().message,
+                         "Signing refused by policy");
   }
   if (kc.has_policy && kc.policy.has_quota() && !needs_approval(kc.policy, ctx.identity.client->roles)) {
     auto st = svc.quotas->check(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
-    if (!st.ok()) {
-      d.response = relic_quota_exceeded(st.error());
-      return d;
-    }
+    if (!st.ok()) return relic_quota_exceeded(st.error());
   }
-  if (!ref->served) {
+  if (!r.ref->served) {
     // The token is being re-opened: temporary (relic clients retry 503s, possibly on a sibling).
-    d.response = text_response(503, "token not available\n", true);
-    d.response->set("Retry-After", "1");
-    return d;
+    http::Response busy = text_response(503, "token not available\n", true);
+    busy.set("Retry-After", "1");
+    return busy;
   }
   // Every signer served here is an X.509 signer (§2.6 step 9).
-  if (ref->served->chain.empty()) {
-    d.response = relic_problem(400, std::string(kRelicBase) + "certificate-not-defined",
-                               "No certificate of type \"x509\" is defined for this key");
-    return d;
-  }
-  SignerContext sctx{svc, ctx, *ref, key, alg, std::move(*query)};
-  auto consumer = signer->second(sctx);
+  if (r.ref->served->chain.empty())
+    return relic_problem(400, std::string(kRelicBase) + "certificate-not-defined",
+                         "No certificate of type \"x509\" is defined for this key");
+  return std::nullopt;
+}
+
+RouteDecision relic_sign(Service& svc, RequestContext& ctx) {
+  RouteDecision d;
+  RelicSign r;
+  d.response = relic_auth(ctx);
+  if (!d.response) d.response = relic_sign_params(svc, ctx, r);
+  if (!d.response) d.response = relic_sign_allowed(svc, ctx, r);
+  if (d.response) return d;
+  SignerContext sctx{svc, ctx, *r.ref, r.key, r.alg, std::move(r.query)};
+  auto consumer = (*r.signer)(sctx);
   if (!consumer.ok()) {
     const Error& e = consumer.error();
     if (e.http_status >= 500) d.response = e.http_status == 503 ? relay_problem(e) : relic_unhandled();
@@ -401,79 +406,74 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   co_return json_response(200, relay::encode_sign_response(*sig));
 }
 
+// False (and a 405 answer in d) when the request's method is not `method`.
+bool method_is(const RequestContext& ctx, const char* method, RouteDecision& d) {
+  if (ctx.req.method == method) return true;
+  http::Response r;
+  r.status = 405;
+  d.response = std::move(r);
+  return false;
+}
+
+// The relay API: /v1/… (docs/relay-api.md).
+RouteDecision route_relay(Service& svc, RequestContext& ctx) {
+  RouteDecision d;
+  const std::string& p = ctx.req.path;
+  if (auto a = relay_auth(ctx)) {
+    d.response = std::move(*a);
+    return d;
+  }
+  if (route_requests(svc, ctx, d)) return d;
+  if (p == "/v1/keys") {
+    if (method_is(ctx, "GET", d)) d.response = relay_keys(svc, ctx);
+    return d;
+  }
+  static const std::string prefix = "/v1/keys/", suffix = "/sign";
+  if (starts_with(p, prefix) && p.size() > prefix.size() + suffix.size() &&
+      p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    std::string name = p.substr(prefix.size(), p.size() - prefix.size() - suffix.size());
+    if (!method_is(ctx, "POST", d)) return d;
+    d.max_body = svc.config.server.maxjsonbytes;
+    d.buffered = [&svc, name](RequestContext& c) { return relay_sign(svc, c, name); };
+    return d;
+  }
+  d.response = relay_problem(Error(ErrorCode::not_found, "no such endpoint: " + p));
+  return d;
+}
+
+// The relic API (docs/relic-protocol.md §2).
+RouteDecision route_relic(Service& svc, RequestContext& ctx) {
+  RouteDecision d;
+  const std::string& p = ctx.req.path;
+  if (p == "/health" || p == "/directory") {
+    if (method_is(ctx, "GET", d)) d.response = p == "/health" ? health(svc) : directory(svc, ctx);
+    return d;
+  }
+  if (p == "/sign") {
+    if (!method_is(ctx, "POST", d)) return d;
+    return relic_sign(svc, ctx);
+  }
+  const bool key_page = starts_with(p, "/keys/") && p.size() > 6;
+  if (p != "/" && p != "/list_keys" && !key_page) {
+    d.response = text_response(404, "404 page not found\n", true);
+    return d;
+  }
+  if (!method_is(ctx, "GET", d)) return d;
+  d.response = relic_auth(ctx);
+  if (d.response) return d;
+  if (p == "/") d.response = text_response(200, "Welcome to relic!\n");
+  else if (p == "/list_keys") d.response = list_keys(ctx);
+  else d.response = get_key(svc, ctx, p.substr(6));
+  return d;
+}
+
 }  // namespace
 
 RouteDecision Router::route(RequestContext& ctx) {
   RouteDecision d;
-  const std::string& m = ctx.req.method;
-  const std::string& p = ctx.req.path;
-  auto only = [&](const char* method) -> bool {
-    if (m == method) return true;
-    http::Response r;
-    r.status = 405;
-    d.response = std::move(r);
-    return false;
-  };
-
   if (ui::route_ui(svc_, ctx, d)) return d;  // the web UI (docs/operator-guide.md "Web UI")
-  // Relay API.
-  if (starts_with(p, "/v1/")) {
-    if (auto a = relay_auth(ctx)) {
-      d.response = std::move(*a);
-      return d;
-    }
-    if (route_requests(svc_, ctx, d)) return d;
-    if (p == "/v1/keys") {
-      if (!only("GET")) return d;
-      d.response = relay_keys(svc_, ctx);
-      return d;
-    }
-    static const std::string prefix = "/v1/keys/", suffix = "/sign";
-    if (starts_with(p, prefix) && p.size() > prefix.size() + suffix.size() &&
-        p.compare(p.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      std::string name = p.substr(prefix.size(), p.size() - prefix.size() - suffix.size());
-      if (!only("POST")) return d;
-      d.max_body = svc_.config.server.maxjsonbytes;
-      d.buffered = [this, name](RequestContext& c) { return relay_sign(svc_, c, name); };
-      return d;
-    }
-    d.response = relay_problem(Error(ErrorCode::not_found, "no such endpoint: " + p));
-    return d;
-  }
-
-  // Relic API (docs/relic-protocol.md §2).
-  if (p == "/health") {
-    if (only("GET")) d.response = health(svc_);
-    return d;
-  }
-  if (p == "/directory") {
-    if (only("GET")) d.response = directory(svc_, ctx);
-    return d;
-  }
-  if (p == "/") {
-    if (!only("GET")) return d;
-    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
-    else d.response = text_response(200, "Welcome to relic!\n");
-    return d;
-  }
-  if (p == "/list_keys") {
-    if (!only("GET")) return d;
-    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
-    else d.response = list_keys(ctx);
-    return d;
-  }
-  if (starts_with(p, "/keys/") && p.size() > 6) {
-    if (!only("GET")) return d;
-    if (auto a = relic_auth(ctx)) d.response = std::move(*a);
-    else d.response = get_key(svc_, ctx, p.substr(6));
-    return d;
-  }
-  if (p == "/sign") {
-    if (!only("POST")) return d;
-    return relic_sign(svc_, ctx);
-  }
-  d.response = text_response(404, "404 page not found\n", true);
-  return d;
+  if (starts_with(ctx.req.path, "/v1/")) return route_relay(svc_, ctx);
+  return route_relic(svc_, ctx);
 }
 
 }  // namespace p11relay::daemon
