@@ -15,14 +15,12 @@ std::string to_hex(std::span<const std::uint8_t> data) {
   return out;
 }
 
-namespace {
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
-}  // namespace
 
 std::optional<Bytes> from_hex(std::string_view hex) {
   Bytes out;

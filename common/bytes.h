@@ -14,6 +14,7 @@ using Bytes = std::vector<std::uint8_t>;
 
 std::string to_hex(std::span<const std::uint8_t> data);  // lowercase
 std::optional<Bytes> from_hex(std::string_view hex);      // accepts upper/lower case, optional ':' separators
+int hex_value(char c);                                    // 0-15 for a hex digit (either case), else -1
 std::string base64_encode(std::span<const std::uint8_t> data);
 std::optional<Bytes> base64_decode(std::string_view text);  // strict: standard alphabet with padding
 

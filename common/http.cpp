@@ -1,5 +1,6 @@
 #include "common/http.h"
 
+#include "common/bytes.h"
 #include "common/text.h"
 
 #include <algorithm>
@@ -77,15 +78,6 @@ std::string serialize(const Response& r) {
   return out;
 }
 
-namespace {
-int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-}  // namespace
-
 std::optional<std::string> percent_decode(std::string_view s, bool form) {
   std::string out;
   out.reserve(s.size());
@@ -93,7 +85,7 @@ std::optional<std::string> percent_decode(std::string_view s, bool form) {
     char c = s[i];
     if (c == '%') {
       if (i + 2 >= s.size()) return std::nullopt;
-      int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
+      int h = hex_value(s[i + 1]), l = hex_value(s[i + 2]);
       if (h < 0 || l < 0) return std::nullopt;
       out.push_back(static_cast<char>(h << 4 | l));
       i += 2;

@@ -1,5 +1,7 @@
 #include "common/pkcs11_uri.h"
 
+#include "common/bytes.h"
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -30,13 +32,6 @@ bool value_char(unsigned char c, bool query) {
   return query ? std::string_view("/?|;").find(static_cast<char>(c)) != std::string_view::npos : c == '=' || c == '&';
 }
 
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 std::string shown(unsigned char c) {
   if (std::isprint(c)) return std::string("'") + static_cast<char>(c) + "'";
   static const char* hex = "0123456789ABCDEF";
@@ -48,8 +43,8 @@ Result<std::string> decode(std::string_view v, bool query, const std::string& na
   for (size_t i = 0; i < v.size(); ++i) {
     auto c = static_cast<unsigned char>(v[i]);
     if (c == '%') {
-      int hi = i + 2 < v.size() ? hex_digit(v[i + 1]) : -1;
-      int lo = hi >= 0 ? hex_digit(v[i + 2]) : -1;
+      int hi = i + 2 < v.size() ? hex_value(v[i + 1]) : -1;
+      int lo = hi >= 0 ? hex_value(v[i + 2]) : -1;
       if (lo < 0) return bad_request("pkcs11 URI: attribute '" + name + "': '%' must be followed by two hex digits");
       out.push_back(static_cast<char>(hi * 16 + lo));
       i += 2;

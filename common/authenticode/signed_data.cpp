@@ -6,8 +6,10 @@
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
+#include <openssl/objects.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 
 namespace p11relay::authenticode {
@@ -15,15 +17,17 @@ namespace p11relay::authenticode {
 using der::ByteSpan;
 
 const char* hash_oid(HashAlg alg) {
-  switch (alg) {
-    case HashAlg::md5: return "1.2.840.113549.2.5";
-    case HashAlg::sha1: return "1.3.14.3.2.26";
-    case HashAlg::sha224: return "2.16.840.1.101.3.4.2.4";
-    case HashAlg::sha256: return "2.16.840.1.101.3.4.2.1";
-    case HashAlg::sha384: return "2.16.840.1.101.3.4.2.2";
-    case HashAlg::sha512: return "2.16.840.1.101.3.4.2.3";
-  }
-  return "2.16.840.1.101.3.4.2.1";
+  // OpenSSL's object table knows each digest's OID: dotted text made once per algorithm.
+  static const std::array<std::string, 6> oids = [] {
+    std::array<std::string, 6> out;
+    for (HashAlg a : {HashAlg::md5, HashAlg::sha1, HashAlg::sha224, HashAlg::sha256, HashAlg::sha384, HashAlg::sha512}) {
+      char text[64] = {0};
+      OBJ_obj2txt(text, sizeof text, OBJ_nid2obj(EVP_MD_get_type(evp_md(a))), 1);
+      out[static_cast<size_t>(a)] = text;
+    }
+    return out;
+  }();
+  return oids[static_cast<size_t>(alg)].c_str();
 }
 
 std::optional<HashAlg> hash_by_oid_content(ByteSpan content) {
