@@ -128,6 +128,146 @@ void add_key_common(Object& o, const KeyInfo& k, const Bytes& subject, const Byt
   }
 }
 
+// What every object of one key is built from.
+struct KeyContext {
+  const relay::KeyDescription& desc;
+  std::shared_ptr<const KeyInfo> key;
+  std::string base;   // prefix of the identities its object handles are allocated for
+  std::string label;
+  Bytes subject;      // the leaf certificate's, empty without certificates
+};
+
+// The private and the public key object share everything but their usage flags.
+std::shared_ptr<Object> key_object(const KeyContext& k, CK_OBJECT_CLASS cls, IdAllocator& ids) {
+  bool is_private = cls == CKO_PRIVATE_KEY;
+  auto o = std::make_shared<Object>();
+  o->handle = ids.object_handle(k.base + (is_private ? "private" : "public"));
+  o->key = k.key;
+  add_common(*o, cls, is_private, k.desc.id, k.label);
+  add_key_common(*o, *k.key, k.subject, k.desc.spki);
+  return o;
+}
+
+std::shared_ptr<Object> private_key_object(const KeyContext& k, IdAllocator& ids) {
+  auto priv = key_object(k, CKO_PRIVATE_KEY, ids);
+  priv->attrs[CKA_SENSITIVE] = attr_bool(true);
+  priv->attrs[CKA_ALWAYS_SENSITIVE] = attr_bool(true);
+  priv->attrs[CKA_EXTRACTABLE] = attr_bool(false);
+  priv->attrs[CKA_NEVER_EXTRACTABLE] = attr_bool(true);
+  priv->attrs[CKA_SIGN] = attr_bool(true);
+  priv->attrs[CKA_SIGN_RECOVER] = attr_bool(false);
+  priv->attrs[CKA_DECRYPT] = attr_bool(false);
+  priv->attrs[CKA_UNWRAP] = attr_bool(false);
+  priv->attrs[CKA_WRAP_WITH_TRUSTED] = attr_bool(false);
+  priv->attrs[CKA_ALWAYS_AUTHENTICATE] = attr_bool(false);
+  if (k.key->key_type == CKK_RSA) {
+    for (auto a : {CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2, CKA_EXPONENT_1, CKA_EXPONENT_2, CKA_COEFFICIENT})
+      priv->sensitive.insert(a);
+  } else {
+    priv->sensitive.insert(CKA_VALUE);
+  }
+  return priv;
+}
+
+std::shared_ptr<Object> public_key_object(const KeyContext& k, IdAllocator& ids) {
+  auto pub = key_object(k, CKO_PUBLIC_KEY, ids);
+  pub->attrs[CKA_VERIFY] = attr_bool(true);
+  pub->attrs[CKA_VERIFY_RECOVER] = attr_bool(false);
+  pub->attrs[CKA_ENCRYPT] = attr_bool(false);
+  pub->attrs[CKA_WRAP] = attr_bool(false);
+  pub->attrs[CKA_TRUSTED] = attr_bool(false);
+  return pub;
+}
+
+// The attributes an X.509 certificate object has beyond add_common's; the leaf is the token user's, the
+// others belong to authorities.
+void add_certificate_attributes(Object& cert, X509* x, const Bytes& der, bool leaf) {
+  cert.attrs[CKA_CERTIFICATE_TYPE] = attr_ulong(CKC_X_509);
+  cert.attrs[CKA_TRUSTED] = attr_bool(false);
+  cert.attrs[CKA_CERTIFICATE_CATEGORY] = attr_ulong(leaf ? 1 /* token user */ : 2 /* authority */);
+  Bytes check = hash(HashAlg::sha1, der);
+  check.resize(3);
+  cert.attrs[CKA_CHECK_VALUE] = check;
+  cert.attrs[CKA_START_DATE] = {};
+  cert.attrs[CKA_END_DATE] = {};
+  cert.attrs[CKA_PUBLIC_KEY_INFO] = spki_der(x);
+  cert.attrs[CKA_VALUE] = der;
+  cert.attrs[CKA_SUBJECT] = i2d_bytes(X509_get_subject_name(x), i2d_X509_NAME);
+  cert.attrs[CKA_ISSUER] = i2d_bytes(X509_get_issuer_name(x), i2d_X509_NAME);
+  cert.attrs[CKA_SERIAL_NUMBER] = i2d_bytes(X509_get_serialNumber(x), i2d_ASN1_INTEGER);
+  cert.attrs[CKA_URL] = {};
+  cert.attrs[CKA_HASH_OF_SUBJECT_PUBLIC_KEY] = {};
+  cert.attrs[CKA_HASH_OF_ISSUER_PUBLIC_KEY] = {};
+  cert.attrs[CKA_JAVA_MIDP_SECURITY_DOMAIN] = attr_ulong(0);
+}
+
+// Certificate `index` of the key's chain (0 is the leaf) onto the token, unless another key of the token
+// already put the same chain certificate there.
+void add_certificate(Token& tok, const KeyContext& k, X509* x, size_t index, IdAllocator& ids) {
+  Bytes der = x509_der(x);
+  bool leaf = index == 0;
+  // Chain certificates are shared by keys of one token: identify them by content, not by key.
+  std::string identity =
+      leaf ? k.base + "cert" : std::to_string(tok.slot_id) + "/cert/" + to_hex(hash(HashAlg::sha256, der));
+  if (!leaf && std::any_of(tok.objects.begin(), tok.objects.end(),
+                           [&](const auto& o) { return o->cls == CKO_CERTIFICATE && o->attrs.at(CKA_VALUE) == der; }))
+    return;
+  auto cert = std::make_shared<Object>();
+  cert->handle = ids.object_handle(identity);
+  // The leaf shares CKA_ID with its key (how libp11, osslsigncode and Java pair them); chain
+  // certificates get their own IDs so they are never mistaken for the key's certificate.
+  Bytes id = k.desc.id;
+  std::string label = k.label;
+  if (!leaf) {
+    id = hash(HashAlg::sha1, spki_der(x));
+    std::string cn = cn_of(x);
+    label = cn.empty() ? k.label + " chain " + std::to_string(index) : cn;
+  }
+  add_common(*cert, CKO_CERTIFICATE, false, id, label);
+  add_certificate_attributes(*cert, x, der, leaf);
+  tok.objects.push_back(cert);
+}
+
+// The key's certificates that parse, the leaf first; the others are reported and left out.
+std::vector<X509_ptr> parse_certificates(const relay::KeyDescription& desc, std::vector<std::string>& warnings) {
+  std::vector<X509_ptr> certs;
+  for (const auto& der : desc.certificates) {
+    auto c = parse_certificate_der(der);
+    if (!c.ok()) {
+      warnings.push_back("key '" + desc.name + "': a certificate is not DER X.509; skipped");
+      continue;
+    }
+    certs.push_back(std::move(c).value());
+  }
+  return certs;
+}
+
+// The private key, public key and certificate objects of one key, in that order (it decides their handles).
+void add_key_objects(Token& tok, const relay::KeyDescription& desc, std::shared_ptr<const KeyInfo> key,
+                     IdAllocator& ids, std::vector<std::string>& warnings) {
+  tok.keys.push_back(key);
+  // Certificates first: the subject of the leaf goes onto the key objects too.
+  std::vector<X509_ptr> certs = parse_certificates(desc, warnings);
+  KeyContext k{desc, std::move(key), std::to_string(tok.slot_id) + "/" + desc.name + "/",
+               desc.label.empty() ? desc.name : desc.label,
+               certs.empty() ? Bytes{} : i2d_bytes(X509_get_subject_name(certs[0].get()), i2d_X509_NAME)};
+  tok.objects.push_back(private_key_object(k, ids));
+  tok.objects.push_back(public_key_object(k, ids));
+  for (size_t i = 0; i < certs.size(); ++i) add_certificate(tok, k, certs[i].get(), i, ids);
+}
+
+// Keys of one token share its slot: the token is made when its first key comes.
+Token& token_for(std::vector<std::shared_ptr<Token>>& tokens, IdAllocator& ids, const relay::TokenDescription& t) {
+  CK_SLOT_ID id = ids.slot_id(t);
+  for (auto& tok : tokens)
+    if (tok->slot_id == id) return *tok;
+  auto tok = std::make_shared<Token>();
+  tok->slot_id = id;
+  tok->desc = t;
+  tokens.push_back(tok);
+  return *tokens.back();
+}
+
 }  // namespace
 
 bool KeyInfo::allows(CK_MECHANISM_TYPE m) const {
@@ -203,118 +343,13 @@ std::vector<CK_MECHANISM_TYPE> Token::mechanisms() const {
 std::vector<std::shared_ptr<Token>> build_tokens(const std::vector<relay::KeyDescription>& keys, IdAllocator& ids,
                                                  std::vector<std::string>& warnings) {
   std::vector<std::shared_ptr<Token>> tokens;
-  auto token_for = [&](const relay::TokenDescription& t) -> Token& {
-    CK_SLOT_ID id = ids.slot_id(t);
-    for (auto& tok : tokens)
-      if (tok->slot_id == id) return *tok;
-    auto tok = std::make_shared<Token>();
-    tok->slot_id = id;
-    tok->desc = t;
-    tokens.push_back(tok);
-    return *tokens.back();
-  };
-
   for (const auto& desc : keys) {
     auto ki = make_key_info(desc);
     if (!ki.ok()) {
       warnings.push_back("key '" + desc.name + "' skipped: " + ki.error().message);
       continue;
     }
-    std::shared_ptr<const KeyInfo> key = *ki;
-    Token& tok = token_for(desc.token);
-    tok.keys.push_back(key);
-    std::string base = std::to_string(tok.slot_id) + "/" + desc.name + "/";
-    std::string label = desc.label.empty() ? desc.name : desc.label;
-
-    // Certificates first: the subject of the leaf goes onto the key objects too.
-    std::vector<X509_ptr> certs;
-    for (const auto& der : desc.certificates) {
-      auto c = parse_certificate_der(der);
-      if (!c.ok()) {
-        warnings.push_back("key '" + desc.name + "': a certificate is not DER X.509; skipped");
-        continue;
-      }
-      certs.push_back(std::move(c).value());
-    }
-    Bytes subject = certs.empty() ? Bytes{} : i2d_bytes(X509_get_subject_name(certs[0].get()), i2d_X509_NAME);
-    Bytes spki = desc.spki;
-
-    auto priv = std::make_shared<Object>();
-    priv->handle = ids.object_handle(base + "private");
-    priv->key = key;
-    add_common(*priv, CKO_PRIVATE_KEY, true, desc.id, label);
-    add_key_common(*priv, *key, subject, spki);
-    priv->attrs[CKA_SENSITIVE] = attr_bool(true);
-    priv->attrs[CKA_ALWAYS_SENSITIVE] = attr_bool(true);
-    priv->attrs[CKA_EXTRACTABLE] = attr_bool(false);
-    priv->attrs[CKA_NEVER_EXTRACTABLE] = attr_bool(true);
-    priv->attrs[CKA_SIGN] = attr_bool(true);
-    priv->attrs[CKA_SIGN_RECOVER] = attr_bool(false);
-    priv->attrs[CKA_DECRYPT] = attr_bool(false);
-    priv->attrs[CKA_UNWRAP] = attr_bool(false);
-    priv->attrs[CKA_WRAP_WITH_TRUSTED] = attr_bool(false);
-    priv->attrs[CKA_ALWAYS_AUTHENTICATE] = attr_bool(false);
-    if (key->key_type == CKK_RSA) {
-      for (auto a : {CKA_PRIVATE_EXPONENT, CKA_PRIME_1, CKA_PRIME_2, CKA_EXPONENT_1, CKA_EXPONENT_2, CKA_COEFFICIENT})
-        priv->sensitive.insert(a);
-    } else {
-      priv->sensitive.insert(CKA_VALUE);
-    }
-    tok.objects.push_back(priv);
-
-    auto pub = std::make_shared<Object>();
-    pub->handle = ids.object_handle(base + "public");
-    pub->key = key;
-    add_common(*pub, CKO_PUBLIC_KEY, false, desc.id, label);
-    add_key_common(*pub, *key, subject, spki);
-    pub->attrs[CKA_VERIFY] = attr_bool(true);
-    pub->attrs[CKA_VERIFY_RECOVER] = attr_bool(false);
-    pub->attrs[CKA_ENCRYPT] = attr_bool(false);
-    pub->attrs[CKA_WRAP] = attr_bool(false);
-    pub->attrs[CKA_TRUSTED] = attr_bool(false);
-    tok.objects.push_back(pub);
-
-    for (size_t i = 0; i < certs.size(); ++i) {
-      X509* x = certs[i].get();
-      Bytes der = x509_der(x);
-      bool leaf = i == 0;
-      auto cert = std::make_shared<Object>();
-      // Chain certificates are shared by keys of one token: identify them by content, not by key.
-      std::string identity = std::to_string(tok.slot_id) + "/cert/" + to_hex(hash(HashAlg::sha256, der));
-      if (leaf) identity = base + "cert";
-      if (!leaf && std::any_of(tok.objects.begin(), tok.objects.end(),
-                               [&](const auto& o) { return o->cls == CKO_CERTIFICATE && o->attrs.at(CKA_VALUE) == der; }))
-        continue;
-      cert->handle = ids.object_handle(identity);
-      // The leaf shares CKA_ID with its key (how libp11, osslsigncode and Java pair them); chain
-      // certificates get their own IDs so they are never mistaken for the key's certificate.
-      Bytes id = desc.id;
-      std::string cert_label = label;
-      if (!leaf) {
-        Bytes h = hash(HashAlg::sha1, spki_der(x));
-        id = h;
-        cert_label = cn_of(x).empty() ? label + " chain " + std::to_string(i) : cn_of(x);
-      }
-      add_common(*cert, CKO_CERTIFICATE, false, id, cert_label);
-      cert->attrs[CKA_CERTIFICATE_TYPE] = attr_ulong(CKC_X_509);
-      cert->attrs[CKA_TRUSTED] = attr_bool(false);
-      cert->attrs[CKA_CERTIFICATE_CATEGORY] = attr_ulong(leaf ? 1 /* token user */ : 2 /* authority */);
-      Bytes check = hash(HashAlg::sha1, der);
-      check.resize(3);
-      cert->attrs[CKA_CHECK_VALUE] = check;
-      cert->attrs[CKA_START_DATE] = {};
-      cert->attrs[CKA_END_DATE] = {};
-      cert->attrs[CKA_PUBLIC_KEY_INFO] = spki_der(x);
-      cert->attrs[CKA_VALUE] = der;
-      cert->attrs[CKA_SUBJECT] = i2d_bytes(X509_get_subject_name(x), i2d_X509_NAME);
-      cert->attrs[CKA_ISSUER] = i2d_bytes(X509_get_issuer_name(x), i2d_X509_NAME);
-      cert->attrs[CKA_SERIAL_NUMBER] = i2d_bytes(X509_get_serialNumber(x), i2d_ASN1_INTEGER);
-      cert->attrs[CKA_URL] = {};
-      cert->attrs[CKA_HASH_OF_SUBJECT_PUBLIC_KEY] = {};
-      cert->attrs[CKA_HASH_OF_ISSUER_PUBLIC_KEY] = {};
-      cert->attrs[CKA_JAVA_MIDP_SECURITY_DOMAIN] = attr_ulong(0);
-      tok.objects.push_back(cert);
-    }
+    add_key_objects(token_for(tokens, ids, desc.token), desc, *ki, ids, warnings);
   }
   ERR_clear_error();
   return tokens;
