@@ -24,6 +24,8 @@ struct Doctor {
     ++failures;
     std::cout << "[FAIL] " << what << "\n       " << why << "\n";
   }
+  // What the run ends with when checks failed; `code` is the exit code's class.
+  Error failed(ErrorCode code) const { return Error(code, std::to_string(failures) + " check(s) failed"); }
 };
 
 bool contains(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
@@ -127,89 +129,142 @@ std::optional<ErrorCode> check_keys(Doctor& d, client::Client& c, const std::str
   return failure;
 }
 
-Status run_doctor(const Globals& g, const std::string& only_key) {
+// What the checks share: each check builds on what the earlier ones found.
+struct DoctorRun {
+  DoctorRun(const Globals& globals, const std::string& key) : g(globals), only_key(key) {}
+
+  const Globals& g;
+  const std::string& only_key;
   Doctor d;
-  auto cfg_r = load_config(g);
-  if (!cfg_r.ok()) {
-    d.fail("client configuration", cfg_r.error().message +
-                                       "\n       (run `p11relay register --url https://HOST:6300/ --cacert CA.pem` to create one)");
+  client::Config cfg;
+  std::string fp = "<fingerprint>";         // as `clients:` in p11relayd.yml lists this client; a placeholder till read
+  std::unique_ptr<client::Client> working;  // talks to the first daemon that accepts this client
+  std::optional<ErrorCode> keys_failure;    // the class of the first failure check_keys found: the exit code's
+};
+
+// A check returns an error only when the checks after it cannot run; the error is what doctor ends with.
+using Check = Status (*)(DoctorRun&);
+
+Status check_configuration(DoctorRun& r) {
+  auto cfg = load_config(r.g);
+  if (!cfg.ok()) {
+    r.d.fail("client configuration",
+             cfg.error().message +
+                 "\n       (run `p11relay register --url https://HOST:6300/ --cacert CA.pem` to create one)");
     return Error(ErrorCode::config, "1 check failed");
   }
-  client::Config cfg = cfg_r.value();
-  d.ok("configuration " + cfg.source);
+  r.cfg = cfg.value();
+  r.d.ok("configuration " + r.cfg.source);
+  return {};
+}
 
-  std::string fp = "<fingerprint>";
-  auto certs = load_certificates(cfg.certfile);
+Status check_client_certificate(DoctorRun& r) {
+  const std::string& file = r.cfg.certfile;
+  auto certs = load_certificates(file);
   if (!certs.ok() || certs->empty()) {
-    d.fail("client certificate " + cfg.certfile,
-           certs.ok() ? "the file holds no certificate" : certs.error().message);
-  } else {
-    X509* c = (*certs)[0].get();
-    fp = spki_fingerprint(c);
-    if (X509_cmp_current_time(X509_get0_notAfter(c)) < 0)
-      d.fail("client certificate " + cfg.certfile, "it has expired: run `p11relay register --force` and register the new fingerprint");
-    else if (X509_cmp_current_time(X509_get0_notBefore(c)) > 0)
-      d.fail("client certificate " + cfg.certfile, "it is not valid yet: check this machine's clock");
-    else
-      d.ok("client certificate " + name_rfc2253(X509_get_subject_name(c)) + ", fingerprint " + fp);
+    r.d.fail("client certificate " + file, certs.ok() ? "the file holds no certificate" : certs.error().message);
+    return {};
   }
+  X509* c = (*certs)[0].get();
+  r.fp = spki_fingerprint(c);
+  if (X509_cmp_current_time(X509_get0_notAfter(c)) < 0)
+    r.d.fail("client certificate " + file,
+             "it has expired: run `p11relay register --force` and register the new fingerprint");
+  else if (X509_cmp_current_time(X509_get0_notBefore(c)) > 0)
+    r.d.fail("client certificate " + file, "it is not valid yet: check this machine's clock");
+  else
+    r.d.ok("client certificate " + name_rfc2253(X509_get_subject_name(c)) + ", fingerprint " + r.fp);
+  return {};
+}
+
+Status check_client_key(DoctorRun& r) {
   struct stat st {};
-  if (stat(cfg.keyfile.c_str(), &st) == 0 && (st.st_mode & 077) != 0)
-    d.warn("client key " + cfg.keyfile, "other users can read it: chmod 600 " + cfg.keyfile);
-  if (!cfg.cacert.empty()) {
-    auto ca = load_certificates(cfg.cacert);
-    if (!ca.ok() || ca->empty())
-      d.fail("CA certificate " + cfg.cacert, ca.ok() ? "the file holds no certificate" : ca.error().message);
-    else
-      d.ok("CA certificate(s) " + cfg.cacert + " (" + std::to_string(ca->size()) + ")");
-  } else {
-    d.warn("no remote.cacert", "the daemon's certificate is checked against the system CA store");
-  }
+  if (stat(r.cfg.keyfile.c_str(), &st) == 0 && (st.st_mode & 077) != 0)
+    r.d.warn("client key " + r.cfg.keyfile, "other users can read it: chmod 600 " + r.cfg.keyfile);
+  return {};
+}
 
-  auto base = client::Client::create(cfg);
+Status check_ca_certificate(DoctorRun& r) {
+  if (r.cfg.cacert.empty()) {
+    r.d.warn("no remote.cacert", "the daemon's certificate is checked against the system CA store");
+    return {};
+  }
+  auto ca = load_certificates(r.cfg.cacert);
+  if (!ca.ok() || ca->empty())
+    r.d.fail("CA certificate " + r.cfg.cacert, ca.ok() ? "the file holds no certificate" : ca.error().message);
+  else
+    r.d.ok("CA certificate(s) " + r.cfg.cacert + " (" + std::to_string(ca->size()) + ")");
+  return {};
+}
+
+// Client::create builds the TLS context, so a certificate and key that do not belong together show here.
+Status check_tls_setup(DoctorRun& r) {
+  auto base = client::Client::create(r.cfg);
   if (!base.ok()) {
-    d.fail("TLS client set-up", base.error().message + " (does the key file belong to the certificate?)");
-    return Error(ErrorCode::config, std::to_string(d.failures) + " check(s) failed");
+    r.d.fail("TLS client set-up", base.error().message + " (does the key file belong to the certificate?)");
+    return r.d.failed(ErrorCode::config);
   }
+  return {};
+}
 
-  // Each URL alone, without retries, so one bad sibling is named.
-  std::unique_ptr<client::Client> working;
-  std::optional<ErrorCode> first_failure;  // the class of the first daemon's failure: the exit code's
+// One daemon alone, without retries, so one bad sibling is named. Returns a client for it if it accepts this
+// client; `first_failure` keeps the class of the first failure it explains.
+std::unique_ptr<client::Client> check_daemon(DoctorRun& r, const std::string& url,
+                                             std::optional<ErrorCode>& first_failure) {
   auto explain = [&](const Error& e) {
     if (!first_failure) first_failure = e.code;
     bool transport = e.code == ErrorCode::network || e.code == ErrorCode::tls_trust;
-    return transport ? explain_transport(e, cfg) : explain_api(e, fp);
+    return transport ? explain_transport(e, r.cfg) : explain_api(e, r.fp);
   };
-  for (const auto& url : cfg.urls) {
-    client::Config one = cfg;
-    one.urls = {url};
-    one.retries = 0;
-    one.approval_wait_ms = 1;  // a test signature never waits for an approver
-    auto c = client::Client::create(one);
-    if (!c.ok()) {
-      d.fail(url, c.error().message);
-      continue;
-    }
-    Status h = (*c)->health();
-    if (!h.ok()) {
-      d.fail(url + " reachable", explain(h.error()));
-      continue;
-    }
-    d.ok(url + " reachable, server certificate valid, /health OK");
-    auto keys = (*c)->list_keys();
-    if (!keys.ok()) {
-      d.fail(url + " accepts this client", explain(keys.error()));
-      continue;
-    }
-    d.ok(url + " accepts this client (" + std::to_string(keys->size()) + " key(s))");
-    if (!working) working = std::move(c).value();
+  client::Config one = r.cfg;
+  one.urls = {url};
+  one.retries = 0;
+  one.approval_wait_ms = 1;  // a test signature never waits for an approver
+  auto c = client::Client::create(one);
+  if (!c.ok()) {
+    r.d.fail(url, c.error().message);
+    return nullptr;
   }
-  if (!working)
-    return Error(first_failure.value_or(ErrorCode::network), std::to_string(d.failures) + " check(s) failed");
+  Status h = (*c)->health();
+  if (!h.ok()) {
+    r.d.fail(url + " reachable", explain(h.error()));
+    return nullptr;
+  }
+  r.d.ok(url + " reachable, server certificate valid, /health OK");
+  auto keys = (*c)->list_keys();
+  if (!keys.ok()) {
+    r.d.fail(url + " accepts this client", explain(keys.error()));
+    return nullptr;
+  }
+  r.d.ok(url + " accepts this client (" + std::to_string(keys->size()) + " key(s))");
+  return std::move(c).value();
+}
 
-  std::optional<ErrorCode> keys_failure = check_keys(d, *working, only_key, fp);
-  if (d.failures)
-    return Error(keys_failure.value_or(ErrorCode::internal), std::to_string(d.failures) + " check(s) failed");
+Status check_daemons(DoctorRun& r) {
+  std::optional<ErrorCode> first_failure;  // the class of the first daemon's failure: the exit code's
+  for (const auto& url : r.cfg.urls) {
+    auto c = check_daemon(r, url, first_failure);
+    if (c && !r.working) r.working = std::move(c);
+  }
+  if (!r.working) return r.d.failed(first_failure.value_or(ErrorCode::network));
+  return {};
+}
+
+Status check_keys_and_signatures(DoctorRun& r) {
+  r.keys_failure = check_keys(r.d, *r.working, r.only_key, r.fp);
+  return {};
+}
+
+Status run_doctor(const Globals& g, const std::string& only_key) {
+  static constexpr Check checks[] = {check_configuration,  check_client_certificate, check_client_key,
+                                     check_ca_certificate, check_tls_setup,          check_daemons,
+                                     check_keys_and_signatures};
+  DoctorRun r(g, only_key);
+  for (Check check : checks) {
+    Status s = check(r);
+    if (!s.ok()) return s;
+  }
+  if (r.d.failures) return r.d.failed(r.keys_failure.value_or(ErrorCode::internal));
   std::cout << "all checks passed\n";
   return {};
 }
