@@ -94,6 +94,10 @@ struct PeDigester::State {
   }
 
   Status try_parse();
+  Status parse_dos_header(std::span<const uint8_t> h);
+  Status parse_coff_header(std::span<const uint8_t> h);
+  Status parse_optional_header(std::span<const uint8_t> h);
+  Status parse_section_table(std::span<const uint8_t> h);
   Status after_parse();
   Status process(uint64_t offset, std::span<const uint8_t> data);
   void hash_image(uint64_t offset, std::span<const uint8_t> data);
@@ -151,89 +155,108 @@ Status PeDigester::State::choose_page_size(uint32_t file_align, uint32_t section
   return {};
 }
 
-// Walks the header in stages as bytes arrive; each stage raises `need` to what the next needs.
+// Walks the header in stages as bytes arrive; each stage raises `need` to what the next needs. A stage runs only
+// once `need` bytes are buffered, so it can read everything up to `need` without checking; until then try_parse
+// returns success and is called again with more bytes.
 Status PeDigester::State::try_parse() {
   while (!parsed && head.size() >= need) {
     std::span<const uint8_t> h(head);
     switch (stage) {
-      case 0: {  // DOS header (§9.2 step 1)
-        if (h[0] != 'M' || h[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
-        uint64_t lfanew = le::get32(h, 0x3c);
-        if (lfanew < 4 || lfanew + 24 > kMaxHeaderBytes)
-          return bad_request("PE header offset e_lfanew (" + std::to_string(lfanew) + ") is out of range");
-        info.pe_offset = lfanew;
-        need = lfanew + 24;
+      case 0:
+        RETURN_IF_ERROR(parse_dos_header(h));
         stage = 1;
         break;
-      }
-      case 1: {  // PE signature + COFF header (§9.2 step 2)
-        uint64_t pe = info.pe_offset;
-        if (std::memcmp(&h[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
-        info.machine = le::get16(h, pe + 4);
-        nsections = le::get16(h, pe + 6);
-        opt_size = le::get16(h, pe + 20);
-        opt_off = pe + 24;
-        section_table_end = opt_off + opt_size + 40 * nsections;
-        // Magic first: PE32 needs 96 bytes before the data directories, PE32+ 112.
-        if (opt_size < 2) return bad_request("optional header too small");
-        need = std::max<uint64_t>(section_table_end, opt_off + 2);
-        if (need > kMaxHeaderBytes) return bad_request("PE headers are too large");
+      case 1:
+        RETURN_IF_ERROR(parse_coff_header(h));
         stage = 2;
         break;
-      }
-      case 2: {  // optional header and section table (§9.2 steps 3-4)
-        uint16_t magic = le::get16(h, opt_off);
-        if (magic == 0x10b) {
-          info.pe32plus = false;
-        } else if (magic == 0x20b) {
-          info.pe32plus = true;
-        } else {
-          return bad_request("unknown optional header magic 0x" + to_hex(std::span(&h[opt_off], 2)));
-        }
-        const uint64_t dirs = info.pe32plus ? 112 : 96;
-        if (opt_size < dirs + 5 * 8)
-          return bad_request("optional header too small to hold the certificate table directory");
-        uint32_t nrva = le::get32(h, opt_off + dirs - 4);
-        if (nrva < 5) return bad_request("NumberOfRvaAndSizes is " + std::to_string(nrva) + ", need at least 5");
-        info.checksum_offset = opt_off + 64;
-        info.cert_dir_offset = opt_off + dirs + 4 * 8;
-        info.stored_checksum = le::get32(h, info.checksum_offset);
-        uint32_t file_align = le::get32(h, opt_off + 36);
-        uint32_t section_align = le::get32(h, opt_off + 32);
-        header_size = le::get32(h, opt_off + 60);
-        uint32_t cert_va = le::get32(h, info.cert_dir_offset);
-        uint32_t cert_size = le::get32(h, info.cert_dir_offset + 4);
-        if (cert_size != 0) {
-          if (cert_va == 0) return bad_request("certificate table directory has a size but no offset");
-          if (cert_size < 8) return bad_request("certificate table is smaller than a WIN_CERTIFICATE header");
-          if (cert_va < section_table_end) return bad_request("certificate table overlaps the PE headers");
-          info.cert_table_offset = cert_va;
-          info.cert_table_size = cert_size;
-          image_end = cert_va;
-          cert_end = uint64_t{cert_va} + cert_size;
-          if (opt.keep_cert_table && cert_size > opt.max_cert_table)
-            return bad_request("existing certificate table is too large");
-        }
-        for (uint64_t i = 0; i < nsections; ++i) {
-          uint64_t s = section_table_end - 40 * (nsections - i);
-          uint64_t raw_size = le::get32(h, s + 16);
-          uint64_t raw_ptr = le::get32(h, s + 20);
-          if (raw_size == 0) continue;
-          if (raw_ptr + raw_size > image_end)
-            return bad_request("section " + std::to_string(i + 1) + " extends into the certificate table");
-          sections.push_back({static_cast<uint32_t>(i), raw_ptr, raw_size});
-        }
-        if (opt.page_hashes) {
-          RETURN_IF_ERROR(choose_page_size(file_align, section_align));
-          need = std::max(need, header_size);
-        }
+      case 2:
+        RETURN_IF_ERROR(parse_optional_header(h));
+        RETURN_IF_ERROR(parse_section_table(h));
+        // FileAlignment and SectionAlignment decide the page-hash layout.
+        if (opt.page_hashes) RETURN_IF_ERROR(choose_page_size(le::get32(h, opt_off + 36), le::get32(h, opt_off + 32)));
         stage = 3;
         break;
-      }
-      case 3:
+      case 3:  // the header page for page hashes (choose_page_size raised `need` to SizeOfHeaders)
         parsed = true;
         break;
     }
+  }
+  return {};
+}
+
+// Stage 0, the DOS header (§9.2 step 1): needs 64 bytes, asks for the PE signature and COFF header.
+Status PeDigester::State::parse_dos_header(std::span<const uint8_t> h) {
+  if (h[0] != 'M' || h[1] != 'Z') return bad_request("not a PE file: missing MZ signature");
+  uint64_t lfanew = le::get32(h, 0x3c);
+  if (lfanew < 4 || lfanew + 24 > kMaxHeaderBytes)
+    return bad_request("PE header offset e_lfanew (" + std::to_string(lfanew) + ") is out of range");
+  info.pe_offset = lfanew;
+  need = lfanew + 24;
+  return {};
+}
+
+// Stage 1, the PE signature and COFF header (§9.2 step 2): asks for the optional header and section table.
+Status PeDigester::State::parse_coff_header(std::span<const uint8_t> h) {
+  uint64_t pe = info.pe_offset;
+  if (std::memcmp(&h[pe], "PE\0\0", 4) != 0) return bad_request("not a PE file: missing PE signature");
+  info.machine = le::get16(h, pe + 4);
+  nsections = le::get16(h, pe + 6);
+  opt_size = le::get16(h, pe + 20);
+  opt_off = pe + 24;
+  section_table_end = opt_off + opt_size + 40 * nsections;
+  // Magic first: PE32 needs 96 bytes before the data directories, PE32+ 112.
+  if (opt_size < 2) return bad_request("optional header too small");
+  need = std::max<uint64_t>(section_table_end, opt_off + 2);
+  if (need > kMaxHeaderBytes) return bad_request("PE headers are too large");
+  return {};
+}
+
+// Stage 2, first half: the optional header (§9.2 step 3), where CheckSum, SizeOfHeaders and the certificate table
+// directory are. An existing certificate table ends the hashed image.
+Status PeDigester::State::parse_optional_header(std::span<const uint8_t> h) {
+  uint16_t magic = le::get16(h, opt_off);
+  if (magic == 0x10b) {
+    info.pe32plus = false;
+  } else if (magic == 0x20b) {
+    info.pe32plus = true;
+  } else {
+    return bad_request("unknown optional header magic 0x" + to_hex(std::span(&h[opt_off], 2)));
+  }
+  const uint64_t dirs = info.pe32plus ? 112 : 96;
+  if (opt_size < dirs + 5 * 8) return bad_request("optional header too small to hold the certificate table directory");
+  uint32_t nrva = le::get32(h, opt_off + dirs - 4);
+  if (nrva < 5) return bad_request("NumberOfRvaAndSizes is " + std::to_string(nrva) + ", need at least 5");
+  info.checksum_offset = opt_off + 64;
+  info.cert_dir_offset = opt_off + dirs + 4 * 8;
+  info.stored_checksum = le::get32(h, info.checksum_offset);
+  header_size = le::get32(h, opt_off + 60);
+  uint32_t cert_va = le::get32(h, info.cert_dir_offset);
+  uint32_t cert_size = le::get32(h, info.cert_dir_offset + 4);
+  if (cert_size == 0) return {};
+  if (cert_va == 0) return bad_request("certificate table directory has a size but no offset");
+  if (cert_size < 8) return bad_request("certificate table is smaller than a WIN_CERTIFICATE header");
+  if (cert_va < section_table_end) return bad_request("certificate table overlaps the PE headers");
+  info.cert_table_offset = cert_va;
+  info.cert_table_size = cert_size;
+  image_end = cert_va;
+  cert_end = uint64_t{cert_va} + cert_size;
+  if (opt.keep_cert_table && cert_size > opt.max_cert_table)
+    return bad_request("existing certificate table is too large");
+  return {};
+}
+
+// Stage 2, second half: the section table (§9.2 step 4), keeping the sections that have raw data, which must
+// end before an existing certificate table.
+Status PeDigester::State::parse_section_table(std::span<const uint8_t> h) {
+  for (uint64_t i = 0; i < nsections; ++i) {
+    uint64_t s = section_table_end - 40 * (nsections - i);
+    uint64_t raw_size = le::get32(h, s + 16);
+    uint64_t raw_ptr = le::get32(h, s + 20);
+    if (raw_size == 0) continue;
+    if (raw_ptr + raw_size > image_end)
+      return bad_request("section " + std::to_string(i + 1) + " extends into the certificate table");
+    sections.push_back({static_cast<uint32_t>(i), raw_ptr, raw_size});
   }
   return {};
 }
