@@ -106,6 +106,53 @@ Result<Bytes> signature_alg_id(EVP_PKEY* key, HashAlg alg) {
   }
 }
 
+// The signed attributes (§9.4) as a DER SET OF. messageDigest covers the SpcIndirectDataContent *contents*
+// (`content`, without its SEQUENCE tag and length) — the Authenticode rule, which catalogs follow too.
+Bytes signed_attributes(HashAlg alg, ByteSpan content, const SignOptions& options, const char* content_type) {
+  std::vector<Bytes> attrs;
+  attrs.push_back(attribute(oid::kContentType, der::oid(content_type)));
+  if (options.signing_time)
+    attrs.push_back(attribute(oid::kSigningTime, signing_time_value(options.time.value_or(std::time(nullptr)))));
+  Bytes opus;
+  if (!options.description.empty())
+    opus = der::tlv(der::context(0, true),
+                    der::tlv(der::context(0, false), der::bmp_string_content(options.description)));
+  if (!options.url.empty())
+    opus = der::cat({opus, der::tlv(der::context(1, true), der::tlv(der::context(0, false), to_bytes(options.url)))});
+  attrs.push_back(attribute(oid::kSpcSpOpusInfo, der::tlv(der::kSequence, opus)));
+  attrs.push_back(attribute(oid::kMessageDigest, der::octet_string(hash(alg, content))));
+  attrs.push_back(attribute(oid::kSpcStatementType, der::seq({der::oid(oid::kIndividualCodeSigning)})));
+  // DER order (SET OF sorted by encoding), which is what OpenSSL/osslsigncode and Windows produce;
+  // relic keeps insertion order, which verifiers also accept because the signature is over the
+  // attributes as stored, re-tagged as SET.
+  return der::set_of(attrs);
+}
+
+// Self-check (§9.4): the signature must verify with the leaf certificate's key, so that a key/certificate
+// mismatch is an error here rather than an invalid file later.
+Status check_own_signature(EVP_PKEY* pub, HashAlg alg, ByteSpan signed_attrs, ByteSpan signature) {
+  EVP_MD_CTX_ptr ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(alg), nullptr, pub) != 1)
+    return internal_error("EVP_DigestVerifyInit: " + openssl_error_string());
+  if (EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), signed_attrs.data(), signed_attrs.size()) != 1) {
+    openssl_error_string();
+    return bad_request("the signature does not verify with the signing certificate's public key "
+                       "(wrong key for this certificate, or an ECDSA signature not in DER form)");
+  }
+  return {};
+}
+
+// The SignerInfo (§9.4), naming the signer by the leaf certificate's issuer and serial number.
+Result<Bytes> signer_info_for(X509* leaf, HashAlg alg, ByteSpan signed_attrs, ByteSpan sig_alg, ByteSpan signature) {
+  Bytes issuer = i2d_bytes([&](unsigned char** p) { return i2d_X509_NAME(X509_get_issuer_name(leaf), p); });
+  Bytes serial = i2d_bytes([&](unsigned char** p) { return i2d_ASN1_INTEGER(X509_get0_serialNumber(leaf), p); });
+  if (issuer.empty() || serial.empty()) return internal_error("cannot encode the certificate issuer/serial");
+  Bytes signed_attrs_implicit(signed_attrs.begin(), signed_attrs.end());
+  signed_attrs_implicit[0] = der::context(0, true);  // [0] IMPLICIT SET OF Attribute
+  return der::seq({der::integer(1), der::seq({issuer, serial}), hash_alg_id(alg), signed_attrs_implicit, sig_alg,
+                   der::octet_string(signature)});
+}
+
 }  // namespace
 
 Bytes sip_spc_indirect_data_content(HashAlg alg, ByteSpan digest, long sip_version,
@@ -178,47 +225,10 @@ Result<Bytes> build_signed_data(HashAlg alg, ByteSpan spc_content, std::span<X50
   ASSIGN_OR_RETURN(Bytes sig_alg, signature_alg_id(pub, alg));
   ASSIGN_OR_RETURN(der::Tlv spc, der::parse_one(spc_content, "the signed content"));
 
-  // Signed attributes (§9.4). messageDigest covers the SpcIndirectDataContent *contents* (without
-  // its SEQUENCE tag and length) — the Authenticode rule, which catalogs follow too.
-  std::vector<Bytes> attrs;
-  attrs.push_back(attribute(oid::kContentType, der::oid(content_type)));
-  if (options.signing_time) attrs.push_back(attribute(oid::kSigningTime, signing_time_value(options.time.value_or(std::time(nullptr)))));
-  Bytes opus;
-  if (!options.description.empty())
-    opus = der::tlv(der::context(0, true), der::tlv(der::context(0, false), der::bmp_string_content(options.description)));
-  if (!options.url.empty())
-    opus = der::cat({opus, der::tlv(der::context(1, true), der::tlv(der::context(0, false), to_bytes(options.url)))});
-  attrs.push_back(attribute(oid::kSpcSpOpusInfo, der::tlv(der::kSequence, opus)));
-  attrs.push_back(attribute(oid::kMessageDigest, der::octet_string(hash(alg, spc.content))));
-  attrs.push_back(attribute(oid::kSpcStatementType, der::seq({der::oid(oid::kIndividualCodeSigning)})));
-  // DER order (SET OF sorted by encoding), which is what OpenSSL/osslsigncode and Windows produce;
-  // relic keeps insertion order, which verifiers also accept because the signature is over the
-  // attributes as stored, re-tagged as SET.
-  Bytes signed_attrs = der::set_of(attrs);
-  Bytes attrs_digest = hash(alg, signed_attrs);
-
-  ASSIGN_OR_RETURN(Bytes signature, signer(alg, attrs_digest));
-
-  // Self-check (§9.4): the signature must verify with the leaf certificate's key.
-  {
-    EVP_MD_CTX_ptr ctx(EVP_MD_CTX_new());
-    if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, evp_md(alg), nullptr, pub) != 1)
-      return internal_error("EVP_DigestVerifyInit: " + openssl_error_string());
-    if (EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), signed_attrs.data(), signed_attrs.size()) != 1) {
-      openssl_error_string();
-      return bad_request("the signature does not verify with the signing certificate's public key "
-                         "(wrong key for this certificate, or an ECDSA signature not in DER form)");
-    }
-  }
-
-  Bytes issuer = i2d_bytes([&](unsigned char** p) { return i2d_X509_NAME(X509_get_issuer_name(leaf), p); });
-  Bytes serial = i2d_bytes([&](unsigned char** p) { return i2d_ASN1_INTEGER(X509_get0_serialNumber(leaf), p); });
-  if (issuer.empty() || serial.empty()) return internal_error("cannot encode the certificate issuer/serial");
-
-  Bytes signed_attrs_implicit = signed_attrs;
-  signed_attrs_implicit[0] = der::context(0, true);  // [0] IMPLICIT SET OF Attribute
-  Bytes signer_info = der::seq({der::integer(1), der::seq({issuer, serial}), hash_alg_id(alg), signed_attrs_implicit,
-                                sig_alg, der::octet_string(signature)});
+  Bytes signed_attrs = signed_attributes(alg, spc.content, options, content_type);
+  ASSIGN_OR_RETURN(Bytes signature, signer(alg, hash(alg, signed_attrs)));
+  RETURN_IF_ERROR(check_own_signature(pub, alg, signed_attrs, signature));
+  ASSIGN_OR_RETURN(Bytes signer_info, signer_info_for(leaf, alg, signed_attrs, sig_alg, signature));
 
   // §9.4: leaf first, then the rest of the chain without self-signed roots.
   Bytes certs;
