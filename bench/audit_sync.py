@@ -4,7 +4,7 @@ tmpfs), every line made durable before its signature is returned, two ways in th
     each    the writer calls fdatasync for its own line under the log's lock (P11RELAYD_AUDIT_SYNC=each)
     group   group commit, the default: lines written while one fdatasync runs share the next one
 
-Same daemon binary, same token, the same fleet of client processes (pkcs11-shim/shim-driver, one connection
+Same daemon binary, same token, the same fleet of client processes (tests/shim-driver/shim-driver, one connection
 each, ECDSA P-256), the two modes interleaved --reps times; the median of each and group / each are reported
 with the load average. Every run also checks that the audit log holds one line per signature and verifies.
 """

@@ -1,5 +1,5 @@
 """bench/run's "consoles" part: many client processes signing at once through one daemon, as a fleet of signing
-consoles does. Each console is its own process (pkcs11-shim/shim-driver, one thread) with its own connection;
+consoles does. Each console is its own process (tests/shim-driver/shim-driver, one thread) with its own connection;
 the baseline is what the token gives two local threads (bench/p11bench on SoftHSM directly).
 
 Reported per mechanism: total signatures/s and its ratio to the baseline, p50/p99 latency over the consoles,

@@ -1,7 +1,7 @@
 // Drives the whole module through its function list (entry.cpp → bridge → module) with a fake
 // transport: every CKR_ path the shim returns, the size-query conventions, and what goes on the wire.
 #include "pkcs11-shim/bridge.h"
-#include "pkcs11-shim/shim_fixture.h"
+#include "tests/shim/shim_fixture.h"
 
 #include "common/digest.h"
 #include "common/x509.h"

@@ -1,7 +1,7 @@
 // Conformance with the PKCS#11 v2.40 base specification (section numbers are the spec's): sessions
 // (R/O and R/W, several at once), login state, slot/token/mechanism information, random numbers and
 // the rules that end a cryptographic operation. Each case states the rule it checks.
-#include "pkcs11-shim/shim_fixture.h"
+#include "tests/shim/shim_fixture.h"
 
 #include <doctest/doctest.h>
 

@@ -1,5 +1,5 @@
 #include "pkcs11-shim/object_store.h"
-#include "pkcs11-shim/test_support.h"
+#include "tests/shim/test_support.h"
 
 #include <doctest/doctest.h>
 

@@ -2,7 +2,7 @@
 // "unavailable" and the token-not-present / token-login-failed problems): a slot without a token,
 // CKR_TOKEN_NOT_PRESENT, one stderr line naming the cause; and C_WaitForSlotEvent (PKCS#11 v2.40 §5.5).
 #include "pkcs11-shim/log.h"
-#include "pkcs11-shim/shim_fixture.h"
+#include "tests/shim/shim_fixture.h"
 
 #include <doctest/doctest.h>
 

@@ -17,7 +17,7 @@ from harness import Daemon, run  # noqa: E402,F401
 
 SHIM = harness.SHIM
 BUILD = harness.BUILD
-DRIVER = os.environ.get("P11RELAY_SHIM_DRIVER", str(BUILD / "pkcs11-shim" / "shim-driver"))
+DRIVER = os.environ.get("P11RELAY_SHIM_DRIVER", str(BUILD / "tests" / "shim-driver" / "shim-driver"))
 PIN = "any-pin-works"   # the shim accepts any PIN unless the client config names one
 TOKEN_LABEL = "p11relay-demo"
 

@@ -31,7 +31,7 @@ from harness import Daemon, deep_update
 
 FAULTY = Path(os.environ.get("P11RELAY_FAULTY_PKCS11",
                              harness.BUILD / "tests" / "faulty-pkcs11" / "faulty-pkcs11.so"))
-DRIVER = os.environ.get("P11RELAY_SHIM_DRIVER", str(harness.BUILD / "pkcs11-shim" / "shim-driver"))
+DRIVER = os.environ.get("P11RELAY_SHIM_DRIVER", str(harness.BUILD / "tests" / "shim-driver" / "shim-driver"))
 SHIM = harness.SHIM
 KEYS = provision.DEFAULT_KEYS  # rsa2048 (01), ec256 (02)
 SHA256_DI = bytes.fromhex("3031300d060960864801650304020105000420")

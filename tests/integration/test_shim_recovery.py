@@ -2,7 +2,7 @@
 """Transparent recovery, concurrency and fork safety of p11relay-pkcs11.so against a real p11relayd:
 a daemon restart between C_SignInit and C_Sign, failover to a second daemon in the middle of 1000
 signatures, 8 threads signing at once, and a forked child signing with its parent's initialised module.
-Driven by shim-driver (pkcs11-shim/shim_driver.cpp), which dlopens the module; every signature is
+Driven by shim-driver (tests/shim-driver/shim_driver.cpp), which dlopens the module; every signature is
 verified with C_Verify against the public key."""
 import json
 import os

@@ -1,4 +1,4 @@
-#include "pkcs11-shim/test_support.h"
+#include "tests/shim/test_support.h"
 
 #include "common/authenticode/signed_data.h"
 #include "common/x509.h"

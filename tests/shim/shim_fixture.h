@@ -3,7 +3,7 @@
 #pragma once
 
 #include "pkcs11-shim/bridge.h"
-#include "pkcs11-shim/test_support.h"
+#include "tests/shim/test_support.h"
 
 #include <doctest/doctest.h>
 
