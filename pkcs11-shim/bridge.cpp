@@ -53,7 +53,7 @@ Result<std::shared_ptr<const Object>> visible_object(Module& m, const Session& s
   return o;
 }
 
-Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID) {
+Result<std::shared_ptr<const TokenView>> present_token(Module& m, CK_SLOT_ID slotID) {
   auto t = m.token(slotID);
   if (!t) return ck(CKR_SLOT_ID_INVALID, "unknown slot " + std::to_string(slotID));
   if (!t->present) return ck(CKR_TOKEN_NOT_PRESENT, "token '" + t->desc.label + "' is no longer served");
@@ -293,7 +293,7 @@ Status GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo) {
 
 namespace {
 
-std::vector<CK_MECHANISM_TYPE> all_mechanisms(const Token& t) {
+std::vector<CK_MECHANISM_TYPE> all_mechanisms(const TokenView& t) {
   auto out = t.mechanisms();
   for (auto d : digest_mechanisms()) out.push_back(d);
   std::sort(out.begin(), out.end());

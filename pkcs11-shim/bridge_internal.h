@@ -23,6 +23,6 @@ bool pin_matches(Module& m, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen);
 // "CKR_PIN_INCORRECT" etc. for log lines.
 std::string ckr_text(CK_RV rv);
 // CKR_SLOT_ID_INVALID / CKR_TOKEN_NOT_PRESENT.
-Result<std::shared_ptr<const Token>> present_token(Module& m, CK_SLOT_ID slotID);
+Result<std::shared_ptr<const TokenView>> present_token(Module& m, CK_SLOT_ID slotID);
 
 }  // namespace p11relay::shim::bridge::detail

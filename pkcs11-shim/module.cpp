@@ -70,7 +70,7 @@ void Module::refresh_locked() {
 
 // The new key list replaces the tokens it names; a token it no longer names keeps its slot without a
 // token, and so does a token the daemon cannot use (`problems`).
-void Module::merge_locked(const std::vector<std::shared_ptr<Token>>& built,
+void Module::merge_locked(const std::vector<std::shared_ptr<TokenView>>& built,
                           const std::vector<relay::TokenProblem>& problems) {
   std::map<CK_SLOT_ID, bool> before;
   for (const auto& [id, t] : tokens_) before[id] = t->present;
@@ -83,7 +83,7 @@ void Module::merge_locked(const std::vector<std::shared_ptr<Token>>& built,
   for (const auto& p : problems) {
     CK_SLOT_ID id = problem_slot_locked(p.token);
     if (!seen.insert(id).second) continue;  // some of its keys are served after all
-    auto down = std::make_shared<Token>();
+    auto down = std::make_shared<TokenView>();
     down->slot_id = id;
     down->desc = tokens_.count(id) ? tokens_[id]->desc : p.token;
     down->present = false;
@@ -93,7 +93,7 @@ void Module::merge_locked(const std::vector<std::shared_ptr<Token>>& built,
   }
   for (auto& [id, t] : tokens_) {
     if (seen.count(id) || !t->present) continue;
-    auto gone = std::make_shared<Token>();
+    auto gone = std::make_shared<TokenView>();
     gone->slot_id = id;
     gone->desc = t->desc;
     gone->present = false;
@@ -153,7 +153,7 @@ std::vector<CK_SLOT_ID> Module::slot_ids(bool token_present) {
   return out;
 }
 
-std::shared_ptr<const Token> Module::token(CK_SLOT_ID slot) {
+std::shared_ptr<const TokenView> Module::token(CK_SLOT_ID slot) {
   bool never;
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -169,7 +169,7 @@ std::shared_ptr<const Token> Module::token(CK_SLOT_ID slot) {
   return nullptr;
 }
 
-std::shared_ptr<Session> Module::open_session(CK_SLOT_ID slot, CK_FLAGS flags, std::shared_ptr<const Token> token) {
+std::shared_ptr<Session> Module::open_session(CK_SLOT_ID slot, CK_FLAGS flags, std::shared_ptr<const TokenView> token) {
   auto s = std::make_shared<Session>();
   s->slot = slot;
   s->flags = flags;

@@ -52,7 +52,7 @@ struct Session {
   CK_SESSION_HANDLE handle = 0;
   CK_SLOT_ID slot = 0;
   CK_FLAGS flags = 0;
-  std::shared_ptr<const Token> token;  // the object view this session was opened with
+  std::shared_ptr<const TokenView> token;  // the object view this session was opened with
 
   std::mutex mu;  // guards the operations below
   std::optional<SignOp> sign;
@@ -74,9 +74,9 @@ class Module {
   void refresh_if_stale();
   std::vector<CK_SLOT_ID> slot_ids(bool token_present);
   // nullptr for a slot this process never saw. A slot whose token vanished stays, with present=false.
-  std::shared_ptr<const Token> token(CK_SLOT_ID slot);
+  std::shared_ptr<const TokenView> token(CK_SLOT_ID slot);
 
-  std::shared_ptr<Session> open_session(CK_SLOT_ID slot, CK_FLAGS flags, std::shared_ptr<const Token> token);
+  std::shared_ptr<Session> open_session(CK_SLOT_ID slot, CK_FLAGS flags, std::shared_ptr<const TokenView> token);
   std::shared_ptr<Session> session(CK_SESSION_HANDLE h);
   bool close_session(CK_SESSION_HANDLE h);
   void close_all_sessions(CK_SLOT_ID slot);
@@ -95,7 +95,7 @@ class Module {
 
  private:
   void refresh_locked();
-  void merge_locked(const std::vector<std::shared_ptr<Token>>& built, const std::vector<relay::TokenProblem>& problems);
+  void merge_locked(const std::vector<std::shared_ptr<TokenView>>& built, const std::vector<relay::TokenProblem>& problems);
   CK_SLOT_ID problem_slot_locked(const relay::TokenDescription& t);
   void queue_events_locked(const std::map<CK_SLOT_ID, bool>& before);
 
@@ -106,7 +106,7 @@ class Module {
 
   std::mutex refresh_mu_;  // one fetch at a time; never held together with mu_ during I/O
   std::mutex mu_;
-  std::map<CK_SLOT_ID, std::shared_ptr<const Token>> tokens_;
+  std::map<CK_SLOT_ID, std::shared_ptr<const TokenView>> tokens_;
   std::vector<CK_SLOT_ID> slot_order_;
   std::optional<std::chrono::steady_clock::time_point> fetched_;
   std::map<CK_SESSION_HANDLE, std::shared_ptr<Session>> sessions_;

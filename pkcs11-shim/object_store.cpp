@@ -203,7 +203,7 @@ void add_certificate_attributes(Object& cert, X509* x, const Bytes& der, bool le
 
 // Certificate `index` of the key's chain (0 is the leaf) onto the token, unless another key of the token
 // already put the same chain certificate there.
-void add_certificate(Token& tok, const KeyContext& k, X509* x, size_t index, IdAllocator& ids) {
+void add_certificate(TokenView& tok, const KeyContext& k, X509* x, size_t index, IdAllocator& ids) {
   Bytes der = x509_der(x);
   bool leaf = index == 0;
   // Chain certificates are shared by keys of one token: identify them by content, not by key.
@@ -243,7 +243,7 @@ std::vector<X509_ptr> parse_certificates(const relay::KeyDescription& desc, std:
 }
 
 // The private key, public key and certificate objects of one key, in that order (it decides their handles).
-void add_key_objects(Token& tok, const relay::KeyDescription& desc, std::shared_ptr<const KeyInfo> key,
+void add_key_objects(TokenView& tok, const relay::KeyDescription& desc, std::shared_ptr<const KeyInfo> key,
                      IdAllocator& ids, std::vector<std::string>& warnings) {
   tok.keys.push_back(key);
   // Certificates first: the subject of the leaf goes onto the key objects too.
@@ -257,11 +257,11 @@ void add_key_objects(Token& tok, const relay::KeyDescription& desc, std::shared_
 }
 
 // Keys of one token share its slot: the token is made when its first key comes.
-Token& token_for(std::vector<std::shared_ptr<Token>>& tokens, IdAllocator& ids, const relay::TokenDescription& t) {
+TokenView& token_for(std::vector<std::shared_ptr<TokenView>>& tokens, IdAllocator& ids, const relay::TokenDescription& t) {
   CK_SLOT_ID id = ids.slot_id(t);
   for (auto& tok : tokens)
     if (tok->slot_id == id) return *tok;
-  auto tok = std::make_shared<Token>();
+  auto tok = std::make_shared<TokenView>();
   tok->slot_id = id;
   tok->desc = t;
   tokens.push_back(tok);
@@ -325,13 +325,13 @@ CK_OBJECT_HANDLE IdAllocator::object_handle(const std::string& identity) {
   return it->second;
 }
 
-std::shared_ptr<const Object> Token::object(CK_OBJECT_HANDLE h) const {
+std::shared_ptr<const Object> TokenView::object(CK_OBJECT_HANDLE h) const {
   for (const auto& o : objects)
     if (o->handle == h) return o;
   return nullptr;
 }
 
-std::vector<CK_MECHANISM_TYPE> Token::mechanisms() const {
+std::vector<CK_MECHANISM_TYPE> TokenView::mechanisms() const {
   std::vector<CK_MECHANISM_TYPE> out;
   for (const auto& k : keys)
     for (auto m : k->mechanisms)
@@ -340,9 +340,9 @@ std::vector<CK_MECHANISM_TYPE> Token::mechanisms() const {
   return out;
 }
 
-std::vector<std::shared_ptr<Token>> build_tokens(const std::vector<relay::KeyDescription>& keys, IdAllocator& ids,
+std::vector<std::shared_ptr<TokenView>> build_tokens(const std::vector<relay::KeyDescription>& keys, IdAllocator& ids,
                                                  std::vector<std::string>& warnings) {
-  std::vector<std::shared_ptr<Token>> tokens;
+  std::vector<std::shared_ptr<TokenView>> tokens;
   for (const auto& desc : keys) {
     auto ki = make_key_info(desc);
     if (!ki.ok()) {

@@ -43,7 +43,9 @@ struct Object {
   bool matches(const CK_ATTRIBUTE* templ, CK_ULONG count) const;
 };
 
-struct Token {
+// The shim's view of one remote token (a slot): its description and the objects built from the daemon's
+// key list. (The daemon's Token is the token itself, behind its PKCS#11 module.)
+struct TokenView {
   CK_SLOT_ID slot_id = 0;
   relay::TokenDescription desc;
   bool present = true;
@@ -76,7 +78,7 @@ Result<std::shared_ptr<KeyInfo>> make_key_info(const relay::KeyDescription& desc
 
 // Groups keys by token and builds private key, public key and certificate objects for each.
 // Keys that cannot be understood are skipped with a message in `warnings`.
-std::vector<std::shared_ptr<Token>> build_tokens(const std::vector<relay::KeyDescription>& keys, IdAllocator& ids,
+std::vector<std::shared_ptr<TokenView>> build_tokens(const std::vector<relay::KeyDescription>& keys, IdAllocator& ids,
                                                  std::vector<std::string>& warnings);
 
 // Template helpers (also used by tests).
