@@ -207,6 +207,7 @@ Result<std::span<const uint8_t>> cab_signature(std::span<const uint8_t> f) {
   if (f.size() < kFixedEnd || !is_cab(f)) return cab_error("no MSCF header");
   if (!(le::get16(f, kFlags) & kReservePresent)) return std::span<const uint8_t>{};
   ASSIGN_OR_RETURN(auto r, signature_reserve(f));
+  if (uint64_t{r.first} + r.second > f.size()) return cab_error("the signature runs past the end of the file");
   return f.subspan(r.first, r.second);
 }
 
