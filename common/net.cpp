@@ -111,14 +111,4 @@ Result<int> tcp_connect(const Url& url, Clock::time_point deadline) {
   return network_error("connect failed: " + last);
 }
 
-UniqueFd::~UniqueFd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
-UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
-  UniqueFd gone(release());
-  fd_ = o.release();
-  return *this;
-}
-
 }  // namespace p11relay::net

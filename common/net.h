@@ -4,11 +4,14 @@
 #pragma once
 
 #include "common/error.h"
+#include "common/unique_fd.h"
 
 #include <chrono>
 #include <string>
 
 namespace p11relay::net {
+
+using p11relay::UniqueFd;
 
 using Clock = std::chrono::steady_clock;
 
@@ -33,23 +36,5 @@ Result<bool> wait_fd(int fd, bool for_write, Clock::time_point deadline);
 // A non-blocking TCP connection to the first address of url.host:url.port that accepts before
 // `deadline`; the caller owns the descriptor. Errors (network) say which step failed and why.
 Result<int> tcp_connect(const Url& url, Clock::time_point deadline);
-
-// Owns a file descriptor.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd();
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept;
-  int get() const { return fd_; }
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 }  // namespace p11relay::net

@@ -1,5 +1,7 @@
 #include "common/authenticode/pe_digest.h"
+
 #include "common/authenticode/le.h"
+#include "common/unique_fd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -478,13 +480,8 @@ Result<PeInfo> pe_digest_file(const std::string& path, PeDigestOptions options,
   // takes a TLB miss per 4 KiB page; on this paravirtualised VM, under load, that made hashing a
   // 100 MB mapping twice as costly as reading it (measured: 0.14 vs 0.075 s of CPU), and a plain
   // mapping also faults page by page. A truncated file is a short read, never a SIGBUS.
-  const struct Fd {
-    int fd;
-    ~Fd() {
-      if (fd >= 0) ::close(fd);
-    }
-  } f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  const int fd = f.fd;
+  const UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const int fd = f.get();
   if (fd < 0) return bad_request("cannot open " + path + ": " + std::strerror(errno));
   PeDigester d(options);
   Bytes buf(128 * 1024);
