@@ -1,14 +1,14 @@
 // p11relayd: serves signing on PKCS#11 tokens over mutual TLS (relic API + relay API).
-#include "daemon/config.h"
-#include "daemon/key_overlap.h"
-#include "daemon/listen_fds.h"
-#include "daemon/reload.h"
-#include "daemon/requests_api.h"
-#include "daemon/router.h"
-#include "daemon/server.h"
+#include "daemon/config/config.h"
+#include "daemon/signing/key_overlap.h"
+#include "daemon/transport/listen_fds.h"
+#include "daemon/config/reload.h"
+#include "daemon/policy/requests_api.h"
+#include "daemon/transport/router.h"
+#include "daemon/transport/server.h"
 #include "daemon/service.h"
 #include "daemon/signers/signers.h"
-#include "daemon/startup.h"
+#include "daemon/config/startup.h"
 
 #include <CLI/CLI.hpp>
 #include <spdlog/pattern_formatter.h>

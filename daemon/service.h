@@ -2,12 +2,12 @@
 #pragma once
 
 #include "common/http.h"
-#include "daemon/approvals.h"
-#include "daemon/audit.h"
-#include "daemon/auth.h"
-#include "daemon/config.h"
+#include "daemon/policy/approvals.h"
+#include "daemon/signing/audit.h"
+#include "daemon/policy/auth.h"
+#include "daemon/config/config.h"
 #include "daemon/metrics.h"
-#include "daemon/token.h"
+#include "daemon/signing/token.h"
 
 #include <asio.hpp>
 

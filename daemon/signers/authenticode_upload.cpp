@@ -1,6 +1,6 @@
 #include "daemon/signers/authenticode_upload.h"
 
-#include "daemon/router.h"
+#include "daemon/transport/router.h"
 #include "daemon/signers/timestamp.h"
 
 #include <spdlog/spdlog.h>

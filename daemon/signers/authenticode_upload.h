@@ -7,7 +7,7 @@
 
 #include "common/authenticode/signed_data.h"
 #include "common/authenticode/timestamp.h"
-#include "daemon/requests_api.h"
+#include "daemon/policy/requests_api.h"
 #include "daemon/service.h"
 
 #include <nlohmann/json.hpp>

@@ -1,6 +1,6 @@
 #include "daemon/signers/timestamp.h"
 
-#include "daemon/router.h"
+#include "daemon/transport/router.h"
 #include "daemon/signers/signers.h"
 
 namespace p11relay::daemon {

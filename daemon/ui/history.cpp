@@ -1,5 +1,5 @@
 // History: the audit log as a searchable, paged table, with the hash chain's state.
-#include "daemon/requests_api.h"
+#include "daemon/policy/requests_api.h"
 #include "daemon/ui/audit_view.h"
 #include "daemon/ui/html.h"
 #include "daemon/ui/pages.h"

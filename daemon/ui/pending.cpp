@@ -1,6 +1,6 @@
 // Pending requests: what waits for the viewer's decision (or, for a submitter, their own requests),
 // and the approve / deny forms.
-#include "daemon/requests_api.h"
+#include "daemon/policy/requests_api.h"
 #include "daemon/ui/csrf.h"
 #include "daemon/ui/html.h"
 #include "daemon/ui/pages.h"

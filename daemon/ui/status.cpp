@@ -1,6 +1,6 @@
 // Appliance status: tokens, keys and who may use them, signature counters, the config's age, and
 // the plot of the last 24 hours.
-#include "daemon/requests_api.h"
+#include "daemon/policy/requests_api.h"
 #include "daemon/ui/audit_view.h"
 #include "daemon/ui/html.h"
 #include "daemon/ui/pages.h"

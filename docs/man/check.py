@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Keep the man pages (docs/man/*.md) in step with the code: every option and subcommand that
 `p11relayd --help` and `p11relay [SUBCOMMAND] --help` print, and every key p11relayd's config loader
-accepts (the only_keys({...}) lists in daemon/config.cpp), must appear in the page that documents it.
+accepts (the only_keys({...}) lists in daemon/config/config.cpp), must appear in the page that documents it.
 
 Usage: check.py P11RELAYD P11RELAY SOURCE_ROOT    (registered as the unit test `man-pages`)
 """
@@ -58,7 +58,7 @@ def main():
     for block in re.findall(r"only_keys\([^{]*\{([^}]*)\}", source):
         keys.update(re.findall(r'"([a-z0-9_]+)"', block))
     if len(keys) < 20:
-        missing.append(f"daemon/config.cpp: found only {len(keys)} config keys; has the loader changed shape?")
+        missing.append(f"daemon/config/config.cpp: found only {len(keys)} config keys; has the loader changed shape?")
     need(keys, page(root, "p11relayd.yml.5.md"), "p11relayd.yml.5.md (config key)")
 
     for m in missing:

@@ -1,8 +1,8 @@
 // libFuzzer target: the approval workflow's JSON — the approve/deny bodies and the held-request
-// state files the daemon decodes (daemon/approvals.h), and the REQUEST object and list the clients decode
+// state files the daemon decodes (daemon/policy/approvals.h), and the REQUEST object and list the clients decode
 // (common/relay_api.h). A decoded state file encodes and decodes again to the same request.
 #include "common/relay_api.h"
-#include "daemon/approvals.h"
+#include "daemon/policy/approvals.h"
 
 #include <cstdint>
 #include <cstdlib>

@@ -1,7 +1,7 @@
-// libFuzzer target: the YAML config loader (daemon/config.h load_config) on a temp file, secrets not
+// libFuzzer target: the YAML config loader (daemon/config/config.h load_config) on a temp file, secrets not
 // read (the pinfile check is covered by unit tests). Errors are fine; crashes, hangs and leaks are not.
 // The file lives in a private temp dir so relative paths in the input resolve there.
-#include "daemon/config.h"
+#include "daemon/config/config.h"
 
 #include <spdlog/spdlog.h>
 #include <unistd.h>

@@ -1,8 +1,8 @@
-// libFuzzer target: what a reverse proxy's request carries to the daemon (daemon/proxy.cpp,
-// daemon/networks.cpp): the Ssl-Client-Cert value (URL-escaped PEM or base64 DER), X-Forwarded-For
+// libFuzzer target: what a reverse proxy's request carries to the daemon (daemon/transport/proxy.cpp,
+// daemon/transport/networks.cpp): the Ssl-Client-Cert value (URL-escaped PEM or base64 DER), X-Forwarded-For
 // against trusted networks, and server.trustedproxies entries. A crash or a sanitizer report is a bug;
 // hostile input must be an error, and the audited address must be one of the hops or the peer.
-#include "daemon/proxy.h"
+#include "daemon/transport/proxy.h"
 
 #include <cstdint>
 #include <cstdlib>

@@ -1,5 +1,5 @@
 """Unauthenticated connection exhaustion (docs/reliability.md, attack 11): connections that never finish the TLS
-handshake have their own budget (server.maxhandshakes, server.maxhandshakespersource, daemon/handshake_gate.h)
+handshake have their own budget (server.maxhandshakes, server.maxhandshakespersource, daemon/transport/handshake_gate.h)
 and are evicted oldest-silent-first, so 5000 idle TCP connections plus 1000 slow-ClientHello ones, re-opened
 as soon as they are dropped, do not keep a legitimate client out; server.maxconnections counts only
 connections that finished mutual TLS."""
