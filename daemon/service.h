@@ -7,7 +7,8 @@
 #include "daemon/policy/auth.h"
 #include "daemon/config/config.h"
 #include "daemon/metrics.h"
-#include "daemon/signing/token.h"
+#include "daemon/signing/signing_token.h"
+#include "daemon/signing/token_wait.h"
 
 #include <asio.hpp>
 
@@ -32,33 +33,6 @@ struct RequestContext {
   // No other connection sent a request lately (Server): a fast token may sign on this thread (token_sign).
   bool solo = false;
   std::string proxy_ip{};  // the trusted proxy that forwarded the request (peer_ip is then the client's)
-};
-
-// While a token call runs on the network thread (token_sign with a standby), this thread stands by:
-// if the call holds the network thread for more than kTakeOver (a hung token), it serves the
-// io_context itself until the call returns, so other connections, the deadline sweeper (504 for
-// the hung request) and the health checks go on. It ticks only while such calls happen.
-class IoStandby {
- public:
-  explicit IoStandby(asio::io_context& io);
-  ~IoStandby();  // before the io_context goes
-  IoStandby(const IoStandby&) = delete;
-  IoStandby& operator=(const IoStandby&) = delete;
-  // One token call at a time: false when another one is running (then queue for a worker instead).
-  bool enter();
-  void leave();
-  static constexpr auto kTakeOver = std::chrono::milliseconds(20);
-
- private:
-  void main();
-  asio::io_context& io_;
-  std::atomic<Clock::rep> since_{0};      // start of the running call, 0 when none
-  std::atomic<Clock::rep> last_enter_{0};
-  std::atomic<bool> ticking_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
 };
 
 // Receives a request body as it arrives (after de-chunking and Content-Encoding decoding), for
@@ -107,7 +81,7 @@ struct Service {
   // atomic load (loading `current` costs a lock bit and a refcount). No ABA: the connection holds
   // `held` alive, so no new snapshot can be allocated at its address.
   bool is_current(const ConfigSnapshot* held) const { return current_raw.load(std::memory_order_acquire) == held; }
-  std::map<std::string, std::shared_ptr<Token>> tokens;  // by config token name
+  std::map<std::string, std::shared_ptr<SigningToken>> tokens;  // by config token name
   std::unique_ptr<AuditLog> audit;
   Health health;
   Metrics metrics;
@@ -125,7 +99,7 @@ struct Service {
   // Key config + served key for a name (alias resolved), if the caller may use it.
   struct KeyRef {
     const KeyConfig* config = nullptr;
-    std::shared_ptr<Token> token;
+    std::shared_ptr<SigningToken> token;
     std::shared_ptr<const ServedKey> served;  // null while the token is not open
   };
   std::optional<KeyRef> lookup_key(const std::string& name, const ClientIdentity& id) const;
@@ -141,21 +115,6 @@ struct SignerContext {
   std::vector<std::pair<std::string, std::string>> query;
   const std::string* param(const std::string& name) const;
 };
-
-// Awaits a signature from a token, giving up at `deadline` with a 504 (the token job is then
-// dropped if it has not started). The caller resumes on its executor or, when the token has nothing
-// else queued, on the token's worker thread; the deadline is enforced by expire_token_waits.
-// With `here` (a solo connection on the network thread), a fast idle token signs right on this
-// thread instead of waking a worker (Token::sign_here): one thread hop and two context switches less
-// per signature.
-asio::awaitable<Result<Bytes>> token_sign(const std::shared_ptr<Token>& token, const SignJob& job,
-                                          IoStandby* here = nullptr);
-// Answers every token_sign whose deadline has passed (the server's sweeper calls it every 100 ms).
-void expire_token_waits(Clock::time_point now);
-
-// Synchronous signing from a non-io thread (library callbacks such as authenticode::RawSigner):
-// queues on the token and waits, at most until job.deadline.
-Result<Bytes> token_sign_blocking(Token& token, SignJob job);
 
 template <typename T>
 asio::awaitable<std::optional<T>> call_in_pool(std::function<T()> fn) {
@@ -173,11 +132,5 @@ asio::awaitable<T> run_blocking(Service& svc, const std::function<T()>& fn) {
   std::optional<T> out = co_await asio::co_spawn(pool, std::move(job), asio::use_awaitable);
   co_return std::move(*out);
 }
-
-// Audit + log line for a finished signature; fails (500) if the audit record cannot be written or
-// synced. Resumes once the line is durable (the thread is not blocked meanwhile: group commit).
-asio::awaitable<Status> record_signature(Service& svc, const RequestContext& ctx, const std::string& key_name,
-                        const ServedKey& key, const std::string& operation, const std::string& digest_name,
-                        const std::string& filename, nlohmann::json extra = nlohmann::json::object());
 
 }  // namespace p11relay::daemon

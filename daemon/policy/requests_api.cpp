@@ -3,6 +3,7 @@
 #include "common/mechanism.h"
 #include "daemon/transport/router.h"
 #include "daemon/policy/statefile.h"
+#include "daemon/signing/signing_service.h"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <nlohmann/json.hpp>
@@ -81,29 +82,19 @@ asio::awaitable<Status> sign_approved(Service& svc, const HeldRequest& r) {
     sig = Error(ErrorCode::token_not_present, "the token of key '" + r.info.key + "' is not available")
               .with_retry_after(1);
   if (ref && ref->served) {
+    http::Request none;
+    RequestContext sctx{none, submitter, "", true, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout)};
+    SignOrder order{sctx, *ref, r.info.key, r.info.mechanism, r.digest_name, r.info.filename,
+                    ref->config->policy.has_quota() ? QuotaUse::count_after : QuotaUse::none};
+    order.extra["request_id"] = r.info.id;
+    order.extra["approved_by"] = r.info.decided_by;
     SignJob job;
     job.key = ref->served->name;
     job.mechanism = r.mech;
     job.input = r.input;
     job.pss = r.pss;
-    job.deadline = Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout);
-    std::shared_ptr<Token> token = ref->token;
-    auto t0 = Clock::now();
-    sig = co_await token_sign(token, job);
-    if (sig.ok()) {
-      if (ref->config->policy.has_quota())
-        (void)svc.quotas->take(r.info.client_fingerprint, ref->config->name, ref->config->policy, epoch_now(), true);
-      nlohmann::json extra;
-      extra["perf.elapsed.ms"] =
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0;
-      extra["request_id"] = r.info.id;
-      extra["approved_by"] = r.info.decided_by;
-      http::Request none;
-      RequestContext sctx{none, submitter, "", true, job.deadline};
-      auto st = co_await record_signature(svc, sctx, r.info.key, *ref->served, r.info.mechanism, r.digest_name, r.info.filename,
-                                 extra);
-      if (!st.ok()) sig = Error(ErrorCode::internal, "audit record could not be written");
-    }
+    job.deadline = sctx.deadline;
+    sig = co_await sign_digest(svc, order, job);
   }
   auto st = svc.approvals->finish(r.info.id, sig, epoch_now());
   if (!sig.ok()) co_return sig.error();

@@ -2,19 +2,18 @@
 
 #include "daemon/transport/router.h"
 #include "daemon/signers/timestamp.h"
+#include "daemon/signing/signing_service.h"
 
 #include <spdlog/spdlog.h>
 
 namespace p11relay::daemon {
-namespace {
 
 namespace ac = p11relay::authenticode;
 
-struct SignTask {
-  std::shared_ptr<Token> token;
-  Clock::time_point deadline;
+// What the SignedData build on the blocking pool needs; only a shared_ptr of it crosses the coroutine
+// boundary (GCC 12 mishandles closures with captures stored in coroutine frames).
+struct UploadSignTask {
   bool ec = false;
-  std::string key_name;
   HashAlg alg = HashAlg::sha256;
   Bytes spc;
   const char* content_type = ac::oid::kSpcIndirectData;
@@ -25,22 +24,15 @@ struct SignTask {
   std::optional<Error> timestamp_error;
 };
 
+namespace {
+
 // Runs on the blocking pool: builds the SignedData, the token signing the attributes' digest, then
 // counter-signs it from a TSA when the key asks for it.
-Result<Bytes> run_sign_task(const std::shared_ptr<SignTask>& t) {
-  ac::RawSigner raw = [&t](HashAlg alg, std::span<const uint8_t> digest) -> Result<Bytes> {
-    SignJob job;
-    job.key = t->key_name;
-    job.deadline = t->deadline;
-    if (t->ec) {
-      job.mechanism = CKM_ECDSA;
-      job.input.assign(digest.begin(), digest.end());
-      ASSIGN_OR_RETURN(Bytes sig, token_sign_blocking(*t->token, std::move(job)));
-      return ac::ecdsa_raw_to_der(sig);
-    }
-    job.mechanism = CKM_RSA_PKCS;
-    job.input = digest_info(alg, digest);
-    return token_sign_blocking(*t->token, std::move(job));
+Result<Bytes> run_sign_task(const std::shared_ptr<UploadSignTask>& t, const TokenSigner& sign) {
+  ac::RawSigner raw = [&t, &sign](HashAlg alg, std::span<const uint8_t> digest) -> Result<Bytes> {
+    if (!t->ec) return sign(CKM_RSA_PKCS, digest_info(alg, digest));
+    ASSIGN_OR_RETURN(Bytes sig, sign(CKM_ECDSA, Bytes(digest.begin(), digest.end())));
+    return ac::ecdsa_raw_to_der(sig);
   };
   ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(t->alg, t->spc, t->chain, t->options, raw, t->content_type));
   if (!t->timestamp) return sd;
@@ -49,12 +41,49 @@ Result<Bytes> run_sign_task(const std::shared_ptr<SignTask>& t) {
   return stamped;
 }
 
+std::shared_ptr<UploadSignTask> sign_task(const ServedKey& key, const UploadParams& p, const UploadDigest& d) {
+  auto task = std::make_shared<UploadSignTask>();
+  task->ec = key.description.key.type == KeyType::ec;
+  task->alg = p.alg;
+  task->spc = d.spc;
+  task->content_type = d.content_type;
+  for (const auto& c : key.chain) task->chain.push_back(c.get());
+  task->options = p.options;
+  task->timestamp = p.timestamp;
+  return task;
+}
+
+QuotaUse quota_use(const KeyConfig& kc, bool held) {
+  if (!kc.policy.has_quota()) return QuotaUse::none;
+  return held ? QuotaUse::count_after : QuotaUse::take;
+}
+
 }  // namespace
 
-http::Response AuthenticodeUpload::sign_failed(const RequestContext& ctx, const Error& e, bool timestamp) const {
-  spdlog::warn("{} sign failed: key={} client={} file={}: {}", p_.sigtype, key_.served->name, ctx.identity.name(),
-               p_.filename, e.message);
-  if (timestamp) return timestamp_failed(e);
+// The format's answer, built by the signing service before the audit record (its attributes go in it).
+struct AuthenticodeUpload::Answer : SignAnswer {
+  Answer(AuthenticodeUpload& up, const UploadDigest& d, const UploadSignTask& task) : up(up), d(d), task(task) {}
+  Status build(const Bytes& signed_data, nlohmann::json& extra) override {
+    auto r = up.respond(d, signed_data, extra);
+    if (!r.ok()) {
+      refused = true;
+      return r.error();
+    }
+    if (up.p_.timestamp) audit_timestamp(task.timestamp_info, extra);
+    response = std::move(r).value();
+    return {};
+  }
+  AuthenticodeUpload& up;
+  const UploadDigest& d;
+  const UploadSignTask& task;
+  http::Response response;
+  bool refused = false;  // the format could not answer (400), after the token signed
+};
+
+http::Response AuthenticodeUpload::failure(const Error& e, const Answer& answer, const UploadSignTask& task) const {
+  if (e.code == ErrorCode::quota) return relic_quota_exceeded(e);
+  if (answer.refused) return relic_problem(400, "https://relic.sas.com/bad-request", e.message);
+  if (task.timestamp_error) return timestamp_failed(e);
   if (e.code == ErrorCode::timeout) return text_response(504, "");
   if (e.http_status == 503) return relay_problem(e);
   if (e.ckr == CKR_KEY_FUNCTION_NOT_PERMITTED)
@@ -63,64 +92,37 @@ http::Response AuthenticodeUpload::sign_failed(const RequestContext& ctx, const 
 }
 
 asio::awaitable<http::Response> AuthenticodeUpload::finish(RequestContext& ctx) {
-  auto t0 = Clock::now();
   auto d = digested();
   if (!d.ok()) co_return relic_problem(400, "https://relic.sas.com/bad-request", d.error().message);
-  const ServedKey& key = *key_.served;
   const KeyConfig& kc = *key_.config;
   // Policy (docs/policy.md): rules were checked before the upload; here the approval or the quota.
   bool held = kc.has_policy && needs_approval(kc.policy, ctx.identity.client->roles);
   HeldRequest request;
-  nlohmann::json extra;
   if (held) {
     HoldOutcome outcome = co_await hold_upload(svc_, ctx, held_request(ctx, *d));
     if (outcome.response) co_return std::move(*outcome.response);
     request = std::move(outcome.request);
     if (request.state() == "signed") {
-      auto r = respond(*d, request.info.signature, extra);
+      nlohmann::json unused;
+      auto r = respond(*d, request.info.signature, unused);
       co_return r.ok() ? std::move(r).value() : relic_problem(400, "https://relic.sas.com/bad-request", r.error().message);
     }
-  } else if (kc.policy.has_quota()) {
-    auto st = svc_.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
-    if (!st.ok()) co_return relic_quota_exceeded(st.error());
   }
-  // Everything the blocking build needs, owned by one object: only a shared_ptr crosses the
-  // coroutine boundary (GCC 12 mishandles closures with captures stored in coroutine frames).
-  auto task = std::make_shared<SignTask>();
-  task->token = key_.token;
-  task->deadline = std::min(ctx.deadline, Clock::now() + std::chrono::seconds(svc_.config.tokens.at(kc.token).timeout));
-  task->ec = key.description.key.type == KeyType::ec;
-  task->key_name = key.name;
-  task->alg = p_.alg;
-  task->spc = d->spc;
-  task->content_type = d->content_type;
-  for (const auto& c : key.chain) task->chain.push_back(c.get());
-  task->options = p_.options;
-  task->timestamp = p_.timestamp;
-  std::function<Result<Bytes>()> work = std::bind(&run_sign_task, task);
-  auto signed_data = co_await run_blocking<Result<Bytes>>(svc_, work);
-  if (!signed_data.ok() && held) (void)svc_.approvals->finish(request.info.id, signed_data, epoch_now());
-  if (!signed_data.ok() && !held && kc.policy.has_quota())
-    svc_.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
-  if (!signed_data.ok()) co_return sign_failed(ctx, signed_data.error(), task->timestamp_error.has_value());
-  auto response = respond(*d, *signed_data, extra);
-  if (!response.ok()) co_return relic_problem(400, "https://relic.sas.com/bad-request", response.error().message);
-  extra["perf.size.in"] = d->size;
-  if (p_.timestamp) audit_timestamp(task->timestamp_info, extra);
-  extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+  SignOrder order{ctx, key_, key_name_, p_.sigtype, hash_info(p_.alg).relic_name, p_.filename, quota_use(kc, held)};
+  order.extra["perf.size.in"] = d->size;
   if (held) {
-    extra["request_id"] = request.info.id;
-    extra["approved_by"] = request.info.decided_by;
-    if (kc.policy.has_quota())
-      (void)svc_.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr), true);
+    order.extra["request_id"] = request.info.id;
+    order.extra["approved_by"] = request.info.decided_by;
   }
-  auto st = co_await record_signature(svc_, ctx, key_name_, key, p_.sigtype, hash_info(p_.alg).relic_name,
-                                      p_.filename, extra);
+  std::shared_ptr<UploadSignTask> task = sign_task(*key_.served, p_, *d);
+  Answer answer(*this, *d, *task);
+  order.answer = &answer;
+  SignBuild build = std::bind(&run_sign_task, task, std::placeholders::_1);
+  Result<Bytes> signed_data = co_await sign_built(svc_, order, build);
   // Stored after the audit record: a retry of the same file gets this SignedData, never a new signature.
-  if (held)
-    (void)svc_.approvals->finish(request.info.id, st.ok() ? signed_data : Result<Bytes>(st.error()), epoch_now());
-  if (!st.ok()) co_return relic_unhandled();
-  co_return std::move(response).value();
+  if (held) (void)svc_.approvals->finish(request.info.id, signed_data, epoch_now());
+  if (!signed_data.ok()) co_return failure(signed_data.error(), answer, *task);
+  co_return std::move(answer.response);
 }
 
 HeldRequest AuthenticodeUpload::held_request(const RequestContext& ctx, const UploadDigest& d) const {

@@ -17,6 +17,8 @@
 
 namespace p11relay::daemon {
 
+struct UploadSignTask;  // the SignedData build on the blocking pool (authenticode_upload.cpp)
+
 // The digested upload: what gets signed.
 struct UploadDigest {
   Bytes spc;           // SpcIndirectDataContent DER (or, for a catalog, its certificate trust list)
@@ -60,7 +62,9 @@ class AuthenticodeUpload : public BodyConsumer {
 
  private:
   HeldRequest held_request(const RequestContext& ctx, const UploadDigest& d) const;
-  http::Response sign_failed(const RequestContext& ctx, const Error& e, bool timestamp_failed) const;
+  struct Answer;  // the format's answer, built before the audit record
+  // The relic answer to a signature that did not leave (quota, the format's answer, the timestamp, the token).
+  http::Response failure(const Error& e, const Answer& answer, const UploadSignTask& task) const;
 
   Service& svc_;
   Service::KeyRef key_;

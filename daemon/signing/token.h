@@ -12,6 +12,7 @@
 #include "common/relay_api.h"
 #include "common/x509.h"
 #include "daemon/config/config.h"
+#include "daemon/signing/signing_token.h"
 
 #include <p11-kit/pkcs11.h>
 
@@ -28,41 +29,14 @@
 
 namespace p11relay::daemon {
 
-using Clock = std::chrono::steady_clock;
-
-// A key as served: what the relay API describes, plus the loaded objects.
-struct ServedKey {
-  std::string name;       // config key name
-  std::string token_name; // config token name
-  relay::KeyDescription description;  // name, token info, id, label, key info, spki, certs, mechanisms
-  EVP_PKEY_ptr public_key;
-  std::vector<X509_ptr> chain;  // leaf first (may be empty when no certificate is known)
-  // Audit fields of the leaf, computed once at load (not per signature).
-  std::string leaf_subject, leaf_issuer, leaf_sha1;
-  std::vector<CK_MECHANISM_TYPE> mechanisms;
-};
-
-struct SignJob {
-  std::string key;  // config key name (alias resolved)
-  CK_MECHANISM_TYPE mechanism = CKM_RSA_PKCS;
-  Bytes input;
-  std::optional<relay::PssParams> pss;
-  Clock::time_point deadline;
-};
-
-enum class TokenState { starting, ready, recovering, failed };
-const char* token_state_name(TokenState s);
-
 class VendorModule;  // a loaded PKCS#11 module (libp11 context + the module's function list)
 struct SlotList;     // libp11's slot list of an open token
 struct SlotListRelease {
   void operator()(SlotList* s) const noexcept;
 };
 
-class Token : public std::enable_shared_from_this<Token> {
+class Token final : public SigningToken, public std::enable_shared_from_this<Token> {
  public:
-  using Done = std::function<void(Result<Bytes>)>;
-
   Token(TokenConfig config, std::vector<KeyConfig> keys);
   ~Token();
   Token(const Token&) = delete;
@@ -70,27 +44,27 @@ class Token : public std::enable_shared_from_this<Token> {
 
   // Opens the token, logs in, loads keys and starts the workers. Returns the first open's outcome;
   // on a transient failure the token keeps retrying in the background (state recovering).
-  Status start();
-  void stop();
+  Status start() override;
+  void stop() override;
 
   // Queues a signature. `done` runs on a worker thread (or inline when refused at once).
-  void sign(SignJob job, Done done);
+  void sign(SignJob job, Done done) override;
   // Signs on the calling thread when that costs no waiting and no thread hop: the token is ready,
   // nothing is queued, one of its numworkers sessions is free and its recent signatures took less
   // than kSignHereMax. nullopt: use sign(). A call that hangs holds the calling thread (see
-  // IoStandby in service.h for the network thread).
-  std::optional<Result<Bytes>> sign_here(const SignJob& job);
+  // IoStandby in token_wait.h for the network thread).
+  std::optional<Result<Bytes>> sign_here(const SignJob& job) override;
   static constexpr std::chrono::microseconds kSignHereMax{5000};
   // Cheap liveness check through the queue (so a hung token fails its health check).
-  void ping(Clock::time_point deadline, std::function<void(Status)> done);
+  void ping(Clock::time_point deadline, std::function<void(Status)> done) override;
 
-  TokenState state() const;
-  std::string state_reason() const;
-  const std::string& name() const { return config_.name; }
+  TokenState state() const override;
+  std::string state_reason() const override;
+  const std::string& name() const override { return config_.name; }
   // Snapshot of the served keys (empty until the token was opened once).
-  std::vector<std::shared_ptr<const ServedKey>> keys() const;
-  std::shared_ptr<const ServedKey> key(const std::string& name) const;
-  size_t queue_depth() const;
+  std::vector<std::shared_ptr<const ServedKey>> keys() const override;
+  std::shared_ptr<const ServedKey> key(const std::string& name) const override;
+  size_t queue_depth() const override;
 
  private:
   struct Job {

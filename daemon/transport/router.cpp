@@ -4,6 +4,7 @@
 #include "common/relay_api.h"
 #include "common/text.h"
 #include "daemon/policy/requests_api.h"
+#include "daemon/signing/signing_service.h"
 #include "daemon/ui/ui.h"
 
 #include <nlohmann/json.hpp>
@@ -271,7 +272,7 @@ std::optional<http::Response> relay_auth(const RequestContext& ctx) {
 
 // A token out of service (its login was refused; never retried) is named in "unavailable", once, so a
 // client can say why its keys are missing (docs/relay-api.md).
-void note_unavailable(std::vector<relay::TokenProblem>& out, const TokenConfig& tc, const Token& t) {
+void note_unavailable(std::vector<relay::TokenProblem>& out, const TokenConfig& tc, const SigningToken& t) {
   for (const auto& p : out)
     if (p.token.label == tc.label && p.token.serial == tc.serial) return;
   out.push_back({relay::TokenDescription{tc.label, tc.serial, {}, {}}, "token-login-failed", t.state_reason()});
@@ -365,8 +366,7 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   if (!req.ok()) co_return relay_problem(req.error());
   uint32_t digest = 0;
   std::string digest_name;
-  auto deadline = std::min(ctx.deadline, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout));
-  auto job = validate_sign(*ref->served, *req, deadline, digest, digest_name);
+  auto job = validate_sign(*ref->served, *req, token_deadline(svc, ctx, *ref->config), digest, digest_name);
   if (!job.ok()) co_return relay_problem(job.error());
   // Policy (docs/policy.md). A key without a policy: section pays for one bit test (the default
   // digest rule) and a time() call, no allocation, no lock.
@@ -377,32 +377,14 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
                  allowed_now.error().message);
     co_return relay_problem(allowed_now.error());
   }
-  bool counted = false;
-  if (kc.has_policy) {
-    if (needs_approval(kc.policy, ctx.identity.client->roles))
-      co_return hold_sign(svc, ctx, *ref, *req, *job, digest, digest_name);
-    if (kc.policy.has_quota()) {
-      auto st = svc.quotas->take(ctx.identity.fingerprint, kc.name, kc.policy, std::time(nullptr));
-      if (!st.ok()) co_return relay_problem(st.error());
-      counted = true;
-    }
-  }
-  auto t0 = Clock::now();
+  if (kc.has_policy && needs_approval(kc.policy, ctx.identity.client->roles))
+    co_return hold_sign(svc, ctx, *ref, *req, *job, digest, digest_name);
+  SignOrder order{ctx, *ref, name, req->mechanism, digest_name, req->filename,
+                  kc.policy.has_quota() ? QuotaUse::take : QuotaUse::none};
   SignJob sign_job = std::move(job).value();
-  std::shared_ptr<Token> token = ref->token;
   IoStandby* here = ctx.solo ? svc.standby.get() : nullptr;
-  auto sig = co_await token_sign(token, sign_job, here);
-  if (!sig.ok() && counted) svc.quotas->give_back(ctx.identity.fingerprint, kc.name, std::time(nullptr));
-  if (!sig.ok()) {
-    spdlog::warn("sign failed: key={} client={} mech={}: {}", ref->served->name, ctx.identity.name(), log_escape(req->mechanism),
-                 sig.error().message);
-    svc.metrics.signature(ref->served->name, ctx.identity.name(), error_code_name(sig.error().code), 0);
-    co_return relay_problem(sig.error());
-  }
-  nlohmann::json extra;
-  extra["perf.elapsed.ms"] = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count() / 1000.0;
-  auto st = co_await record_signature(svc, ctx, name, *ref->served, req->mechanism, digest_name, req->filename, extra);
-  if (!st.ok()) co_return relay_problem(Error(ErrorCode::internal, "audit record could not be written"));
+  auto sig = co_await sign_digest(svc, order, sign_job, here);
+  if (!sig.ok()) co_return relay_problem(sig.error());
   co_return json_response(200, relay::encode_sign_response(*sig));
 }
 
