@@ -306,10 +306,15 @@ http::Response relay_keys(Service& svc, const RequestContext& ctx) {
   return json_response(200, relay::encode_key_list(out, unavailable));
 }
 
-// Also names the digest being signed, once per request: the policy's digest class (docs/policy.md
-// "How the daemon tells the digest") and the audit record's name.
-Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& req, Clock::time_point deadline,
-                              uint32_t& digest, std::string& digest_name) {
+// A relay sign request as checked: the token job, and the digest being signed, named once per request
+// for the policy's digest class (docs/policy.md "How the daemon tells the digest") and the audit record.
+struct ValidSign {
+  SignJob job;
+  uint32_t digest = 0;      // digest class bit (policy.h)
+  std::string digest_name{};  // relic's name, for the audit record; empty when not known
+};
+
+Result<ValidSign> validate_sign(const ServedKey& key, const relay::SignRequest& req, Clock::time_point deadline) {
   auto mech = mechanism_by_name(req.mechanism);
   if (!mech || std::find(key.mechanisms.begin(), key.mechanisms.end(), *mech) == key.mechanisms.end())
     return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not available for key '" +
@@ -347,10 +352,10 @@ Result<SignJob> validate_sign(const ServedKey& key, const relay::SignRequest& re
     default:
       return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not supported");
   }
-  digest = detect_digest(*mech, req);  // the one parse of an RSA DigestInfo
-  if (auto alg = digest_alg(digest)) digest_name = hash_info(*alg).relic_name;
-  if (req.digest_alg) digest_name = hash_info(*req.digest_alg).relic_name;
-  return job;
+  ValidSign v{std::move(job), detect_digest(*mech, req)};  // the one parse of an RSA DigestInfo
+  if (auto alg = digest_alg(v.digest)) v.digest_name = hash_info(*alg).relic_name;
+  if (req.digest_alg) v.digest_name = hash_info(*req.digest_alg).relic_name;
+  return v;
 }
 
 asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, std::string name) {
@@ -364,24 +369,22 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   }
   auto req = relay::decode_sign_request(ctx.req.body);
   if (!req.ok()) co_return relay_problem(req.error());
-  uint32_t digest = 0;
-  std::string digest_name;
-  auto job = validate_sign(*ref->served, *req, token_deadline(svc, ctx, *ref->config), digest, digest_name);
-  if (!job.ok()) co_return relay_problem(job.error());
+  auto valid = validate_sign(*ref->served, *req, token_deadline(svc, ctx, *ref->config));
+  if (!valid.ok()) co_return relay_problem(valid.error());
   // Policy (docs/policy.md). A key without a policy: section pays for one bit test (the default
   // digest rule) and a time() call, no allocation, no lock.
   const KeyConfig& kc = *ref->config;
-  auto allowed_now = check_policy(kc.policy, PolicyQuery{digest, job->mechanism, {}, std::time(nullptr)});
+  auto allowed_now = check_policy(kc.policy, PolicyQuery{valid->digest, valid->job.mechanism, {}, std::time(nullptr)});
   if (!allowed_now.ok()) {
     spdlog::info("sign refused by policy: key={} client={} mech={}: {}", kc.name, ctx.identity.name(), log_escape(req->mechanism),
                  allowed_now.error().message);
     co_return relay_problem(allowed_now.error());
   }
   if (kc.has_policy && needs_approval(kc.policy, ctx.identity.client->roles))
-    co_return hold_sign(svc, ctx, *ref, *req, *job, digest, digest_name);
-  SignOrder order{ctx, *ref, name, req->mechanism, digest_name, req->filename,
+    co_return hold_sign(svc, ctx, *ref, *req, valid->job, valid->digest, valid->digest_name);
+  SignOrder order{ctx, *ref, name, req->mechanism, valid->digest_name, req->filename,
                   kc.policy.has_quota() ? QuotaUse::take : QuotaUse::none};
-  SignJob sign_job = std::move(job).value();
+  SignJob sign_job = std::move(valid->job);
   IoStandby* here = ctx.solo ? svc.standby.get() : nullptr;
   auto sig = co_await sign_digest(svc, order, sign_job, here);
   if (!sig.ok()) co_return relay_problem(sig.error());
