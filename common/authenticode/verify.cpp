@@ -139,14 +139,20 @@ Status check_signer_info(const SignedDataView& sd, const char* content_type, con
   return {};
 }
 
+// The SignedData in `signed_data`, if its content is a non-empty `content_type` (named `what` in the error).
+Result<SignedDataView> signed_content(ByteSpan signed_data, const char* content_type, const char* what) {
+  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
+  if (!der::equal(sd.content_type, der::oid_content(content_type)) || sd.content.empty())
+    return bad_request(std::string("signature content is not ") + what);
+  return sd;
+}
+
 // `hashed`: the file already digested (verify_pe's pass); reused when it has the signature's
 // algorithm and no page hashes are needed, so a 100 MB file is not hashed twice.
 Result<SignatureReport> verify_one(const PeDigestFn& digest, ByteSpan signed_data, int nesting, const PeInfo* hashed) {
   SignatureReport rep;
   rep.nesting = nesting;
-  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
-  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
-    return bad_request("signature content is not SpcIndirectDataContent");
+  ASSIGN_OR_RETURN(SignedDataView sd, signed_content(signed_data, oid::kSpcIndirectData, "SpcIndirectDataContent"));
   ASSIGN_OR_RETURN(SpcParsed spc, parse_spc(sd.content));
   rep.alg = spc.alg;
   rep.image_digest = spc.digest;
@@ -212,9 +218,7 @@ Result<X509_ptr> find_signer_cert(const SignedDataView& sd, const SignerInfoView
 Result<SignatureReport> verify_signer(ByteSpan signed_data, int nesting) {
   SignatureReport rep;
   rep.nesting = nesting;
-  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
-  if (!der::equal(sd.content_type, der::oid_content(oid::kSpcIndirectData)) || sd.content.empty())
-    return bad_request("signature content is not SpcIndirectDataContent");
+  ASSIGN_OR_RETURN(SignedDataView sd, signed_content(signed_data, oid::kSpcIndirectData, "SpcIndirectDataContent"));
   ASSIGN_OR_RETURN(auto di, spc_digest_info(sd.content));
   rep.alg = di.first;
   rep.image_digest = std::move(di.second);
@@ -226,9 +230,7 @@ Result<SignatureReport> verify_content_signer(ByteSpan signed_data, const char* 
                                               int nesting) {
   SignatureReport rep;
   rep.nesting = nesting;
-  ASSIGN_OR_RETURN(SignedDataView sd, parse_signed_data(signed_data));
-  if (!der::equal(sd.content_type, der::oid_content(content_type)) || sd.content.empty())
-    return bad_request(std::string("signature content is not ") + what);
+  ASSIGN_OR_RETURN(SignedDataView sd, signed_content(signed_data, content_type, what));
   RETURN_IF_ERROR(check_signer_info(sd, content_type, what, rep));
   // Checked there: a SignerInfo with a known digest algorithm, whose messageDigest is the content's digest.
   rep.alg = *hash_by_oid_content(sd.signers[0].digest_alg);

@@ -40,6 +40,13 @@ struct UploadParams {
 // (description, desc-url), file name, server-side timestamp (docs/relic-protocol.md §10).
 Result<UploadParams> upload_params(const SignerContext& c, const std::string& sigtype);
 
+// The factory of a signer that needs nothing beyond the common parameters (cab, cat).
+template <typename Signer>
+Result<std::unique_ptr<BodyConsumer>> make_upload(const SignerContext& c, const std::string& sigtype) {
+  ASSIGN_OR_RETURN(UploadParams p, upload_params(c, sigtype));
+  return std::unique_ptr<BodyConsumer>(new Signer(c, std::move(p)));
+}
+
 class AuthenticodeUpload : public BodyConsumer {
  public:
   AuthenticodeUpload(Service& svc, Service::KeyRef key, std::string key_name, UploadParams params)

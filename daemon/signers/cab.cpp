@@ -43,13 +43,10 @@ class CabSigner : public AuthenticodeUpload {
   ac::CabPlan plan_;
 };
 
-Result<std::unique_ptr<BodyConsumer>> make_cab(const SignerContext& c) {
-  ASSIGN_OR_RETURN(UploadParams p, upload_params(c, "cab"));
-  return std::unique_ptr<BodyConsumer>(new CabSigner(c, std::move(p)));
-}
-
 }  // namespace
 
-void register_cab(Service& svc) { svc.signers["cab"] = make_cab; }
+void register_cab(Service& svc) {
+  svc.signers["cab"] = [](const SignerContext& c) { return make_upload<CabSigner>(c, "cab"); };
+}
 
 }  // namespace p11relay::daemon

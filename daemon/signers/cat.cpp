@@ -45,13 +45,10 @@ class CatSigner : public AuthenticodeUpload {
   Bytes file_;
 };
 
-Result<std::unique_ptr<BodyConsumer>> make_cat(const SignerContext& c) {
-  ASSIGN_OR_RETURN(UploadParams p, upload_params(c, "cat"));
-  return std::unique_ptr<BodyConsumer>(new CatSigner(c, std::move(p)));
-}
-
 }  // namespace
 
-void register_cat(Service& svc) { svc.signers["cat"] = make_cat; }
+void register_cat(Service& svc) {
+  svc.signers["cat"] = [](const SignerContext& c) { return make_upload<CatSigner>(c, "cat"); };
+}
 
 }  // namespace p11relay::daemon
