@@ -70,6 +70,21 @@ class BackgroundDigest {
 
 }  // namespace
 
+Result<Bytes> nest_signature(const std::string& file, const Result<Bytes>& existing, const Bytes& sd) {
+  if (!existing.ok()) return bad_request(file + ": --append: " + existing.error().message);
+  return ac::add_unsigned_attribute(*existing, ac::oid::kNestedSignature, sd);
+}
+
+void print_signed(const std::string& output, const std::string& key, std::initializer_list<std::string_view> parts) {
+  std::string list;
+  for (std::string_view p : parts) {
+    if (p.empty()) continue;
+    if (!list.empty()) list += ", ";
+    list += p;
+  }
+  std::cerr << "signed " << output << " with key '" << key << "' (" << list << ")\n";
+}
+
 Result<HashAlg> check_sign_options(const SignOptions& o) {
   auto alg = hash_by_name(o.digest);
   if (!alg || *alg == HashAlg::md5 || *alg == HashAlg::sha224)
@@ -147,9 +162,8 @@ Status run_sign_pe(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
   RETURN_IF_ERROR(check_unchanged(o.file, before));
   RETURN_IF_ERROR(writer->commit(pe, sd, o.append ? ac::EmbedMode::nest : ac::EmbedMode::replace));
-  std::cerr << "signed " << output << " with key '" << s.key.name << "' (" << hash_info(alg).name
-            << (o.page_hashes ? ", page hashes" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (o.append && pe.signed_() ? ", nested" : "") << ")\n";
+  print_signed(output, s.key.name, {hash_info(alg).name, o.page_hashes ? "page hashes" : "",
+                                    o.timestamp_url.empty() ? "" : "timestamped", o.append && pe.signed_() ? "nested" : ""});
   return {};
 }
 

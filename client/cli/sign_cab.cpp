@@ -35,8 +35,7 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   const bool nest = o.append && plan->was_signed;
   if (nest) {
     auto existing = ac::verify_cab(in.data());  // the signature to nest into must be one
-    if (!existing.ok()) return bad_request(o.file + ": --append: " + existing.error().message);
-    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(existing->cert_table, ac::oid::kNestedSignature, sd));
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<Bytes>(existing->cert_table) : existing.error(), sd));
   }
   Bytes area = ac::cab_signature_area(*plan, sd);
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
@@ -44,10 +43,8 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   RETURN_IF_ERROR(out.write(in.data().subspan(plan->tail_from, plan->tail_to - plan->tail_from)));
   RETURN_IF_ERROR(out.write(area));
   RETURN_IF_ERROR(out.commit());
-  std::cerr << "signed " << output << " with key '" << s.key.name << "' (cabinet, " << hash_info(alg).name
-            << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (nest ? ", nested" : plan->was_signed ? ", signature replaced" : "")
-            << ")\n";
+  print_signed(output, s.key.name, {"cabinet", hash_info(alg).name, o.timestamp_url.empty() ? "" : "timestamped",
+                                    nest ? "nested" : plan->was_signed ? "signature replaced" : ""});
   return {};
 }
 

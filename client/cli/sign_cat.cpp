@@ -30,15 +30,14 @@ Status run_sign_cat(const Globals& g, const SignOptions& o) {
   const bool nest = o.append && cat->was_signed;
   if (nest) {
     auto existing = ac::verify_catalog(in.data());  // the signature to nest into must be one
-    if (!existing.ok()) return bad_request(o.file + ": --append: " + existing.error().message);
-    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(in.data(), ac::oid::kNestedSignature, sd));
+    Bytes whole(in.data().begin(), in.data().end());  // a catalog is its SignedData
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<Bytes>(std::move(whole)) : existing.error(), sd));
   }
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(sd));
   RETURN_IF_ERROR(out.commit());
-  std::cerr << "signed " << output << " with key '" << s.key.name << "' (catalog, " << hash_info(alg).name
-            << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (nest ? ", nested" : cat->was_signed ? ", signature replaced" : "") << ")\n";
+  print_signed(output, s.key.name, {"catalog", hash_info(alg).name, o.timestamp_url.empty() ? "" : "timestamped",
+                                    nest ? "nested" : cat->was_signed ? "signature replaced" : ""});
   return {};
 }
 

@@ -99,16 +99,15 @@ Status run_sign_msi(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
   const bool nested = o.append && !old.signature.empty();
   if (nested) {
-    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(old.signature, ac::oid::kNestedSignature, sd));
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, old.signature, sd));
   }
   RETURN_IF_ERROR(check_unchanged(o.file, before));
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(ac::msi_write_signed(*file, sd, nested ? std::span<const uint8_t>(old.extended) : d.prehash,
                                        [&out](std::span<const uint8_t> p) { return out.write(p); }));
   RETURN_IF_ERROR(out.commit());
-  std::cerr << "signed " << output << " with key '" << s.key.name << "' (MSI, " << hash_info(alg).name
-            << (extended ? ", MsiDigitalSignatureEx" : "") << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (nested ? ", nested" : "") << ")\n";
+  print_signed(output, s.key.name, {"MSI", hash_info(alg).name, extended ? "MsiDigitalSignatureEx" : "",
+                                    o.timestamp_url.empty() ? "" : "timestamped", nested ? "nested" : ""});
   return {};
 }
 

@@ -34,17 +34,15 @@ Status run_sign_script(const Globals& g, const SignOptions& o) {
   RETURN_IF_ERROR(check_unchanged(o.file, before));
   const bool nest = o.append && layout->signed_;
   if (nest) {
-    auto existing = ac::script_signature(in.data(), *style);
-    if (!existing.ok()) return bad_request(o.file + ": --append: " + existing.error().message);
-    ASSIGN_OR_RETURN(sd, ac::add_unsigned_attribute(*existing, ac::oid::kNestedSignature, sd));
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, ac::script_signature(in.data(), *style), sd));
   }
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(in.data().first(layout->content_end)));
   RETURN_IF_ERROR(out.write(ac::script_signature_block(*style, layout->utf16, sd)));
   RETURN_IF_ERROR(out.commit());
-  std::cerr << "signed " << output << " with key '" << s.key.name << "' (script, " << hash_info(alg).name
-            << (layout->utf16 ? ", UTF-16" : ", UTF-8") << (o.timestamp_url.empty() ? "" : ", timestamped")
-            << (nest ? ", nested" : layout->signed_ ? ", signature replaced" : "") << ")\n";
+  print_signed(output, s.key.name, {"script", hash_info(alg).name, layout->utf16 ? "UTF-16" : "UTF-8",
+                                    o.timestamp_url.empty() ? "" : "timestamped",
+                                    nest ? "nested" : layout->signed_ ? "signature replaced" : ""});
   return {};
 }
 
