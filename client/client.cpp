@@ -336,13 +336,13 @@ struct Client::Impl {
   bool directory_only = false;            // ... only there to be asked for siblings
   std::atomic<bool> directory_asked{false};
   std::atomic<uint64_t> process{0};  // process_token() of the process that made pool_ptr
-  std::atomic<Pool*> pool_ptr{nullptr};
+  std::unique_ptr<Pool> owned;           // the pool, made by the process `process`; changed under fork_mu
+  std::atomic<Pool*> pool_ptr{nullptr};  // owned.get(), read without the lock
   std::mutex fork_mu;  // only taken when a new process is noticed
 
   ~Impl() {
-    Pool* p = pool_ptr.load();
-    if (p && process.load() == process_token()) delete p;
-    else if (p) p->abandon();
+    // A forked child must not close or free its parent's connections and TLS state: it leaves them.
+    if (owned && process.load() != process_token()) owned.release()->abandon();
   }
 
   Result<Pool*> pool() {
@@ -351,15 +351,15 @@ struct Client::Impl {
     std::lock_guard<std::mutex> g(fork_mu);
     if (process.load(std::memory_order_acquire) == now) return pool_ptr.load(std::memory_order_acquire);
     // First use in a new process (or after fork): the parent's pool is dropped lazily, here.
-    Pool* old = pool_ptr.load();
-    if (old) old->abandon();  // intentionally leaked
+    if (owned) owned.release()->abandon();  // intentionally leaked
     auto fresh = std::make_unique<Pool>();
     ASSIGN_OR_RETURN(fresh->ctx, make_ssl_ctx(config));
     fresh->urls.resize(urls.size());
     if (directory_only) fresh->urls[*directory_index].directory_only = true;
-    pool_ptr.store(fresh.release(), std::memory_order_release);
+    owned = std::move(fresh);
+    pool_ptr.store(owned.get(), std::memory_order_release);
     process.store(now, std::memory_order_release);
-    return pool_ptr.load();
+    return owned.get();
   }
 
   size_t pick_url(Pool& p) {
