@@ -53,7 +53,7 @@ def main():
         sub_opts, _ = options(help_text(cli, sub, "--help"))
         need(sub_opts - {"--help"}, cli_page, f"p11relay.1.md ({sub})")
 
-    source = (root / "daemon" / "config.cpp").read_text()
+    source = (root / "daemon" / "config" / "config.cpp").read_text()
     keys = set()
     for block in re.findall(r"only_keys\([^{]*\{([^}]*)\}", source):
         keys.update(re.findall(r'"([a-z0-9_]+)"', block))
