@@ -36,39 +36,35 @@ http::Response refused(const std::string& target, const Error& e) {
 
 }  // namespace
 
-RequestLoop::RequestLoop(Service& svc, Router& router, TlsConn& conn, std::string peer_ip,
+RequestLoop::RequestLoop(Service& svc, Router& router, TlsConn& conn, PeerState& peer,
                          std::function<bool(const TlsConn*)> solo)
     : svc_(svc),
       router_(router),
       conn_(conn),
-      peer_ip_(std::move(peer_ip)),
+      peer_(peer),
       solo_(std::move(solo)),
       sc_(svc.config.server),
-      peer_(SSL_get1_peer_certificate(conn.ssl.get())),
       parser_(http::Limits{sc_.maxheaderbytes, sc_.maxbodybytes}) {}
 
-asio::awaitable<void> RequestLoop::run() {
+asio::awaitable<bool> RequestLoop::run() {
   // A flag, not `for (;;) { if (!co_await read_head()) co_return; … }`: GCC 12 compiled that into a frame that
   // reached an illegal instruction (ud2) on the first request.
   bool more = true;
+  Head head = Head::end;
   while (more) {
-    more = co_await read_head();
+    head = co_await read_head();
+    more = head == Head::ready;
     if (more) more = co_await answer_one();
   }
+  co_return head == Head::idle;
 }
 
 // Reads what is there. With nothing pending the parser gets it straight from the read buffer (a 100 MB upload
 // is not copied once more through `pending_`); what it leaves (the rest of a read after a request's headers or
-// end) is kept in `pending_` for feed_pending. Waits for readability before taking a buffer, so a connection
-// waiting for its next request holds none.
+// end) is kept in `pending_` for feed_pending. The buffer is taken when there is something to read (the loop
+// runs on a readable connection, and an idle one returns from run() first), so a waiting connection holds none.
 asio::awaitable<bool> RequestLoop::fill() {
-  if (!buf_) {
-    if (!SSL_has_pending(conn_.ssl.get())) {
-      auto [wec] = co_await conn_.socket.async_wait(tcp::socket::wait_read, use_nothrow);
-      if (wec) co_return false;
-    }
-    buf_ = std::make_unique<char[]>(kReadChunk);
-  }
+  if (!buf_) buf_ = std::make_unique<char[]>(kReadChunk);
   int n = co_await tls_call(conn_, TlsOp::read, buf_.get(), kReadChunk);
   if (n <= 0) co_return false;
   std::string_view got(buf_.get(), static_cast<size_t>(n));
@@ -108,18 +104,20 @@ asio::awaitable<void> RequestLoop::end_with(http::Response& resp, bool linger_af
   if (written && linger_after) co_await linger();
 }
 
-asio::awaitable<bool> RequestLoop::read_head() {
+asio::awaitable<RequestLoop::Head> RequestLoop::read_head() {
   parser_.reset();
   if (pending_.empty()) {
     buf_.reset();
     std::string().swap(pending_);
   }
-  conn_.set_deadline(seconds(first_ ? sc_.readheadertimeout : sc_.idletimeout));
+  conn_.set_deadline(seconds(peer_.first ? sc_.readheadertimeout : sc_.idletimeout));
   bool started = !pending_.empty();
   if (started) conn_.set_deadline(seconds(sc_.readheadertimeout));
+  // Nothing read and nothing in OpenSSL's buffer after an answer: wait for the next request without this loop.
+  if (!started && answered_ && !SSL_has_pending(conn_.ssl.get())) co_return Head::idle;
   while (parser_.state() == http::ParseState::need_more) {
     if (pending_.empty()) {
-      if (!co_await fill()) co_return false;  // closed, reset or timed out
+      if (!co_await fill()) co_return Head::end;  // closed, reset or timed out
       if (!started) {
         started = true;
         conn_.set_deadline(seconds(sc_.readheadertimeout));
@@ -127,27 +125,28 @@ asio::awaitable<bool> RequestLoop::read_head() {
     }
     feed_pending();
   }
-  first_ = false;
+  peer_.first = false;
   if (parser_.state() == http::ParseState::error) {
     http::Response r = error_for(parser_.request().target, parser_.error_status(), parser_.error_message());
     co_await end_with(r, false);
-    co_return false;
+    co_return Head::end;
   }
-  co_return true;
+  co_return Head::ready;
 }
 
 asio::awaitable<bool> RequestLoop::answer_one() {
   http::Request& req = parser_.request();
-  if (!svc_.is_current(identity_.snapshot.get()))
-    identity_ = identify(svc_.current.load(), peer_.get(), SSL_get_peer_cert_chain(conn_.ssl.get()));
-  auto fwd = forwarded(identity_, peer_ip_, req);  // a trusted proxy's client (docs/relic-protocol.md §4.2)
+  if (!svc_.is_current(peer_.identity.snapshot.get()))
+    peer_.identity = identify(svc_.current.load(), SSL_get0_peer_certificate(conn_.ssl.get()),
+                              SSL_get_peer_cert_chain(conn_.ssl.get()));
+  auto fwd = forwarded(peer_.identity, peer_.ip, req);  // a trusted proxy's client (docs/relic-protocol.md §4.2)
   if (!fwd.ok()) {
     http::Response r = refused(req.target, fwd.error());
     co_await end_with(r, true);
     co_return false;
   }
   const bool proxied = fwd->has_value();
-  RequestContext ctx{req, proxied ? (*fwd)->identity : identity_, proxied ? (*fwd)->client_ip : peer_ip_, true,
+  RequestContext ctx{req, proxied ? (*fwd)->identity : peer_.identity, proxied ? (*fwd)->client_ip : peer_.ip, true,
                      Clock::now() + seconds(sc_.writetimeout), solo_(&conn_), proxied ? (*fwd)->proxy_ip : std::string()};
   auto started_at = Clock::now();
   RouteDecision d = router_.route(ctx);
@@ -169,6 +168,7 @@ asio::awaitable<bool> RequestLoop::answer_one() {
                 req.method, req.path, resp.status, ms);
   svc_.metrics.request(path_is_relay(req.path) ? "relay" : "relic", resp.status);
   if (!co_await write(resp)) co_return false;
+  answered_ = true;
   if (resp.keep_alive) co_return true;
   if (parser_.state() != http::ParseState::message_complete) co_await linger();
   co_return false;

@@ -3,14 +3,14 @@
 // client's identity (computed again on the first request after a config reload), a trusted proxy's client,
 // the route, the body (bounded, decoded, streamed to a signer or kept for a buffered handler), the handler
 // and the answer within server.writetimeout. A request refused before its body was read ends the connection
-// after a lingering close, so the client sees the answer instead of a reset.
+// after a lingering close, so the client sees the answer instead of a reset. A RequestLoop lives while requests
+// arrive: once a connection has nothing left to read it returns, and the connection waits as a PeerState
+// and a socket wait, without a coroutine stack or a parser (Server::park).
 #pragma once
 
 #include "daemon/transport/router.h"
 #include "daemon/service.h"
 #include "daemon/transport/tls_conn.h"
-
-#include "common/openssl_ptr.h"
 
 #include <functional>
 #include <memory>
@@ -19,15 +19,27 @@
 
 namespace p11relay::daemon {
 
+// What a connection keeps between two runs of its RequestLoop.
+struct PeerState {
+  std::string ip;
+  ClientIdentity identity;  // computed on the first request, and again on the first one after a config reload
+  bool first = true;        // no request head read yet: server.readheadertimeout, not server.idletimeout
+};
+
 class RequestLoop {
  public:
   // `solo`: whether the connection has been the only one sending requests lately (RequestContext::solo).
-  RequestLoop(Service& svc, Router& router, TlsConn& conn, std::string peer_ip, std::function<bool(const TlsConn*)> solo);
-  // Returns when the connection is done: closed by the client, timed out, or ended after an answer.
-  asio::awaitable<void> run();
+  // Created when the connection has something to read (its socket is readable, or OpenSSL holds bytes).
+  RequestLoop(Service& svc, Router& router, TlsConn& conn, PeerState& peer, std::function<bool(const TlsConn*)> solo);
+  // Returns true when the connection is idle: its requests are answered and nothing more has been read. Its
+  // deadline is then set (server.idletimeout, or server.readheadertimeout before the first request) and the
+  // caller waits for the socket to become readable before running a new RequestLoop. Returns false when the
+  // connection is done: closed by the client, timed out, or ended after an answer.
+  asio::awaitable<bool> run();
 
  private:
-  asio::awaitable<bool> read_head();   // false: the connection ends
+  enum class Head { ready, idle, end };
+  asio::awaitable<Head> read_head();
   asio::awaitable<bool> answer_one();  // the request whose head was read; false: the connection ends
   asio::awaitable<bool> read_body(const RouteDecision& d, http::Request& req);  // false: it ended (answered)
   // Answers "Expect: 100-continue" so the client sends the body; false when the connection failed.
@@ -48,15 +60,13 @@ class RequestLoop {
   Service& svc_;
   Router& router_;
   TlsConn& conn_;
-  const std::string peer_ip_;
+  PeerState& peer_;
   const std::function<bool(const TlsConn*)> solo_;
   const ServerConfig& sc_;
-  ClientIdentity identity_;
-  X509_ptr peer_;
   http::RequestParser parser_;
   std::unique_ptr<char[]> buf_;  // only while a request is being read
   std::string pending_;          // bytes read but not yet parsed (pipelining)
-  bool first_ = true;
+  bool answered_ = false;        // this run answered a request: with nothing pending, the connection is idle
 };
 
 }  // namespace p11relay::daemon

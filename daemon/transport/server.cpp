@@ -73,6 +73,15 @@ int on_client_hello(SSL* ssl, int*, void*) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+void log_failure(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("connection handler failed: {}", ex.what());
+  }
+}
+
 std::string key_mismatch(const ServerConfig& cfg) {
   return "server.keyfile '" + cfg.keyfile + "' does not match server.certfile '" + cfg.certfile +
          "' (give the key of that certificate)";
@@ -302,14 +311,7 @@ asio::awaitable<void> Server::accept_loop(tcp::acceptor& acceptor) {
       continue;
     }
     auto ex = socket.get_executor();
-    asio::co_spawn(ex, serve(std::move(socket)), [](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        spdlog::error("connection handler failed: {}", ex.what());
-      }
-    });
+    asio::co_spawn(ex, serve(std::move(socket)), log_failure);
   }
 }
 
@@ -357,56 +359,86 @@ asio::awaitable<bool> Server::handshake(TlsConn& conn, const std::string& peer_i
   co_return true;
 }
 
+// One TLS connection past its admission: counted, in the metrics' gauge and watched by the sweeper from its
+// creation to its destruction, which ends the connection. Owned by the coroutine that runs its handshake or
+// its requests, or by the socket wait of an idle connection (park).
+struct Server::Link {
+  Link(std::shared_ptr<Registry> r, Metrics& m, tcp::socket s, std::string peer_ip)
+      : reg(std::move(r)), metrics(m), conn(std::move(s)) {
+    peer.ip = std::move(peer_ip);
+    metrics.connection_opened();
+    std::lock_guard lock(reg->mu);
+    reg->conns.insert(&conn);
+  }
+  ~Link() {
+    {
+      std::lock_guard lock(reg->mu);
+      reg->conns.erase(&conn);
+    }
+    if (established) --reg->established;
+    conn.close();
+    metrics.connection_closed();
+    --reg->connections;
+  }
+  Link(const Link&) = delete;
+  Link& operator=(const Link&) = delete;
+
+  const std::shared_ptr<Registry> reg;  // outlives the Server when the io_context destroys a waiting connection
+  Metrics& metrics;
+  TlsConn conn;
+  PeerState peer;
+  bool established = false;  // counted in reg->established
+};
+
 asio::awaitable<void> Server::serve(tcp::socket socket) {
-  const std::shared_ptr<Registry> reg = reg_;  // outlives this frame's guards, whenever it is destroyed
-  struct Release {  // takes the connection off a counter when it ends
-    std::atomic<size_t>& n;
-    ~Release() { --n; }
-  };
-  Release count{reg->connections};
-  size_t now_open = ++reg->connections;
   const ServerConfig& sc = svc_.config.server;
   std::error_code ec;
   std::string peer_ip;
   if (auto ep = socket.remote_endpoint(ec); !ec) peer_ip = ep.address().to_string();
   // Pending connections are bounded by the gate's eviction; this only guards the file descriptors while
   // evicted ones are still closing.
-  if (now_open > static_cast<size_t>(sc.maxconnections) + static_cast<size_t>(sc.maxhandshakes)) {
+  if (size_t now_open = ++reg_->connections; now_open > static_cast<size_t>(sc.maxconnections) + static_cast<size_t>(sc.maxhandshakes)) {
+    --reg_->connections;
     spdlog::warn("connection from {} refused: {} connections open (server.maxconnections + server.maxhandshakes)",
                  peer_ip, now_open - 1);
     socket.close(ec);
     co_return;
   }
   socket.set_option(tcp::no_delay(true), ec);
-
-  svc_.metrics.connection_opened();
-  struct Gauge {
-    Metrics& m;
-    ~Gauge() { m.connection_closed(); }
-  } gauge{svc_.metrics};
-  auto conn = std::make_unique<TlsConn>(std::move(socket));
-  struct Watched {  // the sweeper enforces the deadline while the connection is registered
-    Registry& r;
-    TlsConn* c;
-    Watched(Registry& reg, TlsConn* conn) : r(reg), c(conn) {
-      std::lock_guard lock(r.mu);
-      r.conns.insert(c);
-    }
-    ~Watched() {
-      std::lock_guard lock(r.mu);
-      r.conns.erase(c);
-    }
-  } watched{*reg, conn.get()};
-  if (!co_await handshake(*conn, peer_ip)) co_return;
-  Release established{reg->established};
-  if (++reg->established > static_cast<size_t>(sc.maxconnections)) {
+  auto link = std::make_unique<Link>(reg_, svc_.metrics, std::move(socket), std::move(peer_ip));
+  if (!co_await handshake(link->conn, link->peer.ip)) co_return;
+  link->established = true;
+  if (++reg_->established > static_cast<size_t>(sc.maxconnections)) {
     spdlog::warn("connection from {} closed after its handshake: {} authenticated connections open "
-                 "(server.maxconnections)", peer_ip, reg->established.load() - 1);
+                 "(server.maxconnections)", link->peer.ip, reg_->established.load() - 1);
     co_return;
   }
+  link->conn.set_deadline(std::chrono::seconds(sc.readheadertimeout));
+  park(std::move(link));
+}
 
-  RequestLoop loop(svc_, router_, *conn, peer_ip, [this](const TlsConn* c) { return solo(c); });
-  co_await loop.run();
+asio::awaitable<void> Server::requests(std::unique_ptr<Link> link) {
+  bool idle = false;
+  {
+    RequestLoop loop(svc_, router_, link->conn, link->peer, [this](const TlsConn* c) { return solo(c); });
+    idle = co_await loop.run();
+  }
+  if (idle) park(std::move(link));
+}
+
+void Server::park(std::unique_ptr<Link> link) {
+  TlsConn& c = link->conn;
+  if (SSL_has_pending(c.ssl.get())) {
+    asio::co_spawn(c.socket.get_executor(), requests(std::move(link)), log_failure);
+    return;
+  }
+  // Woken by the next request, by the client closing, or by the sweeper's shutdown(2) at the deadline (the
+  // request loop then reads the end); cancelled (the Link destroyed) when the daemon stops.
+  c.socket.async_wait(tcp::socket::wait_read, [this, link = std::move(link)](std::error_code ec) mutable {
+    if (ec) return;
+    auto ex = link->conn.socket.get_executor();
+    asio::co_spawn(ex, requests(std::move(link)), log_failure);
+  });
 }
 
 }  // namespace p11relay::daemon

@@ -1,6 +1,6 @@
-// The TLS listener: Asio + OpenSSL, one coroutine per connection, HTTP/1.1 with
-// keep-alive, limits and timeouts (header, body, idle, write), mutual TLS identity computed once
-// per connection.
+// The TLS listener: Asio + OpenSSL, one coroutine per connection while it shakes hands or has requests to read
+// (an idle one only waits in the reactor: Server::park), HTTP/1.1 with keep-alive, limits and timeouts (header,
+// body, idle, write), mutual TLS identity computed once per connection.
 #pragma once
 
 #include "daemon/transport/handshake_gate.h"
@@ -35,7 +35,13 @@ class Server {
 
  private:
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor);
+  struct Link;
   asio::awaitable<void> serve(asio::ip::tcp::socket socket);
+  // Runs the connection's requests until it is idle or done.
+  asio::awaitable<void> requests(std::unique_ptr<Link> link);
+  // An idle connection keeps no coroutine: its Link waits for the socket to become readable (or runs its
+  // requests at once when OpenSSL already holds bytes of the next one).
+  void park(std::unique_ptr<Link> link);
   asio::awaitable<bool> handshake(TlsConn& conn, const std::string& peer_ip);
   asio::awaitable<void> serve_metrics(asio::ip::tcp::socket socket);
   asio::awaitable<void> metrics_accept_loop();
