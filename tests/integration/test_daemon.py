@@ -298,6 +298,46 @@ class Timeouts(DaemonTest):
         self.assertIn(b"Protocol  : TLSv1.2", new.stdout)
 
 
+class IdleConnections(DaemonTest):
+    """A connection waiting for its next request keeps no coroutine in the daemon (Server::park): it is still
+    served when the request comes, and still cut at its deadline while it waits."""
+    config_overrides = {"server": {"readheadertimeout": 1, "idletimeout": 3}}
+
+    def seconds_until_closed(self, sock) -> float:
+        t0 = time.monotonic()
+        sock.settimeout(10)
+        try:
+            data = sock.recv(100)
+        except (ConnectionResetError, ssl.SSLError):
+            data = b""
+        self.assertEqual(data, b"")  # closed by the daemon
+        return time.monotonic() - t0
+
+    def test_silent_after_the_handshake_is_cut_at_readheadertimeout(self):
+        raw = socket.create_connection(("127.0.0.1", self.daemon.port))
+        with self.daemon.context().wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            # readheadertimeout (1 s), not handshaketimeout (10 s) nor idletimeout (3 s)
+            self.assertLess(self.seconds_until_closed(s), 2.5)
+
+    def test_idle_connection_is_served_after_a_pause_then_cut_at_idletimeout(self):
+        conn = self.daemon.connect()
+        try:
+            sock = None
+            for pause in (0, 0, 1.8):  # the last one waits past readheadertimeout, under idletimeout
+                time.sleep(pause)
+                conn.request("GET", "/list_keys")
+                r = conn.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                sock = sock or conn.sock
+                self.assertIs(conn.sock, sock)  # the same keep-alive connection
+            waited = self.seconds_until_closed(conn.sock)
+            self.assertGreater(waited, 2.0)
+            self.assertLess(waited, 5.0)
+        finally:
+            conn.close()
+
+
 class Metrics(DaemonTest):
     metrics_port = harness.free_port()
     config_overrides = {"server": {"listenmetrics": f"127.0.0.1:{metrics_port}"}}
