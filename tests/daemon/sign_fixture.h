@@ -21,12 +21,15 @@ namespace p11relay::testing {
 inline const std::string kClientFingerprint(64, 'a');
 
 // server (state in PATH/state), token "t" (SoftHSM's path: only the config loader looks at it), key k1 on it for role r,
-// client kClientFingerprint with role r; `key_extra` goes under k1, `keys_extra` after it.
-inline std::string sign_config(const std::string& key_extra = "", const std::string& keys_extra = "") {
+// client kClientFingerprint with role r; `key_extra` goes under k1, `keys_extra` after it, `clients_extra` after
+// the client.
+inline std::string sign_config(const std::string& key_extra = "", const std::string& keys_extra = "",
+                               const std::string& clients_extra = "") {
   return "server:\n  listen: 127.0.0.1:0\n  certfile: c.pem\n  keyfile: k.pem\n  statedir: state\n"
          "tokens:\n  t:\n    provider: /usr/lib/softhsm/libsofthsm2.so\n    label: x\n"
          "keys:\n  k1:\n    token: t\n    label: a\n    id: \"01\"\n    roles: [r]\n" +
-         key_extra + keys_extra + "clients:\n  " + kClientFingerprint + ":\n    nickname: console\n    roles: [r]\n";
+         key_extra + keys_extra + "clients:\n  " + kClientFingerprint + ":\n    nickname: console\n    roles: [r]\n" +
+         clients_extra;
 }
 
 struct SignFixture {
@@ -63,6 +66,14 @@ struct SignFixture {
   ~SignFixture() {  // what posts to the io_context goes before it
     if (svc.approvals) svc.approvals->drop_watchers();
     svc.audit.reset();
+  }
+
+  // Another client of the config, by its fingerprint (an approver, say).
+  daemon::ClientIdentity client(const std::string& fingerprint) const {
+    daemon::ClientIdentity id = identity;
+    id.fingerprint = fingerprint;
+    id.client = &id.snapshot->config.clients.at(fingerprint);
+    return id;
   }
 
   // A request context for this client, from 192.0.2.7, with a 10 s deadline.
