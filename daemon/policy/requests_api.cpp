@@ -83,7 +83,8 @@ asio::awaitable<Status> sign_approved(Service& svc, const HeldRequest& r) {
               .with_retry_after(1);
   if (ref && ref->served) {
     http::Request none;
-    RequestContext sctx{none, submitter, "", true, Clock::now() + std::chrono::seconds(svc.config.tokens.at(ref->config->token).timeout)};
+    RequestContext sctx{none, submitter, "", true, Clock::time_point::max()};
+    sctx.deadline = token_deadline(svc, sctx, *ref->config);  // no client waits: the token's timeout
     SignOrder order{sctx, *ref, r.info.key, r.info.mechanism, r.digest_name, r.info.filename,
                     ref->config->policy.has_quota() ? QuotaUse::count_after : QuotaUse::none};
     order.extra["request_id"] = r.info.id;
@@ -184,22 +185,14 @@ asio::awaitable<void> wait_for_change(Approvals& approvals, const std::string& i
 
 bool route_requests(Service& svc, const RequestContext& ctx, RouteDecision& d) {
   const std::string& p = ctx.req.path;
-  const std::string& m = ctx.req.method;
   static const std::string prefix = "/v1/requests";
   if (p.rfind(prefix, 0) != 0 || (p.size() > prefix.size() && p[prefix.size()] != '/')) return false;
   if (!svc.approvals) {
     d.response = relay_problem(Error(ErrorCode::not_found, "no held requests here (server.statedir is not set)"));
     return true;
   }
-  auto method_is = [&](const char* want) {
-    if (m == want) return true;
-    http::Response r;
-    r.status = 405;
-    d.response = std::move(r);
-    return false;
-  };
   if (p == prefix || p == prefix + "/") {
-    if (method_is("GET")) d.response = list_requests(svc, ctx);
+    if (method_is(ctx, "GET", d)) d.response = list_requests(svc, ctx);
     return true;
   }
   std::string rest = p.substr(prefix.size() + 1);
@@ -207,14 +200,14 @@ bool route_requests(Service& svc, const RequestContext& ctx, RouteDecision& d) {
   std::string id = rest.substr(0, slash);
   std::string action = slash == std::string::npos ? "" : rest.substr(slash + 1);
   if (action.empty()) {
-    if (method_is("GET")) d.buffered = [&svc, id](RequestContext& c) { return get_request(svc, c, id); };
+    if (method_is(ctx, "GET", d)) d.buffered = [&svc, id](RequestContext& c) { return get_request(svc, c, id); };
     return true;
   }
   if (action != "approve" && action != "deny") {
     d.response = relay_problem(Error(ErrorCode::not_found, "no such endpoint: " + p));
     return true;
   }
-  if (!method_is("POST")) return true;
+  if (!method_is(ctx, "POST", d)) return true;
   bool approve = action == "approve";
   d.max_body = svc.config.server.maxjsonbytes;
   d.buffered = [&svc, id, approve](RequestContext& c) { return decide(svc, c, id, approve); };

@@ -4,7 +4,6 @@
 #include "daemon/signers/timestamp.h"
 #include "daemon/signing/signing_service.h"
 
-#include <spdlog/spdlog.h>
 
 namespace p11relay::daemon {
 

@@ -391,15 +391,6 @@ asio::awaitable<http::Response> relay_sign(Service& svc, RequestContext& ctx, st
   co_return json_response(200, relay::encode_sign_response(*sig));
 }
 
-// False (and a 405 answer in d) when the request's method is not `method`.
-bool method_is(const RequestContext& ctx, const char* method, RouteDecision& d) {
-  if (ctx.req.method == method) return true;
-  http::Response r;
-  r.status = 405;
-  d.response = std::move(r);
-  return false;
-}
-
 // The relay API: /v1/… (docs/relay-api.md).
 RouteDecision route_relay(Service& svc, RequestContext& ctx) {
   RouteDecision d;
@@ -453,6 +444,15 @@ RouteDecision route_relic(Service& svc, RequestContext& ctx) {
 }
 
 }  // namespace
+
+bool method_is(const RequestContext& ctx, const char* method, RouteDecision& d) {
+  if (ctx.req.method == method) return true;
+  http::Response r;
+  r.status = 405;
+  d.response = std::move(r);
+  return false;
+}
+
 
 RouteDecision Router::route(RequestContext& ctx) {
   RouteDecision d;

@@ -17,6 +17,9 @@ class Router {
   Service& svc_;
 };
 
+// False (and a 405 answer in d) when the request's method is not `method`.
+bool method_is(const RequestContext& ctx, const char* method, RouteDecision& d);
+
 // Relic-style responses (docs/relic-protocol.md §3).
 http::Response relic_problem(int status, const std::string& type, const std::string& detail = {},
                              const std::string& title = {}, const std::string& param = {});

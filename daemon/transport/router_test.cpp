@@ -119,3 +119,19 @@ TEST_CASE("relay sign: a key that needs approval holds the request and signs not
   CHECK(f.token->jobs().empty());
   CHECK(f.svc.approvals->size() == 1);
 }
+
+TEST_CASE("a wrong method is answered 405, on the relay routes and the held-request routes alike") {
+  SignFixture f;
+  for (auto [method, path] : {std::pair{"GET", "/v1/keys/k1/sign"}, std::pair{"POST", "/v1/keys"},
+                              std::pair{"DELETE", "/v1/requests"}, std::pair{"POST", "/v1/requests/r-1"},
+                              std::pair{"GET", "/v1/requests/r-1/approve"}}) {
+    http::Request req;
+    req.method = method;
+    req.path = req.target = path;
+    auto ctx = f.context(req);
+    RouteDecision d = Router(f.svc).route(ctx);
+    REQUIRE_MESSAGE(d.response, method << " " << path);
+    CHECK_MESSAGE(d.response->status == 405, method << " " << path);
+  }
+  CHECK(f.token->jobs().empty());
+}
