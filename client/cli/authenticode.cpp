@@ -70,7 +70,7 @@ class BackgroundDigest {
 
 }  // namespace
 
-Result<Bytes> nest_signature(const std::string& file, const Result<Bytes>& existing, const Bytes& sd) {
+Result<Bytes> nest_signature(const std::string& file, const Result<ByteSpan>& existing, const Bytes& sd) {
   if (!existing.ok()) return bad_request(file + ": --append: " + existing.error().message);
   return ac::add_unsigned_attribute(*existing, ac::oid::kNestedSignature, sd);
 }

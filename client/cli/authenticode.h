@@ -46,9 +46,10 @@ struct SignInput {
 Result<SignInput> open_sign_input(const SignOptions& o);
 // The file must still be the one that was hashed (size and mtime as before).
 Status check_unchanged(const std::string& path, const struct stat& before);
-// --append: `sd` nested in the file's own signature `existing`; refused with the reason when the file's
-// signature is not one (its check failed).
-Result<Bytes> nest_signature(const std::string& file, const Result<Bytes>& existing, const Bytes& sd);
+// --append: `sd` nested in the file's own signature `existing` (a view into the file or its parse, not copied);
+// refused with the reason when the file's signature is not one (its check failed).
+using ByteSpan = std::span<const std::uint8_t>;
+Result<Bytes> nest_signature(const std::string& file, const Result<ByteSpan>& existing, const Bytes& sd);
 // The line that ends every sign: "signed OUTPUT with key 'KEY' (PART, PART…)", empty parts left out.
 void print_signed(const std::string& output, const std::string& key, std::initializer_list<std::string_view> parts);
 

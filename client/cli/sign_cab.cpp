@@ -35,7 +35,7 @@ Status run_sign_cab(const Globals& g, const SignOptions& o) {
   const bool nest = o.append && plan->was_signed;
   if (nest) {
     auto existing = ac::verify_cab(in.data());  // the signature to nest into must be one
-    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<Bytes>(existing->cert_table) : existing.error(), sd));
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<ByteSpan>(existing->cert_table) : existing.error(), sd));
   }
   Bytes area = ac::cab_signature_area(*plan, sd);
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));

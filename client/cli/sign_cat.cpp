@@ -30,8 +30,8 @@ Status run_sign_cat(const Globals& g, const SignOptions& o) {
   const bool nest = o.append && cat->was_signed;
   if (nest) {
     auto existing = ac::verify_catalog(in.data());  // the signature to nest into must be one
-    Bytes whole(in.data().begin(), in.data().end());  // a catalog is its SignedData
-    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<Bytes>(std::move(whole)) : existing.error(), sd));
+    // A catalog is its SignedData: nest into the file as mapped.
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<ByteSpan>(in.data()) : existing.error(), sd));
   }
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(sd));

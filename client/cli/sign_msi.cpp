@@ -99,7 +99,7 @@ Status run_sign_msi(const Globals& g, const SignOptions& o) {
   ASSIGN_OR_RETURN(Bytes sd, make_signature(g, s, o, alg, spc, static_cast<uint64_t>(before.st_size)));
   const bool nested = o.append && !old.signature.empty();
   if (nested) {
-    ASSIGN_OR_RETURN(sd, nest_signature(o.file, old.signature, sd));
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, ByteSpan(old.signature), sd));
   }
   RETURN_IF_ERROR(check_unchanged(o.file, before));
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));

@@ -34,7 +34,8 @@ Status run_sign_script(const Globals& g, const SignOptions& o) {
   RETURN_IF_ERROR(check_unchanged(o.file, before));
   const bool nest = o.append && layout->signed_;
   if (nest) {
-    ASSIGN_OR_RETURN(sd, nest_signature(o.file, ac::script_signature(in.data(), *style), sd));
+    auto existing = ac::script_signature(in.data(), *style);
+    ASSIGN_OR_RETURN(sd, nest_signature(o.file, existing.ok() ? Result<ByteSpan>(*existing) : existing.error(), sd));
   }
   ASSIGN_OR_RETURN(TempOutput out, TempOutput::create(output, before.st_mode & 07777));
   RETURN_IF_ERROR(out.write(in.data().first(layout->content_end)));
