@@ -5,6 +5,7 @@
 // survive fork() and must never raise SIGPIPE (docs/architecture.md, failure modes 1 and 3). A plain socket per
 // request with poll() timeouts gives exactly that.
 #include "client/client.h"
+#include "client/key_cache.h"
 #include "common/net.h"
 
 #include "common/x509.h"
@@ -258,6 +259,8 @@ struct UrlState {
   int failures = 0;
   Clock::time_point penalty_until{};
   bool directory_only = false;  // the directory URL when url/urls are configured: asked, never used
+  UniqueFd begun;               // a TCP connection start_connecting() began, not yet used
+  Clock::time_point begun_at{};
 };
 
 struct Pool {
@@ -272,6 +275,7 @@ struct Pool {
       for (auto& c : u.idle)
         if (c) c->abandon();
       (void)u.session.release();
+      u.begun = UniqueFd();  // our copy of the descriptor only
     }
   }
 };
@@ -329,6 +333,7 @@ int backoff_ms(int attempt) {
 
 struct Client::Impl {
   Config config;
+  std::unique_ptr<KeyListCache> kept_keys;
   // Configured URLs, then learned siblings: capacity reserved at creation, so appending (under the pool's
   // mutex) never moves an element another thread is reading; an index is only handed out after that.
   std::vector<Url> urls;
@@ -443,17 +448,29 @@ struct Client::Impl {
   Result<std::unique_ptr<Conn>> connect(Pool& p, size_t u) {
     SSL_SESSION_ptr saved = saved_session(p, u);
     bool reached = false;  // the TCP connection was made: a failure after it is the handshake's
+    if (UniqueFd begun = take_begun(p, u); begun.get() >= 0) {
+      auto c = connect_once(p, u, saved.get(), reached, std::move(begun));
+      if (c.ok()) return c;  // else start over, as if no connection had been begun
+    }
     auto c = connect_once(p, u, saved.get(), reached);
     if (c.ok() || !saved || !reached) return c;
     refuse_resumption(p, u);
     return connect_once(p, u, nullptr, reached);
   }
 
-  Result<std::unique_ptr<Conn>> connect_once(Pool& p, size_t u, SSL_SESSION* resume, bool& reached) {
+  // `begun`: a connection start_connecting() began, to be finished instead of making one.
+  Result<std::unique_ptr<Conn>> connect_once(Pool& p, size_t u, SSL_SESSION* resume, bool& reached,
+                                             UniqueFd begun = UniqueFd()) {
     const Url& url = urls[u];
     auto deadline = Clock::now() + milliseconds(config.connect_timeout_ms);
     auto c = std::make_unique<Conn>();
-    ASSIGN_OR_RETURN(c->fd, tcp_connect(url, deadline));
+    if (begun.get() >= 0) {
+      Status done = net::connect_finish(begun.get(), deadline);
+      if (!done.ok()) return network_error(url.text + ": " + done.error().message);
+      c->fd = begun.release();
+    } else {
+      ASSIGN_OR_RETURN(c->fd, tcp_connect(url, deadline));
+    }
     reached = true;
     int one = 1;
     ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -592,6 +609,40 @@ struct Client::Impl {
     return network_error(urls[u].text + ": keep-alive connections keep closing");
   }
 
+  // The daemon closes a connection that brings no TLS handshake within its server.handshaketimeout (10 s
+  // at least): an older begun connection is closed, not used.
+  static constexpr auto kBegunMaxAge = std::chrono::seconds(5);
+
+  void start_connecting() {
+    auto p = pool();
+    if (!p.ok()) return;
+    size_t u = pick_url(**p);
+    {
+      std::lock_guard<std::mutex> g((*p)->mu);
+      if ((*p)->urls[u].begun.get() >= 0) return;
+    }
+    auto fd = net::connect_start(urls[u]);
+    if (!fd.ok()) return;  // the request that follows connects again and reports the cause
+    std::lock_guard<std::mutex> g((*p)->mu);
+    (*p)->urls[u].begun = UniqueFd(*fd);
+    (*p)->urls[u].begun_at = Clock::now();
+  }
+
+  UniqueFd take_begun(Pool& p, size_t u) {
+    std::lock_guard<std::mutex> g(p.mu);
+    UniqueFd fd = std::move(p.urls[u].begun);
+    if (Clock::now() - p.urls[u].begun_at > kBegunMaxAge) return UniqueFd();  // closes it
+    return fd;
+  }
+
+  void connect_ahead() {
+    auto p = pool();
+    if (!p.ok()) return;
+    size_t u = pick_url(**p);
+    auto c = connect(**p, u);
+    if (c.ok()) put_idle(**p, u, std::move(*c));
+  }
+
   // relic's client asks GET /directory before it signs and tries the hosts listed (docs/relic-protocol.md
   // §2.2); here once per process, the hosts joining the URL list after the configured ones. A directory
   // that does not answer leaves the list as configured.
@@ -663,6 +714,7 @@ Client::~Client() = default;
 Result<std::unique_ptr<Client>> Client::create(const Config& config) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
+  impl->kept_keys = std::make_unique<KeyListCache>(config);
   if (config.urls.empty()) return config_error("no daemon URL configured");
   impl->urls.reserve(config.urls.size() + 1 + kMaxSiblings);
   for (const auto& u : config.urls) {
@@ -685,6 +737,9 @@ Result<std::unique_ptr<Client>> Client::create(const Config& config) {
 }
 
 const Config& Client::config() const { return impl_->config; }
+
+void Client::connect_ahead() { impl_->connect_ahead(); }
+void Client::start_connecting() { impl_->start_connecting(); }
 
 Result<http::Response> Client::request(const std::string& method, const std::string& target, const std::string& body,
                                        const http::Headers& headers) {
@@ -722,7 +777,16 @@ Error expired_error(const relay::ApprovalRequest& r) {
 Result<relay::KeyList> Client::list_keys_full() {
   ASSIGN_OR_RETURN(http::Response r, request("GET", "/v1/keys"));
   if (r.status != 200) return problem_of(r);
-  return relay::decode_key_list_full(r.body);
+  auto list = relay::decode_key_list_full(r.body);
+  if (list.ok()) impl_->kept_keys->store(r.body);
+  return list;
+}
+
+Result<relay::KeyList> Client::list_keys_kept(bool* from_disk) {
+  auto kept = impl_->kept_keys->load();
+  if (from_disk) *from_disk = kept.has_value();
+  if (kept) return std::move(*kept);
+  return list_keys_full();
 }
 
 Result<std::vector<relay::KeyDescription>> Client::list_keys() {
@@ -736,7 +800,13 @@ Result<Bytes> Client::sign(const std::string& key_name, const relay::SignRequest
                    impl_->request("POST", "/v1/keys/" + http::percent_encode(key_name) + "/sign",
                                   relay::encode_sign_request(req), {}, std::nullopt, &origin));
   if (r.status == 200) return relay::decode_sign_response(r.body);
-  if (r.status != 202) return problem_of(r);
+  if (r.status != 202) {
+    Error e = problem_of(r);
+    // The kept key list named a key that changed or is gone: the next process asks the daemon.
+    if (!req.key_version.empty() && (e.code == ErrorCode::key_changed || e.code == ErrorCode::forbidden))
+      impl_->kept_keys->drop();
+    return e;
+  }
   ASSIGN_OR_RETURN(relay::ApprovalRequest held, relay::decode_approval_request(r.body));
   const std::string* location = r.header("Location");
   std::string target = location && location->rfind("/v1/requests/", 0) == 0 ? *location : request_path(held.id);

@@ -35,6 +35,9 @@ struct Config {
   std::string log_file;            // shim only: where the module logs (default: stderr off, syslog-free)
   std::string log_level = "warning";
   int key_cache_seconds = 10;      // shim: how long a /v1/keys answer is reused
+  // remote.keylistcache: how long a new process may start from the key list kept on disk (client/key_cache.h);
+  // 0 = always ask the daemon.
+  int key_list_cache_seconds = 3600;
   std::string source;              // file the config came from (for messages)
 };
 
@@ -52,8 +55,14 @@ class Client {
   ~Client();
 
   Result<std::vector<relay::KeyDescription>> list_keys();
-  // The keys and the tokens the daemon cannot use now (docs/relay-api.md, GET /v1/keys).
+  // The keys and the tokens the daemon cannot use now (docs/relay-api.md, GET /v1/keys), from the daemon;
+  // the answer is kept on disk for the next process (remote.keylistcache).
   Result<relay::KeyList> list_keys_full();
+  // The key list a process starts from: the copy kept on disk while it is younger than remote.keylistcache
+  // (`from_disk` set; no request), else list_keys_full(). A signature for a key from it must carry the key's
+  // relay::key_version(): the daemon answers 412 key-changed instead of signing for a stale description,
+  // and sign() then forgets the kept copy (so does a 403 for a key it listed).
+  Result<relay::KeyList> list_keys_kept(bool* from_disk = nullptr);
 
   // Signs. When the key's policy holds the request for an approver (202), `on_hold` (if set) is called
   // once with the held request, and sign() long-polls it until it is signed (the signature), denied
@@ -72,6 +81,14 @@ class Client {
   Result<relay::ApprovalRequest> approve_request(const std::string& id, const std::string& comment = {});
   Result<relay::ApprovalRequest> deny_request(const std::string& id, const std::string& reason);
   Status health();
+  // Opens a connection now and leaves it idle in the pool, so that the next request does not wait for
+  // TCP and TLS (the CLI does it while the file hashes, when its key list came from disk). A failure is
+  // left to that request, which reports it and retries as usual.
+  void connect_ahead();
+  // Begins a TCP connection to the daemon and returns at once: the kernel makes it while the caller does
+  // other work, and the next request's connection finishes it (TLS) instead of starting from nothing.
+  // The CLI calls it when it starts; the PKCS#11 module when it starts from a kept key list.
+  void start_connecting();
   // Any request (relic endpoints, future APIs), with the same pool, retry and failover rules.
   Result<http::Response> request(const std::string& method, const std::string& target,
                                  const std::string& body = {}, const http::Headers& headers = {});

@@ -245,6 +245,7 @@ Config config_for(std::vector<std::string> urls) {
   c.connect_timeout_ms = 2000;
   c.request_timeout_ms = 5000;
   c.retries = 2;
+  c.key_list_cache_seconds = 0;  // the tests that keep a key list turn it on, in their own directory
   return c;
 }
 
@@ -695,4 +696,69 @@ TEST_CASE("requests API: list, show with wait, approve with comment, deny with r
                                          "GET /v1/requests/r-0123456789abcdef?wait=3",
                                          "POST /v1/requests/r-0123456789abcdef/approve",
                                          "POST /v1/requests/r-0123456789abcdef/deny"});
+}
+
+TEST_CASE("start_connecting: the next request finishes the begun connection instead of making another") {
+  TestServer s([](const http::Request&, int) { return response(200, keys_body()); });
+  auto c = make_client(config_for({s.url()}));
+  c->start_connecting();
+  c->start_connecting();  // one begun connection at a time
+  REQUIRE(c->list_keys().ok());
+  REQUIRE(c->list_keys().ok());
+  CHECK(s.connections == 1);
+  CHECK(s.requests == 2);
+}
+
+TEST_CASE("a begun connection that fails is no error of its own: the request connects again and fails over") {
+  std::string dead = "https://127.0.0.1:" + std::to_string(dead_port()) + "/";
+  TestServer s([](const http::Request&, int) { return response(200, keys_body()); });
+  auto c = make_client(config_for({dead, s.url()}));
+  c->start_connecting();  // to the first URL, the dead one
+  auto keys = c->list_keys();
+  REQUIRE_MESSAGE(keys.ok(), keys.error().message);
+  CHECK(s.connections == 1);
+}
+
+TEST_CASE("the kept key list: read without a request, refreshed by list_keys_full, forgotten after 412 key-changed") {
+  char tmpl[] = "/tmp/p11relay-kept-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  const char* was = std::getenv("XDG_CACHE_HOME");
+  std::string before = was ? was : "";
+  ::setenv("XDG_CACHE_HOME", dir.c_str(), 1);
+  bool stale = false;
+  relay::KeyDescription ev;
+  ev.name = "ev";
+  ev.spki = Bytes{1, 2, 3};
+  TestServer s([&](const http::Request& r, int) {
+    if (r.method == "POST")
+      return stale ? response(412, relay::encode_problem(Error(ErrorCode::key_changed, "renewed")))
+                   : response(200, relay::encode_sign_response(Bytes{9}));
+    return response(200, relay::encode_key_list({ev}));
+  });
+  Config cfg = config_for({s.url()});
+  cfg.key_list_cache_seconds = 3600;
+  auto c = make_client(cfg);
+  bool from_disk = true;
+  REQUIRE(c->list_keys_kept(&from_disk).ok());
+  CHECK_FALSE(from_disk);
+  CHECK(s.requests == 1);
+  auto second = make_client(cfg);  // another process
+  auto kept = second->list_keys_kept(&from_disk);
+  REQUIRE(kept.ok());
+  CHECK(from_disk);
+  CHECK(s.requests == 1);
+  relay::SignRequest req;
+  req.mechanism = "CKM_ECDSA";
+  req.input = Bytes(32, 7);
+  req.key_version = relay::key_version(kept->keys.at(0));
+  stale = true;
+  auto sig = second->sign(kept->keys.at(0).name, req);
+  REQUIRE_FALSE(sig.ok());
+  CHECK(sig.error().code == ErrorCode::key_changed);
+  CHECK(sig.error().ckr == CKR_KEY_CHANGED);
+  REQUIRE(make_client(cfg)->list_keys_kept(&from_disk).ok());
+  CHECK_FALSE(from_disk);  // the next process asks the daemon
+  if (was) ::setenv("XDG_CACHE_HOME", before.c_str(), 1);
+  else ::unsetenv("XDG_CACHE_HOME");
+  std::filesystem::remove_all(dir);
 }

@@ -117,7 +117,7 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
   const std::string w = "remote";
   RETURN_IF_ERROR(l.only_keys(r, w,
                               {"url", "urls", "certfile", "keyfile", "cacert", "serverfingerprint", "connecttimeout",
-                               "timeout", "retries", "approvalwait", "directoryurl"}));
+                               "timeout", "retries", "approvalwait", "directoryurl", "keylistcache"}));
   std::string url;
   RETURN_IF_ERROR(l.get_string(r, "url", url, w));
   if (!url.empty()) c.urls.push_back(url);
@@ -156,6 +156,7 @@ Status parse_remote(const Loader& l, const YAML::Node& r, Config& c) {
   RETURN_IF_ERROR(l.get_seconds(r, "timeout", c.request_timeout_ms, w));
   RETURN_IF_ERROR(l.get_int(r, "retries", c.retries, 0, 100, w));
   RETURN_IF_ERROR(l.get_seconds(r, "approvalwait", c.approval_wait_ms, w));
+  RETURN_IF_ERROR(l.get_int(r, "keylistcache", c.key_list_cache_seconds, 0, 30 * 86400, w));
   return {};
 }
 

@@ -42,6 +42,7 @@ constexpr std::array kRows = {
     Row{ErrorCode::request_expired, "request-expired", 408, CKR_FUNCTION_CANCELED},
     Row{ErrorCode::self_approval, "self-approval", 403, CKR_FUNCTION_REJECTED},
     Row{ErrorCode::not_pending, "not-pending", 409, CKR_FUNCTION_REJECTED},
+    Row{ErrorCode::key_changed, "key-changed", 412, CKR_KEY_CHANGED},
 };
 
 const Row& row(ErrorCode code) {

@@ -43,6 +43,9 @@ enum class ErrorCode {
   request_expired,       // 408, CKR_FUNCTION_CANCELED: no decision before the request expired
   self_approval,         // 403, CKR_FUNCTION_REJECTED: approver == submitter (four eyes)
   not_pending,           // 409, CKR_FUNCTION_REJECTED: approve/deny of a decided request
+  // A sign request's key_version names another public key or certificate chain than the key has now
+  // (a client's kept key list is stale; docs/relay-api.md).
+  key_changed,           // 412, CKR_KEY_CHANGED
 };
 
 const char* error_code_name(ErrorCode code);

@@ -77,36 +77,59 @@ Result<bool> wait_fd(int fd, bool for_write, Clock::time_point deadline) {
   }
 }
 
-Result<int> tcp_connect(const Url& url, Clock::time_point deadline) {
+namespace {
+
+using AddrList = std::unique_ptr<addrinfo, decltype(&freeaddrinfo)>;
+
+Result<AddrList> resolve(const Url& url) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   const int gai = ::getaddrinfo(url.host.c_str(), url.port.c_str(), &hints, &res);
   if (gai != 0) return network_error("cannot resolve '" + url.host + "': " + gai_strerror(gai));
-  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+  return AddrList(res, freeaddrinfo);
+}
+
+// A non-blocking socket whose connect(2) to `ai` has begun (or is done); an empty one with `why` set if not.
+UniqueFd begin_connect(const addrinfo* ai, std::string& why) {
+  UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+  if (fd.get() < 0 || (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS)) {
+    why = std::strerror(errno);
+    return UniqueFd();
+  }
+  return fd;
+}
+
+}  // namespace
+
+Status connect_finish(int fd, Clock::time_point deadline) {
+  ASSIGN_OR_RETURN(bool ready, wait_fd(fd, true, deadline));
+  if (!ready) return network_error("timeout while connecting");
+  int err = 0;
+  socklen_t len = sizeof err;
+  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  if (err != 0) return network_error(std::strerror(err));
+  return {};
+}
+
+Result<int> connect_start(const Url& url) {
+  ASSIGN_OR_RETURN(AddrList res, resolve(url));
+  std::string why = "no address";
+  UniqueFd fd = res ? begin_connect(res.get(), why) : UniqueFd();
+  if (fd.get() < 0) return network_error("connect failed: " + why);
+  return fd.release();
+}
+
+Result<int> tcp_connect(const Url& url, Clock::time_point deadline) {
+  ASSIGN_OR_RETURN(AddrList res, resolve(url));
   std::string last = "no address";
-  for (auto* ai = res; ai; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
-    if (fd.get() < 0) {
-      last = std::strerror(errno);
-      continue;
-    }
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) return fd.release();
-    if (errno != EINPROGRESS) {
-      last = std::strerror(errno);
-      continue;
-    }
-    ASSIGN_OR_RETURN(bool ready, wait_fd(fd.get(), true, deadline));
-    if (!ready) {
-      last = "timeout while connecting";
-      continue;
-    }
-    int err = 0;
-    socklen_t len = sizeof err;
-    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err == 0) return fd.release();
-    last = std::strerror(err);
+  for (auto* ai = res.get(); ai; ai = ai->ai_next) {
+    UniqueFd fd = begin_connect(ai, last);
+    if (fd.get() < 0) continue;
+    Status done = connect_finish(fd.get(), deadline);
+    if (done.ok()) return fd.release();
+    last = done.error().message;
   }
   return network_error("connect failed: " + last);
 }

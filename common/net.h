@@ -37,4 +37,10 @@ Result<bool> wait_fd(int fd, bool for_write, Clock::time_point deadline);
 // `deadline`; the caller owns the descriptor. Errors (network) say which step failed and why.
 Result<int> tcp_connect(const Url& url, Clock::time_point deadline);
 
+// tcp_connect in two steps, so that the kernel makes the connection while the caller does other work:
+// connect_start begins a non-blocking connect(2) to the first address and returns at once;
+// connect_finish waits for that descriptor until `deadline` (the error names the cause).
+Result<int> connect_start(const Url& url);
+Status connect_finish(int fd, Clock::time_point deadline);
+
 }  // namespace p11relay::net

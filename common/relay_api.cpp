@@ -144,15 +144,35 @@ namespace {
 bool plain_name(std::string_view s) {  // needs no JSON escaping
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
 }
+
+bool is_version(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return hex_value(c) >= 0 && !std::isupper(static_cast<unsigned char>(c)); });
+}
+
+void append_sized(Bytes& out, std::span<const std::uint8_t> part) {
+  auto n = static_cast<std::uint32_t>(part.size());
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(n >> shift));
+  out.insert(out.end(), part.begin(), part.end());
+}
 }  // namespace
+
+std::string key_version(const KeyDescription& key) {
+  Bytes all;
+  append_sized(all, key.spki);
+  for (const auto& c : key.certificates) append_sized(all, c);
+  return to_hex(hash(HashAlg::sha256, all));
+}
 
 std::string encode_sign_request(const SignRequest& req) {
   // The common request (every signature through the shim) written directly, byte for byte what the
   // json below gives for it (keys sorted) without building a tree.
-  if (!req.pss && req.filename.empty() && !req.filesize && plain_name(req.mechanism)) {
+  if (!req.pss && req.filename.empty() && !req.filesize && plain_name(req.mechanism) &&
+      (req.key_version.empty() || plain_name(req.key_version))) {
     std::string out = "{";
     if (req.digest_alg) out += std::string("\"digest\":\"") + hash_info(*req.digest_alg).name + "\",";
-    out += "\"input\":\"" + base64_encode(req.input) + "\",\"mechanism\":\"" + req.mechanism + "\"}";
+    out += "\"input\":\"" + base64_encode(req.input) + "\",";
+    if (!req.key_version.empty()) out += "\"key_version\":\"" + req.key_version + "\",";
+    out += "\"mechanism\":\"" + req.mechanism + "\"}";
     return out;
   }
   json j = {{"mechanism", req.mechanism}, {"input", base64_encode(req.input)}};
@@ -163,6 +183,7 @@ std::string encode_sign_request(const SignRequest& req) {
   if (!req.filename.empty()) j["filename"] = req.filename;
   if (req.filesize) j["filesize"] = *req.filesize;
   if (req.digest_alg) j["digest"] = hash_info(*req.digest_alg).name;
+  if (!req.key_version.empty()) j["key_version"] = req.key_version;
   return j.dump();
 }
 
@@ -200,6 +221,9 @@ Result<SignRequest> decode_sign_request(std::string_view body) {
     if (!h) return bad_json("unknown digest '" + d->get<std::string>() + "'");
     req.digest_alg = h;
   }
+  req.key_version = str_field(j, "key_version");
+  if (!req.key_version.empty() && !is_version(req.key_version))
+    return bad_json("'key_version' must be 64 lowercase hex digits");
   return req;
 }
 

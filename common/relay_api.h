@@ -63,7 +63,16 @@ struct SignRequest {
   std::string filename;
   std::optional<uint64_t> filesize;
   std::optional<HashAlg> digest_alg;
+  // Optional precondition: key_version() of the key description the client signs for. The daemon
+  // refuses with 412 key-changed, before the token, when the key's description differs now.
+  std::string key_version{};
 };
+
+// Lowercase hex SHA-256 over the key's SubjectPublicKeyInfo and its certificates (leaf first), each
+// preceded by its length as 4 bytes big-endian: what a signature made with the key can be checked
+// against. Both ends compute it from the description, so a client's kept key list is checked without
+// trusting its own copy of a version number.
+std::string key_version(const KeyDescription& key);
 
 // A sign request held for approval (docs/policy.md): the REQUEST object of /v1/requests.
 // Times are RFC 3339 UTC strings as the daemon writes them ("2026-11-25T14:03:00Z").

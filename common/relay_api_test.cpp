@@ -163,3 +163,39 @@ TEST_CASE("a sign request's filename is bounded and one line") {
   CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":"a\nINFO forged"})").ok());
   CHECK_FALSE(decode_sign_request(R"({"mechanism":"CKM_ECDSA","input":"AAAA","filename":"a\u0000"})").ok());
 }
+
+TEST_CASE("key_version: over the public key and the chain, carried by the direct and the json encoders") {
+  KeyDescription k;
+  k.spki = Bytes{1, 2, 3};
+  k.certificates = {Bytes{4, 5}};
+  std::string v = key_version(k);
+  CHECK(v.size() == 64);
+  KeyDescription renewed = k;
+  renewed.certificates = {Bytes{4, 6}};
+  CHECK(key_version(renewed) != v);
+  KeyDescription rekeyed = k;
+  rekeyed.spki = Bytes{1, 2, 4};
+  CHECK(key_version(rekeyed) != v);
+  // The length prefixes keep the boundaries: moving a byte from the key into the chain changes it.
+  KeyDescription shifted;
+  shifted.spki = Bytes{1, 2};
+  shifted.certificates = {Bytes{3, 4, 5}};
+  CHECK(key_version(shifted) != v);
+
+  SignRequest r;
+  r.mechanism = "CKM_ECDSA";
+  r.input = Bytes(32, 1);
+  r.key_version = v;
+  nlohmann::json j = {{"mechanism", "CKM_ECDSA"}, {"input", base64_encode(r.input)}, {"key_version", v}};
+  CHECK(encode_sign_request(r) == j.dump());
+  r.filename = "a.exe";  // the json writer
+  auto d = decode_sign_request(encode_sign_request(r));
+  REQUIRE(d.ok());
+  CHECK(d->key_version == v);
+  for (std::string bad : {std::string(63, 'a'), std::string(64, 'A'), std::string(64, 'g')}) {
+    j["key_version"] = bad;
+    auto e = decode_sign_request(j.dump());
+    REQUIRE_FALSE(e.ok());
+    CHECK(e.error().code == ErrorCode::bad_json);
+  }
+}

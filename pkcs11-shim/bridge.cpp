@@ -452,6 +452,16 @@ Status GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject, C
   return {};
 }
 
+namespace {
+FindOp find_in(const Session& s, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount, bool logged_in) {
+  FindOp op;
+  if (s.token)
+    for (const auto& o : s.token->objects)
+      if ((!o->is_private || logged_in) && o->matches(pTemplate, ulCount)) op.results.push_back(o->handle);
+  return op;
+}
+}  // namespace
+
 Status FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount) {
   ASSIGN_OR_RETURN(auto m, module());
   if (!pTemplate && ulCount) return ck(CKR_ARGUMENTS_BAD, "pTemplate is NULL");
@@ -459,10 +469,13 @@ Status FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, C
   bool logged_in = m->logged_in(s->slot);
   std::lock_guard<std::mutex> g(s->mu);
   if (s->find) return ck(CKR_OPERATION_ACTIVE, "a search is active");
-  FindOp op;
-  if (s->token)
-    for (const auto& o : s->token->objects)
-      if ((!o->is_private || logged_in) && o->matches(pTemplate, ulCount)) op.results.push_back(o->handle);
+  FindOp op = find_in(*s, pTemplate, ulCount, logged_in);
+  if (op.results.empty() && ulCount > 0 && m->view_from_disk()) {
+    // The kept key list may predate the key searched for: ask the daemon once, then search its list.
+    m->refresh_from_daemon();
+    if (auto fresh = m->token(s->slot); fresh && fresh->present) s->token = fresh;
+    op = find_in(*s, pTemplate, ulCount, logged_in);
+  }
   s->find = std::move(op);
   return {};
 }

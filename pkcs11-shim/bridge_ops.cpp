@@ -155,6 +155,8 @@ Result<SignOp> start_op(Module& m, const Session& s, CK_MECHANISM_PTR pMechanism
 // The network part, run without holding the session lock.
 Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen) {
   ASSIGN_OR_RETURN(relay::SignRequest req, make_sign_request(*op.mech, op.pss, op.finish(), op.key->signature_size));
+  // The key as the application saw it: if it changed since (a renewed certificate), the daemon refuses.
+  req.key_version = op.key->version;
   const std::string& name = op.key->desc.name;
   auto t0 = Clock::now();
   auto sig = m.transport().sign(name, req);
@@ -169,6 +171,12 @@ Status finish_sign(Module& m, SignOp op, CK_BYTE_PTR pSignature, CK_ULONG_PTR pu
     SHIM_LOG(warning, "sign key=" + name + " mech=" + mechanism_name(op.mech->mech) + " failed after " + ms() +
                           " ms: " + e.message + " (" + ckr_text(e.ckr) + ")");
     if (e.ckr == CKR_OK) e.ckr = CKR_DEVICE_ERROR;
+    if (e.code == ErrorCode::key_changed) {
+      m.mark_stale();
+      notice("key changed " + name, "key '" + name + "' has another certificate or public key on the appliance than "
+                                    "this process was shown (the key list this machine kept is older than the change); "
+                                    "nothing was signed; run the program again: it will see the key as it is now");
+    }
     if (e.ckr == CKR_TOKEN_NOT_PRESENT)
       notice("token " + op.key->desc.token.label, "the appliance cannot use its token '" + op.key->desc.token.label +
                                                       "' to sign with key '" + name + "': " + e.message);

@@ -830,3 +830,44 @@ TEST_CASE("a C_Sign held for approval blocks only its own session; denial and ex
     CHECK(s.f->C_SignFinal(h1, sig.data(), &len) == CKR_OPERATION_NOT_INITIALIZED);
   }
 }
+
+TEST_CASE("the key list kept on disk: no list call, a search it cannot answer asks the daemon, key_version on the wire") {
+  Shim s(false);
+  s.state->kept = std::vector<relay::KeyDescription>{ec_key().desc};  // kept before rsa2048 was added
+  REQUIRE(s.f->C_Initialize(nullptr) == CKR_OK);
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  CHECK(s.state->list_calls == 0);
+  REQUIRE(s.sign(h, {CKM_ECDSA_SHA256, nullptr, 0}, ec, kData).ok());
+  REQUIRE(s.state->sign_requests.size() == 1);
+  CHECK(s.state->sign_requests[0].second.key_version == relay::key_version(ec_key().desc));
+  CHECK(s.state->list_calls == 0);
+  // rsa2048 is not in the kept list: the search asks the daemon once and finds it.
+  CK_OBJECT_HANDLE rsa = s.key(h, CKO_PRIVATE_KEY, "rsa2048");
+  CHECK(s.state->list_calls == 1);
+  REQUIRE(s.sign(h, {CKM_SHA256_RSA_PKCS, nullptr, 0}, rsa, kData).ok());
+  CHECK(s.state->sign_requests[1].second.key_version == relay::key_version(rsa_key().desc));
+  // A search that finds nothing in the daemon's list does not ask again.
+  std::string none = "none";
+  CHECK(s.find(h, {{CKA_LABEL, none.data(), none.size()}}).empty());
+  CHECK(s.state->list_calls == 1);
+}
+
+TEST_CASE("412 key-changed (the kept list is stale) is CKR_KEY_CHANGED, and the next session asks the daemon") {
+  Shim s(false);
+  s.state->kept = std::vector<relay::KeyDescription>{rsa_key().desc, ec_key().desc};
+  REQUIRE(s.f->C_Initialize(nullptr) == CKR_OK);
+  CK_SESSION_HANDLE h = s.open();
+  CK_OBJECT_HANDLE ec = s.key(h, CKO_PRIVATE_KEY, "ec256");
+  s.state->sign_error = relay::decode_problem(412, relay::encode_problem(Error(ErrorCode::key_changed, "renewed")));
+  CK_MECHANISM m = {CKM_ECDSA_SHA256, nullptr, 0};
+  REQUIRE(s.f->C_SignInit(h, &m, ec) == CKR_OK);
+  Bytes sig(64);
+  CK_ULONG len = sig.size();
+  CHECK(s.f->C_Sign(h, (CK_BYTE_PTR)kData.data(), kData.size(), sig.data(), &len) == CKR_KEY_CHANGED);
+  CHECK(s.state->list_calls == 0);
+  s.state->sign_error.reset();
+  s.state->kept.reset();  // the client dropped its kept copy
+  s.open(false);
+  CHECK(s.state->list_calls == 1);
+}

@@ -23,12 +23,29 @@ Module::Module(client::Config config, std::unique_ptr<Transport> transport)
 
 void Module::refresh_if_stale() {
   std::lock_guard<std::mutex> r(refresh_mu_);
+  bool first = false;
   {
     std::lock_guard<std::mutex> g(mu_);
     auto ttl = std::chrono::seconds(config_.key_cache_seconds);
     if (fetched_ && std::chrono::steady_clock::now() - *fetched_ < ttl) return;
+    first = !baseline_;
   }
-  refresh_locked();
+  refresh_locked(first);
+}
+
+bool Module::view_from_disk() {
+  std::lock_guard<std::mutex> g(mu_);
+  return from_disk_;
+}
+
+void Module::refresh_from_daemon() {
+  std::lock_guard<std::mutex> r(refresh_mu_);
+  refresh_locked(false);
+}
+
+void Module::mark_stale() {
+  std::lock_guard<std::mutex> g(mu_);
+  fetched_.reset();
 }
 
 namespace {
@@ -41,9 +58,12 @@ std::string token_problem_text(const relay::TokenProblem& p) {
 
 }  // namespace
 
-void Module::refresh_locked() {
+void Module::refresh_locked(bool may_use_kept) {
   auto t0 = std::chrono::steady_clock::now();
-  auto listing = transport_->list_keys();
+  bool kept = false;
+  auto listing = may_use_kept ? transport_->list_keys_kept(&kept) : transport_->list_keys();
+  // No request was needed: the first signature's connection is begun now, while the program goes on.
+  if (kept) transport_->start_connecting();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   if (!listing.ok()) {
     const Error& e = listing.error();
@@ -59,13 +79,15 @@ void Module::refresh_locked() {
   std::vector<std::string> warnings;
   auto built = build_tokens(listing->keys, ids_, warnings);
   for (const auto& w : warnings) SHIM_LOG(warning, w);
-  SHIM_LOG(debug, "GET /v1/keys: " + std::to_string(listing->keys.size()) + " keys on " +
-                      std::to_string(built.size()) + " tokens in " + std::to_string(ms) + " ms");
+  SHIM_LOG(debug, std::string(kept ? "key list kept on disk: " : "GET /v1/keys: ") +
+                      std::to_string(listing->keys.size()) + " keys on " + std::to_string(built.size()) +
+                      " tokens in " + std::to_string(ms) + " ms");
   for (const auto& t : built) clear_notice("token " + t->desc.label);
   for (const auto& p : listing->unavailable) notice("token " + p.token.label, token_problem_text(p));
   std::lock_guard<std::mutex> g(mu_);
   merge_locked(built, listing->unavailable);
   fetched_ = std::chrono::steady_clock::now();
+  from_disk_ = kept;
 }
 
 // The new key list replaces the tokens it names; a token it no longer names keeps its slot without a

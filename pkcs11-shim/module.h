@@ -71,7 +71,15 @@ class Module {
 
   // Fetches GET /v1/keys again if the cached answer is older than keycacheseconds (or never came).
   // A failure keeps the previous view and is logged; it is never fatal to the caller.
+  // The first list of the process may be the one the client kept on disk (remote.keylistcache): no
+  // request; every signature then carries its key's key_version, so a stale one is refused, not signed.
   void refresh_if_stale();
+  // Whether the view is the kept list, not yet confirmed by the daemon.
+  bool view_from_disk();
+  // Asks the daemon now (a search the kept list cannot answer may name a key it does not know yet).
+  void refresh_from_daemon();
+  // The key list is asked for again before its next use (after a 412 key-changed).
+  void mark_stale();
   std::vector<CK_SLOT_ID> slot_ids(bool token_present);
   // nullptr for a slot this process never saw. A slot whose token vanished stays, with present=false.
   std::shared_ptr<const TokenView> token(CK_SLOT_ID slot);
@@ -94,7 +102,7 @@ class Module {
   void shutdown();
 
  private:
-  void refresh_locked();
+  void refresh_locked(bool may_use_kept);
   void merge_locked(const std::vector<std::shared_ptr<TokenView>>& built, const std::vector<relay::TokenProblem>& problems);
   CK_SLOT_ID problem_slot_locked(const relay::TokenDescription& t);
   void queue_events_locked(const std::map<CK_SLOT_ID, bool>& before);
@@ -109,6 +117,7 @@ class Module {
   std::map<CK_SLOT_ID, std::shared_ptr<const TokenView>> tokens_;
   std::vector<CK_SLOT_ID> slot_order_;
   std::optional<std::chrono::steady_clock::time_point> fetched_;
+  bool from_disk_ = false;  // the view is the client's kept list (view_from_disk)
   std::map<CK_SESSION_HANDLE, std::shared_ptr<Session>> sessions_;
   CK_SESSION_HANDLE next_session_ = 1;
   std::set<CK_SLOT_ID> logged_in_;

@@ -277,6 +277,7 @@ bool KeyInfo::allows(CK_MECHANISM_TYPE m) const {
 Result<std::shared_ptr<KeyInfo>> make_key_info(const relay::KeyDescription& desc) {
   auto k = std::make_shared<KeyInfo>();
   k->desc = desc;
+  k->version = relay::key_version(desc);
   ASSIGN_OR_RETURN(k->public_key, parse_spki(desc.spki));
   ASSIGN_OR_RETURN(PublicKeyInfo info, describe_public_key(k->public_key.get()));
   k->bits = info.bits;

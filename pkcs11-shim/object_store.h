@@ -25,6 +25,7 @@ struct KeyInfo {
   std::vector<CK_MECHANISM_TYPE> mechanisms;  // shim mechanisms usable with this key (CKA_ALLOWED_MECHANISMS)
   size_t signature_size = 0;                  // RSA: modulus bytes; EC: 2 * order bytes (r||s)
   int bits = 0;
+  std::string version;  // relay::key_version(desc): every sign request carries it
 
   bool allows(CK_MECHANISM_TYPE m) const;
 };

@@ -96,14 +96,26 @@ Result<HashAlg> check_sign_options(const SignOptions& o) {
   return *alg;
 }
 
+namespace {
+Status use_key(Signing& s, relay::KeyDescription key) {
+  s.key = std::move(key);
+  ASSIGN_OR_RETURN(s.chain, key_chain(s.key));
+  s.chain_ptrs.clear();
+  for (auto& x : s.chain) s.chain_ptrs.push_back(x.get());
+  return {};
+}
+}  // namespace
+
 Result<Signing> open_signing(const Globals& g, const SignOptions& o) {
   Signing s;
   ASSIGN_OR_RETURN(s.c, connect(g));
-  ASSIGN_OR_RETURN(s.key, find_key(*s.c, o.key));
-  ASSIGN_OR_RETURN(s.chain, key_chain(s.key));
-  for (auto& x : s.chain) s.chain_ptrs.push_back(x.get());
+  bool from_disk = false;
+  ASSIGN_OR_RETURN(s.key, find_key(*s.c, o.key, KeyLookup::kept_first, &from_disk));
+  RETURN_IF_ERROR(use_key(s, std::move(s.key)));
+  if (from_disk) s.c->connect_ahead();  // TCP and TLS now, while the file hashes
   return s;
 }
+
 
 // The SignedData over `spc`: only the digest of the signed attributes goes to the daemon; then the
 // timestamp, if asked for.
@@ -122,7 +134,15 @@ Result<Bytes> make_signature(const Globals& g, Signing& s, const SignOptions& o,
   so.description = o.description;
   so.url = o.url;
   so.signing_time = o.signing_time;
-  ASSIGN_OR_RETURN(Bytes sd, ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer, content_type));
+  auto built = ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer, content_type);
+  if (!built.ok() && built.error().code == ErrorCode::key_changed) {
+    // The key list kept on disk was stale (a renewed certificate): once more with the key as it is now.
+    ASSIGN_OR_RETURN(relay::KeyDescription now, find_key(*s.c, s.key.name));
+    RETURN_IF_ERROR(use_key(s, std::move(now)));
+    built = ac::build_signed_data(alg, spc, s.chain_ptrs, so, signer, content_type);
+  }
+  if (!built.ok()) return built.take_error();
+  Bytes sd = std::move(built).value();
   if (o.timestamp_url.empty()) return sd;
   ac::TimestampOptions to;
   to.urls = {o.timestamp_url};

@@ -126,7 +126,9 @@ Result<client::Config> load_config(const Globals& g) {
 
 Result<std::unique_ptr<client::Client>> connect(const Globals& g) {
   ASSIGN_OR_RETURN(client::Config cfg, load_config(g));
-  return client::Client::create(cfg);
+  ASSIGN_OR_RETURN(std::unique_ptr<client::Client> c, client::Client::create(cfg));
+  c->start_connecting();  // every command that connects asks the daemon soon: TCP meanwhile
+  return c;
 }
 
 Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDescription> keys,
@@ -168,8 +170,9 @@ Error token_problem_error(const std::vector<relay::TokenProblem>& unavailable) {
   return Error(code, what);
 }
 
-Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name) {
-  ASSIGN_OR_RETURN(relay::KeyList list, c.list_keys_full());
+namespace {
+
+Result<relay::KeyDescription> pick_key(const relay::KeyList& list, const std::string& name) {
   const std::vector<relay::KeyDescription>& all = list.keys;
   ASSIGN_OR_RETURN(std::vector<relay::KeyDescription> found, select_keys(all, name));
   if (found.size() == 1) return std::move(found.front());
@@ -185,6 +188,22 @@ Result<relay::KeyDescription> find_key(client::Client& c, const std::string& nam
   }
   return Error(ErrorCode::forbidden, "key '" + name + "' does not exist or this client may not use it (keys available: " +
                                          (names.empty() ? "none" : names) + ")");
+}
+
+}  // namespace
+
+Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name, KeyLookup how, bool* from_disk) {
+  bool kept = false;
+  Result<relay::KeyList> list = how == KeyLookup::kept_first ? c.list_keys_kept(&kept) : c.list_keys_full();
+  if (!list.ok()) return list.take_error();
+  auto key = pick_key(*list, name);
+  if (!key.ok() && kept) {  // the kept list may predate the key: ask the daemon
+    kept = false;
+    ASSIGN_OR_RETURN(relay::KeyList fresh, c.list_keys_full());
+    key = pick_key(fresh, name);
+  }
+  if (from_disk) *from_disk = kept;
+  return key;
 }
 
 Result<std::vector<X509_ptr>> key_chain(const relay::KeyDescription& k) {
@@ -214,6 +233,7 @@ Result<DigestSignature> sign_digest(client::Client& c, const relay::KeyDescripti
   req.filename = filename;
   req.filesize = filesize;
   req.digest_alg = alg;
+  req.key_version = relay::key_version(key);  // the daemon refuses if the key is not this one any more
   if (mechanism == "pkcs1") {
     if (key.key.type != KeyType::rsa) return bad_request("key '" + key.name + "' is not an RSA key: use --mechanism ecdsa");
     req.mechanism = "CKM_RSA_PKCS";

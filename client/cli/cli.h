@@ -55,9 +55,14 @@ std::string describe(const Error& e);
 Result<client::Config> load_config(const Globals& g);
 Result<std::unique_ptr<client::Client>> connect(const Globals& g);
 
+// Where find_key looks: the daemon, or first the key list kept on disk (client/key_cache.h; a key it does
+// not name is then looked up at the daemon). A signature for a kept key is checked by its key_version.
+enum class KeyLookup { daemon, kept_first };
 // The key named `name` among those this client may use (clear error when absent). `name` may be an
 // RFC 7512 URI: object= matches CKA_LABEL, id= CKA_ID, token=/serial=/manufacturer=/model= the token.
-Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name);
+// `from_disk` (if given) says whether the answer came from the kept list.
+Result<relay::KeyDescription> find_key(client::Client& c, const std::string& name,
+                                       KeyLookup how = KeyLookup::daemon, bool* from_disk = nullptr);
 // The daemon's "unavailable" tokens as one error (token-login-failed or token-not-present, exit 7).
 Error token_problem_error(const std::vector<relay::TokenProblem>& unavailable);
 // The keys among `keys` that `name_or_uri` names (a key name, or a pkcs11: URI as above).

@@ -66,7 +66,7 @@ Status run(const Globals& g, const SignDigestOptions& o) {
     return bad_request("refusing to write a binary signature to a terminal: use --out FILE or --format base64");
 
   ASSIGN_OR_RETURN(auto c, connect(g));
-  ASSIGN_OR_RETURN(auto key, find_key(*c, o.key));
+  ASSIGN_OR_RETURN(auto key, find_key(*c, o.key, KeyLookup::kept_first));
   std::string filename = o.filename;
   std::optional<uint64_t> filesize;
   if (o.has_filesize) filesize = o.filesize;
@@ -76,7 +76,14 @@ Status run(const Globals& g, const SignDigestOptions& o) {
     auto size = fs::file_size(o.data, ec);
     if (!filesize && !ec) filesize = static_cast<uint64_t>(size);
   }
-  ASSIGN_OR_RETURN(DigestSignature sig, sign_digest(*c, key, *alg, digest, o.mechanism, filename, filesize));
+  auto signed_ = sign_digest(*c, key, *alg, digest, o.mechanism, filename, filesize);
+  if (!signed_.ok() && signed_.error().code == ErrorCode::key_changed) {
+    // The key list kept on disk was stale: once more with the key as the daemon lists it now.
+    ASSIGN_OR_RETURN(key, find_key(*c, key.name));
+    signed_ = sign_digest(*c, key, *alg, digest, o.mechanism, filename, filesize);
+  }
+  if (!signed_.ok()) return signed_.take_error();
+  DigestSignature sig = std::move(signed_).value();
   if (!o.no_verify) RETURN_IF_ERROR(verify_digest_signature(key, *alg, digest, sig.mechanism, sig.signature));
 
   Bytes out = sig.signature;

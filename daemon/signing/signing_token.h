@@ -32,6 +32,8 @@ struct ServedKey {
   // Audit fields of the leaf, computed once at load (not per signature).
   std::string leaf_subject, leaf_issuer, leaf_sha1;
   std::vector<CK_MECHANISM_TYPE> mechanisms;
+  // relay::key_version(description), once at load: a sign request's key_version is compared with it.
+  std::string version{};
 };
 
 struct SignJob {

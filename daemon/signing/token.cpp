@@ -249,6 +249,7 @@ void describe_key(ServedKey& sk, const KeyConfig& kc, const PKCS11_KEY& key, con
   d.key = info;
   d.spki = spki_der(sk.public_key.get());
   for (const auto& c : sk.chain) d.certificates.push_back(x509_der(c.get()));
+  sk.version = relay::key_version(d);
   if (!sk.chain.empty()) {
     X509* leaf = sk.chain[0].get();
     sk.leaf_subject = name_rfc2253(X509_get_subject_name(leaf));

@@ -315,6 +315,10 @@ struct ValidSign {
 };
 
 Result<ValidSign> validate_sign(const ServedKey& key, const relay::SignRequest& req, Clock::time_point deadline) {
+  if (!req.key_version.empty() && req.key_version != key.version)
+    return Error(ErrorCode::key_changed, "key '" + key.name + "' has another public key or certificate chain than "
+                                         "the client's key list (renewed or replaced here since it was listed): "
+                                         "list the keys again (GET /v1/keys) and sign with the key as it is now");
   auto mech = mechanism_by_name(req.mechanism);
   if (!mech || std::find(key.mechanisms.begin(), key.mechanisms.end(), *mech) == key.mechanisms.end())
     return Error(ErrorCode::mechanism_invalid, "mechanism '" + req.mechanism + "' is not available for key '" +

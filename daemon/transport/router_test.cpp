@@ -135,3 +135,19 @@ TEST_CASE("a wrong method is answered 405, on the relay routes and the held-requ
   }
   CHECK(f.token->jobs().empty());
 }
+
+TEST_CASE("relay sign: a key_version that is not the key's is 412 key-changed, before the token") {
+  SignFixture f;
+  std::string now = f.token->key("k1")->version;
+  auto body = ecdsa_body();
+  body["key_version"] = std::string(64, '0');
+  auto r = post_sign(f, "k1", body);
+  CHECK(r.status == 412);
+  CHECK(problem_type(r).find("key-changed") != std::string::npos);
+  CHECK(r.body.find("list the keys again") != std::string::npos);
+  CHECK(f.token->jobs().empty());
+  CHECK(f.audit_lines().empty());
+  body["key_version"] = now;
+  CHECK(post_sign(f, "k1", body).status == 200);
+  CHECK(f.token->jobs().size() == 1);
+}

@@ -24,6 +24,8 @@ class FakeToken final : public daemon::SigningToken {
     k->description.name = name;
     k->description.key.type = type;
     k->description.key.bits = bits;
+    k->description.spki = Bytes(name.begin(), name.end());
+    k->version = relay::key_version(k->description);
     k->mechanisms = type == KeyType::ec ? std::vector<CK_MECHANISM_TYPE>{CKM_ECDSA}
                                                 : std::vector<CK_MECHANISM_TYPE>{CKM_RSA_PKCS, CKM_RSA_PKCS_PSS};
     std::lock_guard lock(mu_);

@@ -6,6 +6,7 @@ P11RELAY_CLI (CLI binary). Each test gets its own state directory (its own token
 """
 from __future__ import annotations
 
+import atexit
 import base64
 import http.client
 import json
@@ -40,6 +41,11 @@ TEMPLATE_ROOT = Path(os.environ.get("P11RELAY_TEMPLATE_DIR", BUILD / "tests" / "
 # runtime libraries that programs we did not build (pkcs11-tool, openssl, osslsigncode, p11tool) need
 # preloaded to load our instrumented shim. Our own binaries link them; a report in a daemon log fails the test.
 SANITIZER_PRELOAD = os.environ.get("P11RELAY_SANITIZER_PRELOAD", "")
+# The clients keep the daemon's key list in $XDG_CACHE_HOME/p11relay (docs/client-guide.md): each test
+# program gets its own directory, never the user's ~/.cache.
+CACHE_HOME = Path(tempfile.mkdtemp(prefix="p11relay-test-cache-"))
+os.environ["XDG_CACHE_HOME"] = str(CACHE_HOME)
+atexit.register(shutil.rmtree, CACHE_HOME, True)
 SANITIZER_REPORT = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
 
 

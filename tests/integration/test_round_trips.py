@@ -5,8 +5,14 @@ runs one client operation and asserts those counts. Over a WAN every extra conne
 a round trip the user waits for (bench/run --wan measures the seconds), so a regression fails here, not on a
 stopwatch.
 
+A process that finds the key list the client kept on disk (remote.keylistcache) does not ask for it: one
+request less. A kept list that is stale (the key's certificate changed) signs nothing with it: the daemon
+answers 412 key-changed; the CLI asks again and signs for the key as it is, the PKCS#11 module answers
+CKR_KEY_CHANGED and the next process starts from the daemon's list.
+
 Also: a reconnect after the daemon closed an idle connection resumes the TLS 1.3 session (no certificate
 exchange), and a resumed session still goes through the identity check of the current config."""
+import json
 import os
 import shutil
 import signal
@@ -51,6 +57,16 @@ class RoundTrips(DaemonTest):
         cls.env = harness.foreign_env(dict(os.environ))
         cls.env["P11RELAY_CONFIG"] = str(cls.client_config)
         cls.env.pop("SOFTHSM2_CONF", None)
+        cls.cache = cls.tmp / "cache"
+        cls.env["XDG_CACHE_HOME"] = str(cls.cache)
+
+    def setUp(self):
+        shutil.rmtree(self.cache, ignore_errors=True)  # every case starts without a kept key list
+
+    def kept_file(self) -> Path:
+        files = list((self.cache / "p11relay").glob("keys-*.json"))
+        self.assertEqual(len(files), 1, files)
+        return files[0]
 
     def counted(self, fn) -> dict:
         """Runs fn() and returns how much each counter grew (after the daemon closed everything fn left)."""
@@ -65,7 +81,7 @@ class RoundTrips(DaemonTest):
                                           f"{p.stderr.decode(errors='replace')}\n{self.daemon.log()[-2000:]}")
         return p
 
-    def test_cli_sign_of_a_pe_is_one_connection_one_handshake_two_requests(self):
+    def small_pe(self) -> Path:
         cc = shutil.which("x86_64-w64-mingw32-gcc")
         if not cc or not Path(harness.CLI).exists():
             self.skipTest("needs x86_64-w64-mingw32-gcc and the p11relay CLI")
@@ -73,23 +89,82 @@ class RoundTrips(DaemonTest):
         src.write_text("int main(void) { return 0; }\n")
         exe = self.tmp / "small.exe"
         subprocess.run([cc, "-O1", "-s", "-o", str(exe), str(src)], check=True)
-        out = self.tmp / "small-signed.exe"
-        d = self.counted(lambda: self.run_ok([harness.CLI, "-c", str(self.client_config), "sign", "-k", "rsa2048",
-                                              "-f", str(exe), "-o", str(out)]))
-        # the key's certificate chain (GET /v1/keys/rsa2048) and the signature (POST .../sign)
-        self.assertEqual((d["connections"], d["full"], d["resumed"], d["requests"]), (1, 1, 0, 2), d)
+        return exe
 
-    def test_pkcs11_tool_signature_is_one_connection_two_requests(self):
+    def cli_sign(self, exe: Path, key: str = "rsa2048") -> Path:
+        out = self.tmp / "small-signed.exe"
+        self.run_ok([harness.CLI, "-c", str(self.client_config), "sign", "-k", key, "-f", str(exe), "-o", str(out)])
+        return out
+
+    def test_cli_sign_of_a_pe_is_one_connection_one_handshake_two_requests_then_one(self):
+        exe = self.small_pe()
+        d = self.counted(lambda: self.cli_sign(exe))
+        # the key list (GET /v1/keys: the key's certificate chain) and the signature (POST .../sign)
+        self.assertEqual((d["connections"], d["full"], d["resumed"], d["requests"]), (1, 1, 0, 2), d)
+        # the next process starts from the key list kept on disk: the signature is the only request
+        d = self.counted(lambda: self.cli_sign(exe))
+        self.assertEqual((d["connections"], d["full"] + d["resumed"], d["requests"]), (1, 1, 1), d)
+
+    def make_kept_list_stale(self, key: str) -> None:
+        """Gives `key` another key's certificates in the kept list, as if the daemon had renewed it since."""
+        path = self.kept_file()
+        fetched, body = path.read_text().split("\n", 1)
+        doc = json.loads(body)
+        by_name = {k["name"]: k for k in doc["keys"]}
+        other = next(n for n in by_name if n != key)
+        by_name[key]["certificates"] = by_name[other]["certificates"]
+        path.write_text(fetched + "\n" + json.dumps(doc))
+
+    def test_cli_with_a_stale_kept_list_signs_for_the_key_as_it_is(self):
+        exe = self.small_pe()
+        self.cli_sign(exe)
+        self.make_kept_list_stale("rsa2048")
+        audit_before = len(self.st.audit_file.read_text().splitlines())
+        d = self.counted(lambda: self.cli_sign(exe))
+        # the refused signature (412), the key list, the signature
+        self.assertEqual(d["requests"], 3, d)
+        self.assertEqual(len(self.st.audit_file.read_text().splitlines()), audit_before + 1)  # one signature
+        # osslsigncode verifies it with the daemon's certificate of rsa2048 as the only trust anchor: the
+        # signature carries the key's certificate as it is now, not the one of the stale list
+        if not shutil.which("osslsigncode"):
+            return
+        out = self.tmp / "small-signed.exe"
+        v = subprocess.run(["osslsigncode", "verify", "-in", str(out), "-CAfile", str(self.st.keys["rsa2048"].certfile)],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        self.assertIn("Signature verification: ok", v.stdout + v.stderr)
+
+    def pkcs11_tool_sign(self, check=True) -> subprocess.CompletedProcess:
         if not shutil.which("pkcs11-tool"):
             self.skipTest("pkcs11-tool (opensc) not installed")
         data = self.tmp / "data.bin"
         data.write_bytes(b"x" * 100)
-        d = self.counted(lambda: self.run_ok(
-            ["pkcs11-tool", "--module", harness.SHIM, "--token-label", shim_util.TOKEN_LABEL, "--login", "--pin",
-             shim_util.PIN, "--sign", "--id", "02", "-m", "ECDSA-SHA256", "-i", str(data),
-             "-o", str(self.tmp / "sig.bin")]))
+        cmd = ["pkcs11-tool", "--module", harness.SHIM, "--token-label", shim_util.TOKEN_LABEL, "--login", "--pin",
+               shim_util.PIN, "--sign", "--id", "02", "-m", "ECDSA-SHA256", "-i", str(data),
+               "-o", str(self.tmp / "sig.bin")]
+        if check:
+            return self.run_ok(cmd)
+        return subprocess.run(cmd, env=self.env, capture_output=True, timeout=120)
+
+    def test_pkcs11_tool_signature_is_one_connection_two_requests_then_one(self):
+        d = self.counted(self.pkcs11_tool_sign)
         # the key list (GET /v1/keys, once per process) and the signature; C_SignInit is local
         self.assertEqual((d["connections"], d["full"], d["requests"]), (1, 1, 2), d)
+        d = self.counted(self.pkcs11_tool_sign)  # the next process starts from the kept key list
+        self.assertEqual((d["connections"], d["full"] + d["resumed"], d["requests"]), (1, 1, 1), d)
+
+    def test_shim_with_a_stale_kept_list_signs_nothing_and_the_next_process_is_right(self):
+        self.pkcs11_tool_sign()
+        self.make_kept_list_stale("ec256")
+        audit_before = len(self.st.audit_file.read_text().splitlines())
+        p = self.pkcs11_tool_sign(check=False)
+        self.assertNotEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn(b"run the program again", p.stderr)
+        self.assertEqual(len(self.st.audit_file.read_text().splitlines()), audit_before)  # nothing signed
+        self.assertFalse(list((self.cache / "p11relay").glob("keys-*.json")))  # the stale list is gone
+        d = self.counted(self.pkcs11_tool_sign)
+        self.assertEqual(d["requests"], 2, d)
+        self.assertEqual(len(self.st.audit_file.read_text().splitlines()), audit_before + 1)
 
     def test_later_signatures_in_one_process_reuse_the_connection(self):
         n = 25

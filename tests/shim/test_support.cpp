@@ -104,6 +104,15 @@ Result<relay::KeyList> FakeTransport::list_keys() {
   return relay::KeyList{state_->keys, state_->unavailable};
 }
 
+Result<relay::KeyList> FakeTransport::list_keys_kept(bool* from_disk) {
+  {
+    std::lock_guard<std::mutex> g(state_->mu);
+    *from_disk = state_->kept.has_value();
+    if (state_->kept) return relay::KeyList{*state_->kept, {}};
+  }
+  return list_keys();
+}
+
 Result<Bytes> FakeTransport::sign(const std::string& key_name, const relay::SignRequest& request) {
   std::function<void(const std::string&)> hold;
   {

@@ -33,6 +33,8 @@ struct FakeState {
   std::vector<relay::KeyDescription> keys;
   std::vector<relay::TokenProblem> unavailable;
   int list_calls = 0;
+  // The client's key list kept on disk, if any (list_keys_kept answers it without a list call).
+  std::optional<std::vector<relay::KeyDescription>> kept;
   std::vector<std::pair<std::string, relay::SignRequest>> sign_requests;
   std::optional<Error> list_error;
   std::optional<Error> sign_error;
@@ -45,6 +47,7 @@ class FakeTransport : public Transport {
  public:
   explicit FakeTransport(std::shared_ptr<FakeState> state) : state_(std::move(state)) {}
   Result<relay::KeyList> list_keys() override;
+  Result<relay::KeyList> list_keys_kept(bool* from_disk) override;
   Result<Bytes> sign(const std::string& key_name, const relay::SignRequest& request) override;
 
  private:
