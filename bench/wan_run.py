@@ -189,6 +189,8 @@ def timed(op, reps: int, kept, relay_wan, kit_wan) -> dict:
     cache = Path(env["XDG_CACHE_HOME"])
     if kept:
         shutil.rmtree(cache, ignore_errors=True)
+        if out:
+            out.unlink(missing_ok=True)
         wall(cmd, env, "warm-up")
     ts, conns = [], []
     for _ in range(reps):

@@ -622,10 +622,14 @@ struct Client::Impl {
       if ((*p)->urls[u].begun.get() >= 0) return;
     }
     auto fd = net::connect_start(urls[u]);
-    if (!fd.ok()) return;  // the request that follows connects again and reports the cause
-    std::lock_guard<std::mutex> g((*p)->mu);
-    (*p)->urls[u].begun = UniqueFd(*fd);
-    (*p)->urls[u].begun_at = Clock::now();
+    if (fd.ok()) keep_begun(**p, u, UniqueFd(*fd));  // else the next request connects and reports the cause
+  }
+
+  void keep_begun(Pool& p, size_t u, UniqueFd fd) {
+    std::lock_guard<std::mutex> g(p.mu);
+    if (p.urls[u].begun.get() >= 0) return;  // one at a time: `fd` is closed
+    p.urls[u].begun = std::move(fd);
+    p.urls[u].begun_at = Clock::now();
   }
 
   UniqueFd take_begun(Pool& p, size_t u) {
@@ -711,7 +715,7 @@ struct Client::Impl {
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
-Result<std::unique_ptr<Client>> Client::create(const Config& config) {
+Result<std::unique_ptr<Client>> Client::create(const Config& config, Start start) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   impl->kept_keys = std::make_unique<KeyListCache>(config);
@@ -730,9 +734,16 @@ Result<std::unique_ptr<Client>> Client::create(const Config& config) {
       impl->directory_only = true;
     }
   }
+  // Start::connecting: the connection to the first URL (the one a fresh pool picks) begins before the TLS
+  // context is built, so the kernel's TCP handshake overlaps OpenSSL's start (its configuration, the
+  // certificate and the key: several milliseconds).
+  UniqueFd early;
+  if (start == Start::connecting)
+    if (auto fd = net::connect_start(impl->urls[0]); fd.ok()) early = UniqueFd(*fd);
   // Builds the TLS context now so a bad certificate or key is reported at creation.
   auto pool = impl->pool();
   if (!pool.ok()) return pool.take_error();
+  if (early.get() >= 0) impl->keep_begun(**pool, 0, std::move(early));
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

@@ -51,7 +51,10 @@ Result<Config> parse_config(const std::string& yaml_text, const std::string& sou
 
 class Client {
  public:
-  static Result<std::unique_ptr<Client>> create(const Config& config);
+  // `connecting`: begin the TCP connection to the first URL at once (start_connecting, but before the
+  // TLS context is built); for a program that will ask the daemon right away, as the CLI does.
+  enum class Start { lazy, connecting };
+  static Result<std::unique_ptr<Client>> create(const Config& config, Start start = Start::lazy);
   ~Client();
 
   Result<std::vector<relay::KeyDescription>> list_keys();
@@ -87,7 +90,7 @@ class Client {
   void connect_ahead();
   // Begins a TCP connection to the daemon and returns at once: the kernel makes it while the caller does
   // other work, and the next request's connection finishes it (TLS) instead of starting from nothing.
-  // The CLI calls it when it starts; the PKCS#11 module when it starts from a kept key list.
+  // The PKCS#11 module calls it when it starts from a kept key list (the CLI uses Start::connecting).
   void start_connecting();
   // Any request (relic endpoints, future APIs), with the same pool, retry and failover rules.
   Result<http::Response> request(const std::string& method, const std::string& target,

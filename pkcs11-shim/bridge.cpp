@@ -470,8 +470,10 @@ Status FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate, C
   std::lock_guard<std::mutex> g(s->mu);
   if (s->find) return ck(CKR_OPERATION_ACTIVE, "a search is active");
   FindOp op = find_in(*s, pTemplate, ulCount, logged_in);
-  if (op.results.empty() && ulCount > 0 && m->view_from_disk()) {
-    // The kept key list may predate the key searched for: ask the daemon once, then search its list.
+  // Nothing matches, not even among the private objects a login would show: the kept key list may
+  // predate the key searched for, so the daemon is asked once and its list searched.
+  if (op.results.empty() && ulCount > 0 && m->view_from_disk() &&
+      find_in(*s, pTemplate, ulCount, true).results.empty()) {
     m->refresh_from_daemon();
     if (auto fresh = m->token(s->slot); fresh && fresh->present) s->token = fresh;
     op = find_in(*s, pTemplate, ulCount, logged_in);

@@ -126,9 +126,8 @@ Result<client::Config> load_config(const Globals& g) {
 
 Result<std::unique_ptr<client::Client>> connect(const Globals& g) {
   ASSIGN_OR_RETURN(client::Config cfg, load_config(g));
-  ASSIGN_OR_RETURN(std::unique_ptr<client::Client> c, client::Client::create(cfg));
-  c->start_connecting();  // every command that connects asks the daemon soon: TCP meanwhile
-  return c;
+  // Every command that connects asks the daemon soon: its TCP connection begins now.
+  return client::Client::create(cfg, client::Client::Start::connecting);
 }
 
 Result<std::vector<relay::KeyDescription>> select_keys(std::vector<relay::KeyDescription> keys,

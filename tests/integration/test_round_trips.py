@@ -153,6 +153,24 @@ class RoundTrips(DaemonTest):
         d = self.counted(self.pkcs11_tool_sign)  # the next process starts from the kept key list
         self.assertEqual((d["connections"], d["full"] + d["resumed"], d["requests"]), (1, 1, 1), d)
 
+    def test_osslsigncode_through_the_shim_with_a_kept_list_is_one_request(self):
+        """libp11 (osslsigncode's engine) searches for private keys before it logs in: those are in the kept
+        list, hidden until the login, and must not send the module to the daemon for a fresh list."""
+        if not shutil.which("osslsigncode") or not Path(shim_util.ENGINE).exists():
+            self.skipTest("needs osslsigncode and libengine-pkcs11-openssl")
+        exe = self.small_pe()
+        out = self.tmp / "ossl-signed.exe"
+
+        def sign():
+            out.unlink(missing_ok=True)
+            self.run_ok(["osslsigncode", "sign", "-pkcs11engine", shim_util.ENGINE, "-pkcs11module", harness.SHIM,
+                         "-key", f"pkcs11:token={shim_util.TOKEN_LABEL};object=rsa2048;type=private",
+                         "-pass", shim_util.PIN, "-certs", str(self.st.keys["rsa2048"].certfile), "-h", "sha256",
+                         "-in", str(exe), "-out", str(out)])
+        self.assertEqual(self.counted(sign)["requests"], 2)
+        d = self.counted(sign)
+        self.assertEqual((d["connections"], d["requests"]), (1, 1), d)
+
     def test_shim_with_a_stale_kept_list_signs_nothing_and_the_next_process_is_right(self):
         self.pkcs11_tool_sign()
         self.make_kept_list_stale("ec256")
