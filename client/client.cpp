@@ -793,6 +793,8 @@ Result<relay::KeyList> Client::list_keys_full() {
   return list;
 }
 
+std::string Client::kept_keys_path() const { return impl_->kept_keys->path(); }
+
 Result<relay::KeyList> Client::list_keys_kept(bool* from_disk) {
   auto kept = impl_->kept_keys->load();
   if (from_disk) *from_disk = kept.has_value();

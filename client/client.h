@@ -66,6 +66,8 @@ class Client {
   // relay::key_version(): the daemon answers 412 key-changed instead of signing for a stale description,
   // and sign() then forgets the kept copy (so does a 403 for a key it listed).
   Result<relay::KeyList> list_keys_kept(bool* from_disk = nullptr);
+  // Where the key list is kept (client/key_cache.h); empty when remote.keylistcache is 0.
+  std::string kept_keys_path() const;
 
   // Signs. When the key's policy holds the request for an approver (202), `on_hold` (if set) is called
   // once with the held request, and sign() long-polls it until it is signed (the signature), denied

@@ -105,6 +105,9 @@ std::optional<ErrorCode> check_keys(Doctor& d, client::Client& c, const std::str
     d.fail("list keys", explain_api(listing.error(), fp));
     return listing.error().code;
   }
+  if (std::string kept = c.kept_keys_path(); !kept.empty())
+    d.ok("key list kept for new processes in " + kept + " (for remote.keylistcache, " +
+         std::to_string(c.config().key_list_cache_seconds) + " s; each signature is checked against the daemon's)");
   std::optional<ErrorCode> failure;
   for (const auto& t : listing->unavailable) {
     Error e = token_problem_error({t});

@@ -236,6 +236,7 @@ class Basics(CliTest):
         p = self.cli("doctor")
         out = p.stdout.decode()
         self.assertIn("all checks passed", out)
+        self.assertIn("key list kept for new processes in " + os.environ["XDG_CACHE_HOME"] + "/p11relay/keys-", out)
         for k in KEYS:
             self.assertIn(f"test signature with key {k}", out)
         cfg = write_client_config(self.tmp / "down2.yml", f"https://127.0.0.1:{free_port()}/", self.st)
