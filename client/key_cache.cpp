@@ -87,6 +87,9 @@ std::optional<relay::KeyList> KeyListCache::load() const {
   if (end != text.c_str() + nl || age < 0 || age >= max_age_) return std::nullopt;
   auto list = relay::decode_key_list_full(std::string_view(text).substr(nl + 1));
   if (!list.ok()) return std::nullopt;
+  // Only a list from a daemon that checks key_version is used, and only if it is what that daemon said.
+  for (const auto& k : list->keys)
+    if (k.version.empty() || k.version != relay::key_version(k)) return std::nullopt;
   return std::move(*list);
 }
 

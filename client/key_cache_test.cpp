@@ -115,6 +115,19 @@ TEST_CASE("a kept list others could have written, a symlink or a malformed file 
   CHECK_FALSE(c.load());
   std::ofstream(c.path(), std::ios::trunc) << "yesterday\n" << one_key_list("ev");
   CHECK_FALSE(c.load());
+  // A list from a daemon that sends no key version (it would not check one), or one that does not add up.
+  std::string listed = one_key_list("ev");
+  std::string unversioned = listed, tampered = listed;
+  size_t at = listed.find("\"version\":\"");
+  REQUIRE(at != std::string::npos);
+  unversioned.replace(at, 9, "\"vers1on\"");
+  tampered[at + 11] = tampered[at + 11] == '0' ? '1' : '0';
+  for (const std::string& body : {unversioned, tampered}) {
+    std::ofstream(c.path(), std::ios::trunc) << std::time(nullptr) << "\n" << body;
+    CHECK_FALSE(c.load());
+  }
+  std::ofstream(c.path(), std::ios::trunc) << std::time(nullptr) << "\n" << listed;
+  CHECK(c.load());
   ::chmod((h.dir / "cache" / "p11relay").c_str(), 0777);  // a directory others can write: not stored into
   fs::remove(c.path());
   c.store(one_key_list("ev"));

@@ -60,6 +60,7 @@ std::string encode_key_list(const std::vector<KeyDescription>& keys, const std::
     };
     if (k.key.type == KeyType::ec) j["curve"] = k.key.curve;
     if (!k.approval.empty()) j["approval"] = k.approval;
+    j["version"] = key_version(k);
     arr.push_back(std::move(j));
   }
   json doc = {{"keys", arr}};
@@ -112,6 +113,7 @@ Result<KeyDescription> key_from(const json& j) {
       if (e.is_string()) k.mechanisms.push_back(e.get<std::string>());
   }
   k.approval = str_field(j, "approval");
+  k.version = str_field(j, "version");
   return k;
 }
 

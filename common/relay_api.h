@@ -31,6 +31,9 @@ struct KeyDescription {
   // "required" when this client's signatures with the key wait for an approver (docs/policy.md);
   // empty or "auto" otherwise. Optional on the wire.
   std::string approval;
+  // key_version() as the daemon computed it: present from daemons that check a sign request's
+  // key_version (a client keeps a key list on disk only from those); empty from older ones.
+  std::string version{};
 };
 
 // A token whose keys this client may use but which the daemon cannot use now (GET /v1/keys

@@ -12,6 +12,8 @@ CKR_KEY_CHANGED and the next process starts from the daemon's list.
 
 Also: a reconnect after the daemon closed an idle connection resumes the TLS 1.3 session (no certificate
 exchange), and a resumed session still goes through the identity check of the current config."""
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +27,15 @@ from pathlib import Path
 import harness
 import shim_util
 from harness import DaemonTest
+
+
+def key_version(key: dict) -> str:
+    """relay::key_version (docs/relay-api.md): SHA-256 over the SPKI and the certificates, each length-prefixed."""
+    data = b""
+    for part in [key["spki"], *key["certificates"]]:
+        der = base64.b64decode(part)
+        data += len(der).to_bytes(4, "big") + der
+    return hashlib.sha256(data).hexdigest()
 
 
 def metrics(port: int) -> dict:
@@ -113,7 +124,19 @@ class RoundTrips(DaemonTest):
         by_name = {k["name"]: k for k in doc["keys"]}
         other = next(n for n in by_name if n != key)
         by_name[key]["certificates"] = by_name[other]["certificates"]
+        by_name[key]["version"] = key_version(by_name[key])  # as the daemon would have said it then
         path.write_text(fetched + "\n" + json.dumps(doc))
+
+    def test_a_kept_list_whose_versions_do_not_add_up_is_not_used(self):
+        exe = self.small_pe()
+        self.cli_sign(exe)
+        path = self.kept_file()
+        fetched, body = path.read_text().split("\n", 1)
+        doc = json.loads(body)
+        doc["keys"][0]["certificates"] = doc["keys"][1]["certificates"]  # "version" left as it was
+        path.write_text(fetched + "\n" + json.dumps(doc))
+        d = self.counted(lambda: self.cli_sign(exe))
+        self.assertEqual(d["requests"], 2, d)  # the key list again, then the signature
 
     def test_cli_with_a_stale_kept_list_signs_for_the_key_as_it_is(self):
         exe = self.small_pe()
