@@ -78,14 +78,20 @@ std::optional<relay::KeyList> KeyListCache::load() const {
     return std::nullopt;
   std::string text(static_cast<size_t>(st.st_size), '\0');
   if (::read(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) return std::nullopt;
+  return parse(text, static_cast<long long>(std::time(nullptr)), max_age_);
+}
+
+std::optional<relay::KeyList> KeyListCache::parse(std::string_view text, long long now, int max_age) {
   // "<unix seconds of the answer>\n<the answer>"
   size_t nl = text.find('\n');
-  if (nl == std::string::npos) return std::nullopt;
-  char* end = nullptr;
-  long long fetched = std::strtoll(text.c_str(), &end, 10);
-  long long age = static_cast<long long>(std::time(nullptr)) - fetched;
-  if (end != text.c_str() + nl || age < 0 || age >= max_age_) return std::nullopt;
-  auto list = relay::decode_key_list_full(std::string_view(text).substr(nl + 1));
+  if (nl == std::string_view::npos || nl == 0 || nl > 18) return std::nullopt;  // no overflow below
+  long long fetched = 0;
+  for (char c : text.substr(0, nl)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    fetched = fetched * 10 + (c - '0');
+  }
+  if (fetched > now || now - fetched >= max_age) return std::nullopt;
+  auto list = relay::decode_key_list_full(text.substr(nl + 1));
   if (!list.ok()) return std::nullopt;
   // Only a list from a daemon that checks key_version is used, and only if it is what that daemon said.
   for (const auto& k : list->keys)

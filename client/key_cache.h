@@ -24,6 +24,9 @@ class KeyListCache {
   // The kept answer of GET /v1/keys when it is younger than remote.keylistcache; nullopt otherwise.
   std::optional<relay::KeyList> load() const;
   void store(std::string_view key_list_body) const;
+  // The file's text as load() reads it: "<unix seconds>\n<GET /v1/keys answer>", used when younger than
+  // `max_age` seconds at `now` and every key's version adds up (tests/fuzz/fuzz_kept_keys.cpp).
+  static std::optional<relay::KeyList> parse(std::string_view text, long long now, int max_age);
   void drop() const;
   bool on() const { return !path_.empty(); }
   const std::string& path() const { return path_; }

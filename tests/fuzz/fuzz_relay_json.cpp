@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto again = relay::decode_sign_request(relay::encode_sign_request(*r));
     if (!again.ok()) std::abort();
     if (again->mechanism != r->mechanism || again->input != r->input || again->pss.has_value() != r->pss.has_value() ||
-        again->filename != r->filename)
+        again->filename != r->filename || again->key_version != r->key_version)
       std::abort();
     if (r->pss && (again->pss->hash != r->pss->hash || again->pss->mgf_hash != r->pss->mgf_hash ||
                    again->pss->salt_length != r->pss->salt_length))
