@@ -609,8 +609,9 @@ struct Client::Impl {
     return network_error(urls[u].text + ": keep-alive connections keep closing");
   }
 
-  // The daemon closes a connection that brings no TLS handshake within its server.handshaketimeout (10 s
-  // at least): an older begun connection is closed, not used.
+  // The daemon closes a connection that brings no TLS handshake within its server.handshaketimeout (default
+  // 10 s, 3-4 s while its handshake slots fill up): an older begun connection is closed, not used, and a
+  // younger one the daemon closed fails its handshake and is replaced by a fresh one (connect()).
   static constexpr auto kBegunMaxAge = std::chrono::seconds(5);
 
   void start_connecting() {
