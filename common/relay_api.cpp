@@ -151,18 +151,21 @@ bool is_version(std::string_view s) {
   return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return hex_value(c) >= 0 && !std::isupper(static_cast<unsigned char>(c)); });
 }
 
-void append_sized(Bytes& out, std::span<const std::uint8_t> part) {
+// The part's length as 4 bytes big-endian, then the part.
+void hash_sized(Hasher& h, std::span<const std::uint8_t> part) {
   auto n = static_cast<std::uint32_t>(part.size());
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(n >> shift));
-  out.insert(out.end(), part.begin(), part.end());
+  const std::uint8_t len[4] = {static_cast<std::uint8_t>(n >> 24), static_cast<std::uint8_t>(n >> 16),
+                               static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n)};
+  h.update(len);
+  h.update(part);
 }
 }  // namespace
 
 std::string key_version(const KeyDescription& key) {
-  Bytes all;
-  append_sized(all, key.spki);
-  for (const auto& c : key.certificates) append_sized(all, c);
-  return to_hex(hash(HashAlg::sha256, all));
+  Hasher h(HashAlg::sha256);
+  hash_sized(h, key.spki);
+  for (const auto& c : key.certificates) hash_sized(h, c);
+  return to_hex(h.finish());
 }
 
 std::string encode_sign_request(const SignRequest& req) {
