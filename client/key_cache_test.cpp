@@ -48,7 +48,7 @@ std::string one_key_list(const std::string& name) {
 
 void set_fetched(const std::string& path, long long seconds_ago) {
   std::ifstream in(path);
-  std::string first, rest((std::istreambuf_iterator<char>(in)), {});
+  std::string rest((std::istreambuf_iterator<char>(in)), {});
   rest = rest.substr(rest.find('\n') + 1);
   std::ofstream(path, std::ios::trunc) << (static_cast<long long>(std::time(nullptr)) - seconds_ago) << "\n" << rest;
 }
